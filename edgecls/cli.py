@@ -1,0 +1,196 @@
+"""The `edgecls` command line: parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from edgecls import config as cfg
+from edgecls import runs
+from edgecls.errors import UserError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def user_errors(command):
+    """Turn a UserError into a one-line message and exit status 2, and Ctrl-C into status 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgecls")
+def main() -> None:
+    """Train, check, evaluate and use small image classifiers without hand-tuning."""
+
+
+def _split_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    data = [a for a in args if "=" not in a]
+    if len(data) > 1:
+        raise UserError(f"expected at most one DATA argument, got {', '.join(data)}")
+    return (data[0] if data else None), [a for a in args if "=" in a]
+
+
+def _print_summary(metrics: dict, run_dir: Path) -> None:
+    table = Table(title="edgecls train: best checkpoint", show_header=False)
+    table.add_row("best epoch", f"{metrics['best_epoch']} of {metrics['epochs_trained']} trained")
+    table.add_row("stopped early", "yes" if metrics["stopped_early"] else "no (max epochs)")
+    for split in ("val", "test"):
+        if f"{split}_top1" in metrics:
+            table.add_row(
+                f"{split} top-1 / top-5 / mAP",
+                f"{metrics[f'{split}_top1']:.2%} / {metrics[f'{split}_top5']:.2%} / "
+                f"{metrics[f'{split}_map']:.4f}",
+            )
+    table.add_row("training time", f"{metrics['train_seconds']:.0f} s")
+    if metrics["skipped_files"]:
+        table.add_row("skipped files", f"{metrics['skipped_files']} (see skipped_files.txt)")
+    table.add_row("run folder", str(run_dir))
+    out.print(table)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+@click.option("--recipe", help=f"Recipe name ({', '.join(cfg.recipe_names())}) or YAML file.")
+@click.option("--model", help="Any timm model name.")
+@click.option("--pretrained/--no-pretrained", default=None, help="Start from timm hub weights.")
+@click.option("--weights", type=click.Path(), help="Local state dict to start from.")
+@click.option("--data-root", type=click.Path(), help="Root folder for torchvision datasets.")
+@click.option("--lr", type=float, help="Initial learning rate.")
+@click.option("--epochs", "max_epochs", type=int, help="Maximum number of epochs.")
+@click.option("--seed", type=int)
+@click.option("--run-dir", type=click.Path(path_type=Path), help="Default: runs/<auto name>.")
+@click.option("--overwrite", is_flag=True, help="Reuse a run folder that already holds files.")
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this folder.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@user_errors
+def train(args, recipe, run_dir, overwrite, resume, quiet, **options) -> None:
+    """Train on DATA (default: the built-in digits) with optional key=value overrides.
+
+    DATA is a folder (train/ val/ [test/] of class folders, or just class folders), a CSV/TXT
+    list of path,label, or a built-in name (digits, mnist5k, fashion-mnist, cifar10, ...).
+    """
+    from edgecls.train import train as run_training
+
+    data, overrides = _split_args(args)
+    if resume:
+        if args or recipe or any(v is not None for v in options.values()):
+            raise UserError("--resume continues a run with its saved config; pass nothing else")
+        if not (resume / "last.pt").is_file():
+            raise UserError(f"no last.pt in {resume}: nothing to resume")
+        config = cfg.build_config(yaml.safe_load((resume / "config.yaml").read_text()))
+        run_dir = resume
+    else:
+        if recipe is None and data is None:
+            recipe = "digits"
+        recipe_values = cfg.load_recipe(recipe) if recipe else {}
+        cli_values = {k: v for k, v in options.items() if v is not None}
+        if data is not None:
+            cli_values["data"] = data
+        config = cfg.build_config(recipe_values, cfg.parse_overrides(overrides), cli_values)
+        if config.data is None:
+            config.data = cfg.DEFAULT_DATA
+        run_dir = run_dir or runs.auto_run_dir(config)
+        runs.check_run_dir_free(run_dir, overwrite)
+    try:
+        metrics = run_training(config, run_dir, resume=resume is not None, progress=not quiet)
+    except KeyboardInterrupt:
+        err.print(f"interrupted; continue with: edgecls train --resume {run_dir}", highlight=False)
+        sys.exit(130)
+    _print_summary(metrics, run_dir)
+
+
+@main.command("check-data")
+@click.argument("data")
+@click.option("--input-size", type=int, default=64, show_default=True)
+@click.option("--grayscale", is_flag=True)
+@click.option("--val-fraction", type=float, default=0.2, show_default=True)
+@click.option("--data-root", type=click.Path())
+@click.option("--seed", type=int, default=0)
+@user_errors
+def check_data(data, input_size, grayscale, val_fraction, data_root, seed) -> None:
+    """Show what was found in DATA, per split and class, and every problem."""
+    from edgecls.data import describe, load_dataset
+
+    dataset = load_dataset(
+        data,
+        input_size=input_size,
+        grayscale=grayscale,
+        val_fraction=val_fraction,
+        seed=seed,
+        data_root=data_root,
+        strict=False,
+    )
+    out.print(describe(dataset), highlight=False, markup=False)
+    if dataset.fatal:
+        sys.exit(2)
+
+
+@main.command("eval")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("data")
+@click.option(
+    "--split",
+    type=click.Choice(["auto", "train", "val", "test", "all"]),
+    default="auto",
+    show_default=True,
+    help="auto: test if DATA has one, else val.",
+)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Where to save metrics.")
+@click.option("--data-root", type=click.Path())
+@user_errors
+def evaluate(model, data, split, out_dir, data_root) -> None:
+    """Top-1, top-5, mAP, per-class table, confusion matrix of MODEL (run or .pt) on DATA."""
+    from edgecls.evaluate import format_metrics
+    from edgecls.evaluate.checkpoint import evaluate_checkpoint
+
+    split_name, metrics, saved = evaluate_checkpoint(
+        model, data, split=split, out_dir=out_dir, data_root=data_root
+    )
+    out.print(
+        format_metrics(metrics, title=f"{data} ({split_name})"), highlight=False, markup=False
+    )
+    out.print(f"saved to {saved}", highlight=False)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write a CSV.")
+@user_errors
+def predict(model, inputs, top_k, csv_path) -> None:
+    """Top-k labels with probabilities for images or folders of images."""
+    from edgecls.deploy.predict import predict_images, write_predictions_csv
+
+    predictions, skipped = predict_images(model, list(inputs), top_k)
+    for p in predictions:
+        labels = ", ".join(
+            f"{lab} {prob:.1%}" for lab, prob in zip(p.labels, p.probabilities, strict=True)
+        )
+        out.print(f"{p.path}: {labels}", highlight=False, markup=False)
+    for path, reason in skipped:
+        err.print(f"skipped {path}: {reason}", highlight=False, markup=False)
+    if csv_path:
+        write_predictions_csv(predictions, csv_path)
+        out.print(f"wrote {csv_path}", highlight=False)
+    if not predictions:
+        raise UserError("none of the given images could be read")

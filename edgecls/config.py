@@ -1,0 +1,159 @@
+"""Training configuration: the defaults (here, and only here), YAML recipes and key=value overrides.
+
+A recipe is a YAML file of `key: value` pairs that override these defaults; the ones shipped with
+edgecls live in `edgecls/recipes/`. Every key can also be set on the command line as `key=value`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgecls.errors import UserError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+DEFAULT_DATA = "digits"
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "schedule": ("plateau_v2", "cosine"),
+    "augment": ("basic", "none"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+
+@dataclass
+class Config:
+    # data
+    data: str | None = None
+    data_root: str | None = None
+    download: bool = False
+    val_fraction: float = 0.2
+    input_size: int = 224
+    grayscale: bool = False
+    augment: str = "basic"
+    hflip: bool = True
+    # model
+    model: str = "mobilenetv3_large_100"
+    pretrained: bool = False
+    weights: str | None = None
+    dropout: float = 0.0
+    # optimisation (paper 000, section 4.3)
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    max_epochs: int = 200
+    schedule: str = "plateau_v2"
+    warmup_epochs: int = 5
+    lr_factor: float = 0.1
+    patience: int = 5
+    min_lr_ratio: float = 1 / 200
+    forced_decay_at: float = 0.75
+    # run
+    seed: int = 0
+    device: str = "auto"
+    channels_last: bool = True
+    eval_batch_size: int = 256
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELD_TYPES = typing.get_type_hints(Config)
+
+
+def _allowed_types(annotation: Any) -> tuple[type, ...]:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return tuple(t for arg in typing.get_args(annotation) for t in _allowed_types(arg))
+    return (annotation,)
+
+
+def _check_value(key: str, value: Any) -> Any:
+    """Return the value coerced to the key's type, or raise a UserError naming the problem."""
+    if key not in _FIELD_TYPES:
+        close = difflib.get_close_matches(key, _FIELD_TYPES, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown config key '{key}'{hint}")
+    allowed = _allowed_types(_FIELD_TYPES[key])
+    if value is None and type(None) in allowed:
+        return None
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if str in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+        raise UserError(f"config key '{key}' expects {names}, got {value!r}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise UserError(
+            f"config key '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}"
+        )
+    return value
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str) -> dict[str, Any]:
+    """Read a shipped recipe by name, or a user's YAML file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPES_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise UserError(
+                f"unknown recipe '{name_or_path}'; shipped recipes: {', '.join(recipe_names())}"
+            )
+    if not path.is_file():
+        raise UserError(f"recipe file not found: {path}")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"recipe {path} is not valid YAML: {error}") from None
+    if not isinstance(content, dict):
+        raise UserError(f"recipe {path} must be a mapping of key: value")
+    return content
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ['lr=0.01', 'sam=false'] into a dict, values typed by YAML rules."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"expected key=value, got '{pair}'")
+        try:
+            overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            overrides[key.strip()] = raw
+    return overrides
+
+
+def build_config(*layers: dict[str, Any]) -> Config:
+    """Defaults, then each layer (recipe, overrides, command-line options) in order."""
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            values[key] = _check_value(key, value)
+    config = Config(**values)
+    if not 0.0 < config.val_fraction < 1.0:
+        raise UserError(f"val_fraction must be between 0 and 1, got {config.val_fraction}")
+    for key in ("batch_size", "max_epochs", "input_size", "eval_batch_size"):
+        if getattr(config, key) < 1:
+            raise UserError(f"config key '{key}' must be at least 1, got {getattr(config, key)}")
+    if config.lr <= 0:
+        raise UserError(f"config key 'lr' must be positive, got {config.lr}")
+    return config
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a saved config (checkpoint, run folder), ignoring keys this version dropped."""
+    known = {k: v for k, v in values.items() if k in _FIELD_TYPES}
+    return Config(**known)

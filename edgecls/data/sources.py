@@ -1,0 +1,109 @@
+"""Finding the labelled image files behind a folder or list-file spec (nothing is decoded here)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgecls.data.images import IMAGE_EXTENSIONS
+from edgecls.data.splits import Problems
+from edgecls.errors import UserError
+
+SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+LIST_SUFFIXES = (".csv", ".txt")
+
+
+@dataclass
+class SplitFiles:
+    """The files of one split; `classes` includes classes whose files all turned out missing."""
+
+    origin: str  # how to name this split in messages, e.g. "train/" or "val.csv"
+    items: list[tuple[Path, str]] = field(default_factory=list)  # (file, class name)
+    classes: list[str] = field(default_factory=list)
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+
+def discover(path: Path, problems: Problems) -> dict[str, SplitFiles]:
+    """Map split name -> files; "val" and "test" are absent when the spec has none."""
+    if path.is_file():
+        if path.suffix.lower() not in LIST_SUFFIXES:
+            raise UserError(f"{path} is not a folder or a .csv/.txt list of 'path,label' rows")
+        return {"train": read_list(path, problems)}
+    entries = sorted(path.iterdir())
+    folders = _by_split({p.name.lower(): p for p in entries if p.is_dir()})
+    if "train" in folders:
+        return {split: scan_class_folders(p, problems) for split, p in folders.items()}
+    lists = _by_split(
+        {p.stem.lower(): p for p in entries if p.is_file() and p.suffix.lower() in LIST_SUFFIXES}
+    )
+    if "train" in lists:
+        return {split: read_list(p, problems) for split, p in lists.items()}
+    return {"train": scan_class_folders(path, problems)}
+
+
+def _by_split(named: dict[str, Path]) -> dict[str, Path]:
+    """Pick the entries named like a split (val may be called valid/validation)."""
+    found = {}
+    for split, names in SPLIT_NAMES.items():
+        matches = [named[n] for n in names if n in named]
+        if matches:
+            found[split] = matches[0]
+    return found
+
+
+def _visible(path: Path, root: Path) -> bool:
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def scan_class_folders(folder: Path, problems: Problems) -> SplitFiles:
+    """One sub-folder per class; images may sit in nested folders; other files are ignored."""
+    files = SplitFiles(origin=f"{folder}/")
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p, folder)):
+        files.classes.append(class_dir.name)
+        images = sorted(p for p in class_dir.rglob("*") if _is_image(p) and _visible(p, folder))
+        files.items += [(p, class_dir.name) for p in images]
+    loose = [p for p in folder.iterdir() if _is_image(p) and _visible(p, folder)]
+    if loose:
+        problems.warn(
+            f"{len(loose)} image(s) directly in {folder}/ are in no class folder: ignored"
+        )
+    return files
+
+
+def read_list(path: Path, problems: Problems) -> SplitFiles:
+    """`path,label` rows (TXT may be whitespace-separated); paths are relative to the list file."""
+    files = SplitFiles(origin=str(path))
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read list file {path}: {exc}") from None
+    labels = set()
+    first_row = True
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if path.suffix.lower() == ".csv" or "," in line:
+            fields = next(csv.reader([line]))
+        else:
+            fields = line.rsplit(None, 1)
+        fields = [f.strip() for f in fields]
+        if len(fields) != 2 or not all(fields):
+            problems.error(f"{path} line {number}: expected 'path,label', got {line.strip()!r}")
+            continue
+        if first_row and [f.lower() for f in fields] == ["path", "label"]:
+            first_row = False
+            continue
+        first_row = False
+        file, label = path.parent / fields[0], fields[1]
+        labels.add(label)
+        if file.is_file():
+            files.items.append((file, label))
+        else:
+            files.missing.append((str(file), f"listed in {path.name} line {number} but not found"))
+    files.classes = sorted(labels)
+    return files

@@ -1,0 +1,99 @@
+"""The in-memory dataset types, the problem log, and the seeded stratified validation split."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+
+@dataclass
+class ImageSplit:
+    """Decoded images of one split; `sources` says where each came from, for error analysis."""
+
+    images: torch.Tensor  # uint8 (N, C, S, S)
+    labels: torch.Tensor  # int64 (N,)
+    sources: list[str]
+
+    @classmethod
+    def empty(cls, channels: int, input_size: int) -> ImageSplit:
+        images = torch.empty((0, channels, input_size, input_size), dtype=torch.uint8)
+        return cls(images, torch.empty(0, dtype=torch.int64), [])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> ImageSplit:
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        return ImageSplit(
+            self.images[index], self.labels[index], [self.sources[i] for i in indices]
+        )
+
+    def class_counts(self, n_classes: int) -> list[int]:
+        return torch.bincount(self.labels, minlength=n_classes).tolist()
+
+
+@dataclass
+class Dataset:
+    """Everything training and `check-data` need, including what went wrong while loading."""
+
+    name: str
+    classes: list[str]
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit | None
+    skipped: list[tuple[str, str]]
+    problems: list[str]
+    fatal: bool
+
+
+class Problems:
+    """Collects problems so check-data can show them all; strict loading raises the first error."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+
+    def error(self, message: str) -> None:
+        self.errors.append(message)
+        self.lines.append(f"error: {message}")
+
+    def warn(self, message: str) -> None:
+        self.lines.append(f"warning: {message}")
+
+
+def split_off_val(
+    train: ImageSplit, classes: list[str], fraction: float, seed: int, problems: Problems
+) -> tuple[ImageSplit, ImageSplit]:
+    """Stratified, seeded split so every class is in val and reruns see the same images."""
+    labels = train.labels.numpy()
+    counts = Counter(labels.tolist())
+    nothing = train.subset(np.empty(0, dtype=np.int64))
+    if not counts:
+        return train, nothing
+    rare = [classes[c] for c, n in sorted(counts.items()) if n < 2]
+    n_val = max(round(len(labels) * fraction), len(counts))
+    if rare or len(labels) - n_val < len(counts):
+        why = f"class {rare[0]!r} has only 1 image" if rare else "too few images per class"
+        problems.error(f"cannot split off a validation set: {why} (add images or a val/ folder)")
+        return train, nothing
+    train_idx, val_idx = train_test_split(
+        np.arange(len(labels)), test_size=n_val, stratify=labels, random_state=seed
+    )
+    return train.subset(np.sort(train_idx)), train.subset(np.sort(val_idx))
+
+
+def warn_imbalance(
+    split_name: str, split: ImageSplit, classes: list[str], problems: Problems
+) -> None:
+    """Flag strong imbalance: it silently hurts rare classes unless training compensates."""
+    counts = split.class_counts(len(classes))
+    if len(split) and min(counts) * 10 < max(counts):
+        lo, hi = counts.index(min(counts)), counts.index(max(counts))
+        problems.warn(
+            f"{split_name} is imbalanced: {classes[lo]!r} has {counts[lo]} images, "
+            f"{classes[hi]!r} has {counts[hi]}"
+        )

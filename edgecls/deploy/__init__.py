@@ -1,0 +1,1 @@
+"""Using trained models: prediction now, export and benchmarks to come."""

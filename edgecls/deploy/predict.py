@@ -1,0 +1,80 @@
+"""`edgecls predict`: top-k labels for image files, preprocessed as the model was trained."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edgecls import runs
+from edgecls.data import IMAGE_EXTENSIONS, BadImageError, load_image, to_tensor
+from edgecls.errors import UserError
+from edgecls.evaluate.inference import predict_logits
+from edgecls.models import model_from_checkpoint
+
+
+@dataclass
+class Prediction:
+    path: str
+    labels: list[str]
+    probabilities: list[float]
+
+
+def expand_inputs(inputs: list[Path]) -> list[Path]:
+    """Image files given directly, plus every image found (recursively) under given folders."""
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            files += sorted(
+                p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise UserError(f"no such file or folder: {item}")
+    if not files:
+        raise UserError("no images found in the given paths")
+    return files
+
+
+def predict_images(
+    model_path: Path, inputs: list[Path], top_k: int = 5
+) -> tuple[list[Prediction], list[tuple[str, str]]]:
+    """Predictions for every readable image, and (path, reason) for those that could not be read."""
+    checkpoint = runs.load_checkpoint(model_path)
+    model, config = model_from_checkpoint(checkpoint)
+    classes = list(checkpoint["classes"])
+    readable, tensors, skipped = [], [], []
+    for path in expand_inputs(inputs):
+        try:
+            tensors.append(to_tensor(load_image(path, config.grayscale), config.input_size))
+            readable.append(path)
+        except BadImageError as error:
+            skipped.append((str(path), str(error)))
+    if not tensors:
+        return [], skipped
+    probabilities = predict_logits(model, torch.stack(tensors), config.eval_batch_size).softmax(1)
+    k = min(top_k, len(classes))
+    values, indices = probabilities.topk(k, dim=1)
+    predictions = [
+        Prediction(str(path), [classes[i] for i in idx.tolist()], val.tolist())
+        for path, val, idx in zip(readable, values, indices, strict=True)
+    ]
+    return predictions, skipped
+
+
+def write_predictions_csv(predictions: list[Prediction], path: Path) -> None:
+    k = max((len(p.labels) for p in predictions), default=0)
+    header = ["path"] + [f"{name}{i}" for i in range(1, k + 1) for name in ("label", "prob")]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for p in predictions:
+            cells = [
+                c
+                for pair in zip(p.labels, p.probabilities, strict=True)
+                for c in (pair[0], f"{pair[1]:.6f}")
+            ]
+            writer.writerow([p.path, *cells])

@@ -1,0 +1,11 @@
+"""Evaluation metrics for trained classifiers."""
+
+from edgecls.evaluate.metrics import (
+    Metrics,
+    compute_metrics,
+    format_metrics,
+    mean_inverse_rank,
+    top_k_accuracy,
+)
+
+__all__ = ["Metrics", "compute_metrics", "format_metrics", "mean_inverse_rank", "top_k_accuracy"]

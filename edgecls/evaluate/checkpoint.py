@@ -1,0 +1,78 @@
+"""`edgecls eval`: a trained checkpoint measured on a dataset split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from edgecls import runs
+from edgecls.data import ImageSplit, load_dataset
+from edgecls.errors import UserError
+from edgecls.evaluate.inference import predict_logits, select_device
+from edgecls.evaluate.metrics import Metrics, compute_metrics
+from edgecls.models import model_from_checkpoint
+from edgecls.report import plot_confusion_matrix
+
+SPLITS = ("auto", "train", "val", "test", "all")
+
+
+def _pick_split(dataset, split: str) -> tuple[str, ImageSplit]:
+    if split == "auto":
+        split = "test" if dataset.test is not None else "val"
+    if split == "all":
+        parts = [p for p in (dataset.train, dataset.val, dataset.test) if p is not None]
+        return "all", ImageSplit(
+            images=torch.cat([p.images for p in parts]),
+            labels=torch.cat([p.labels for p in parts]),
+            sources=[s for p in parts for s in p.sources],
+        )
+    chosen = getattr(dataset, split)
+    if chosen is None:
+        raise UserError(f"the dataset has no '{split}' split")
+    return split, chosen
+
+
+def evaluate_checkpoint(
+    model_path: Path,
+    data: str,
+    *,
+    split: str = "auto",
+    out_dir: Path | None = None,
+    data_root: str | None = None,
+    progress: bool = True,
+) -> tuple[str, Metrics, Path]:
+    """Measure a checkpoint on `split` of `data`; save metrics.json and the confusion matrix."""
+    checkpoint = runs.load_checkpoint(model_path)
+    model, config = model_from_checkpoint(checkpoint)
+    classes = list(checkpoint["classes"])
+    dataset = load_dataset(
+        data,
+        input_size=config.input_size,
+        grayscale=config.grayscale,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        data_root=data_root or config.data_root,
+        progress=progress,
+    )
+    if dataset.classes != classes:
+        unknown = sorted(set(dataset.classes) - set(classes))
+        if unknown:
+            raise UserError(f"classes not known to the model: {', '.join(unknown[:10])}")
+        remap = torch.tensor([classes.index(name) for name in dataset.classes])
+    else:
+        remap = None
+    split_name, chosen = _pick_split(dataset, split)
+    labels = chosen.labels if remap is None else remap[chosen.labels]
+    device = select_device(config.device)
+    logits = predict_logits(model.to(device), chosen.images, config.eval_batch_size, device)
+    metrics = compute_metrics(logits, labels, classes)
+    if out_dir is None:
+        run_dir = model_path if model_path.is_dir() else model_path.parent
+        out_dir = run_dir / "eval" / f"{Path(data).name}-{split_name}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs.write_json(
+        out_dir / "metrics.json", {"data": data, "split": split_name, **metrics.to_dict()}
+    )
+    plot_confusion_matrix(metrics.confusion, classes, out_dir / "confusion.png")
+    return split_name, metrics, out_dir

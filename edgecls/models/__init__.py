@@ -1,0 +1,132 @@
+"""Model factory: any timm architecture, wrapped with the input normalization it expects.
+
+The normalization lives inside the model so a checkpoint (and later an exported graph) takes raw
+pixels scaled to [0, 1] and nobody has to re-implement the preprocessing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from edgecls.config import Config, config_from_dict
+from edgecls.errors import UserError
+
+
+class Classifier(nn.Module):
+    """A timm backbone behind a fixed per-channel normalization of [0, 1] inputs."""
+
+    def __init__(self, backbone: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.backbone((pixels - self.mean) / self.std)
+
+
+def _normalization(backbone: nn.Module, channels: int) -> tuple[list[float], list[float]]:
+    mean = list(backbone.pretrained_cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN))
+    std = list(backbone.pretrained_cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
+    if channels == 1:
+        return [sum(mean) / 3], [sum(std) / 3]
+    return mean, std
+
+
+def create_model(config: Config, num_classes: int) -> Classifier:
+    """Build the configured timm model for `num_classes`, with pretrained or local weights."""
+    channels = 1 if config.grayscale else 3
+    if config.model not in timm.list_models():
+        close = timm.list_models(f"*{config.model}*")[:5]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise UserError(f"unknown timm model '{config.model}'{hint}")
+    try:
+        backbone = timm.create_model(
+            config.model,
+            pretrained=config.pretrained and not config.weights,
+            num_classes=num_classes,
+            in_chans=channels,
+            drop_rate=config.dropout,
+        )
+    except (OSError, RuntimeError, ValueError) as error:
+        if not config.pretrained:
+            raise
+        raise UserError(
+            f"could not fetch pretrained weights for '{config.model}' ({type(error).__name__}); "
+            "when offline pass weights=FILE with a local state dict"
+        ) from None
+    if config.weights:
+        load_backbone_weights(backbone, Path(config.weights))
+    mean, std = _normalization(backbone, channels)
+    return Classifier(backbone, mean, std)
+
+
+def _is_classifier_key(backbone: nn.Module, key: str) -> bool:
+    head = backbone.pretrained_cfg.get("classifier", "classifier")
+    heads = head if isinstance(head, (list, tuple)) else [head]
+    return any(key.startswith(f"{name}.") for name in heads)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad file
+        raise UserError(f"cannot read weights file {path}: {error}") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def load_backbone_weights(backbone: nn.Module, path: Path) -> None:
+    """Load a state dict into everything but the classifier, which stays sized for our classes.
+
+    Keys are matched by name when they agree (a timm checkpoint), otherwise paired in order, which
+    is how torchvision's MobileNetV2 and the EfficientNet-Lite0 package file map onto timm.
+    """
+    source = {k: v for k, v in _read_state_dict(path).items() if "num_batches_tracked" not in k}
+    target = {
+        k: v
+        for k, v in backbone.state_dict().items()
+        if "num_batches_tracked" not in k and not _is_classifier_key(backbone, k)
+    }
+    if set(target) <= set(source):
+        pairs = [(key, source[key]) for key in target]
+    else:
+        source_body = list(source.values())[: len(target)]
+        if len(source) != len(target) + 2:
+            raise UserError(
+                f"{path} has {len(source)} tensors; '{type(backbone).__name__}' needs "
+                f"{len(target)} plus a classifier: is it the right architecture?"
+            )
+        pairs = list(zip(target, source_body, strict=True))
+    first_conv = backbone.pretrained_cfg.get("first_conv")
+    loaded = {}
+    for key, tensor in pairs:
+        expected = target[key].shape
+        if first_conv and key == f"{first_conv}.weight" and tensor.shape[1] != expected[1]:
+            tensor = timm.models.adapt_input_conv(expected[1], tensor)
+        if tensor.shape != expected:
+            raise UserError(
+                f"{path}: tensor for '{key}' has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(expected)}: is it the right architecture?"
+            )
+        loaded[key] = tensor
+    backbone.load_state_dict(loaded, strict=False)
+
+
+def model_from_checkpoint(checkpoint: dict) -> tuple[Classifier, Config]:
+    """Rebuild the trained model of an edgecls checkpoint (no weights are fetched)."""
+    config = config_from_dict(checkpoint["config"])
+    config.pretrained, config.weights = False, None
+    model = create_model(config, len(checkpoint["classes"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), config

@@ -1,0 +1,37 @@
+"""Progress bars for long work (rich), silent when asked to be."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+
+
+@contextmanager
+def progress_bars(enabled: bool = True) -> Iterator[Progress]:
+    """A rich Progress with count, elapsed time and ETA; disabled bars still accept updates."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=16),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(compact=True),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        disable=not enabled,
+        transient=False,
+    )
+    with progress:
+        yield progress

@@ -1,0 +1,136 @@
+"""Epoch-level learning-rate schedules with linear warmup.
+
+Both schedules answer two questions the training loop asks: which base LR to use for the coming
+epoch (`lr`), and, after the epoch, whether to stop (`step`). Parameter groups are scaled from the
+base LR by the loop, so biases at 2x the LR stay at 2x through warmup and every reduction.
+
+ReduceLROnPlateauV2 (paper 000, section 3.2) is written here because no library has it:
+- warmup: epoch e (0-based) of `warmup_epochs` uses lr * (e + 1) / warmup_epochs;
+- after warmup, if the average training loss has not improved (relative threshold 1e-4) for
+  `patience` consecutive epochs, the LR is multiplied by `factor`, never below min_lr;
+- if no reduction has happened once `forced_decay_at` of `max_epochs` have run, one is forced;
+- once the LR is at min_lr (= lr * min_lr_ratio) and validation top-1 has not beaten its best for
+  `patience` consecutive epochs, training stops; it also stops at `max_epochs`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from edgecls.config import Config
+
+
+def warmup_lr(base_lr: float, epoch: int, warmup_epochs: int) -> float | None:
+    """The warmup LR for `epoch`, or None once warmup is over."""
+    if epoch < warmup_epochs:
+        return base_lr * (epoch + 1) / warmup_epochs
+    return None
+
+
+@dataclass
+class ReduceLROnPlateauV2:
+    base_lr: float
+    max_epochs: int
+    warmup_epochs: int = 5
+    factor: float = 0.1
+    patience: int = 5
+    min_lr_ratio: float = 1 / 200
+    forced_decay_at: float = 0.75
+    threshold: float = 1e-4
+    current_lr: float = 0.0
+    best_loss: float = math.inf
+    loss_bad_epochs: int = 0
+    reductions: int = 0
+    best_top1: float = -math.inf
+    top1_bad_epochs_at_min: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.current_lr:
+            self.current_lr = self.base_lr
+
+    @property
+    def min_lr(self) -> float:
+        return self.base_lr * self.min_lr_ratio
+
+    def lr(self, epoch: int) -> float:
+        warm = warmup_lr(self.base_lr, epoch, self.warmup_epochs)
+        return self.current_lr if warm is None else warm
+
+    def _reduce(self) -> None:
+        self.current_lr = max(self.current_lr * self.factor, self.min_lr)
+        self.reductions += 1
+        self.loss_bad_epochs = 0
+
+    def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
+        """Record the finished epoch; return True when training should stop."""
+        at_min_before = math.isclose(self.current_lr, self.min_lr) and epoch >= self.warmup_epochs
+        if val_top1 > self.best_top1:
+            self.best_top1 = val_top1
+            self.top1_bad_epochs_at_min = 0
+        elif at_min_before:
+            self.top1_bad_epochs_at_min += 1
+        if epoch >= self.warmup_epochs:
+            if train_loss < self.best_loss * (1 - self.threshold):
+                self.best_loss = train_loss
+                self.loss_bad_epochs = 0
+            else:
+                self.loss_bad_epochs += 1
+            if self.loss_bad_epochs >= self.patience and self.current_lr > self.min_lr:
+                self._reduce()
+            elif self.reductions == 0 and epoch + 1 >= self.forced_decay_at * self.max_epochs:
+                self._reduce()
+        if at_min_before and self.top1_bad_epochs_at_min >= self.patience:
+            return True
+        return epoch + 1 >= self.max_epochs
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+@dataclass
+class CosineSchedule:
+    """Fixed-length cosine decay to zero after warmup: the paper's baseline schedule."""
+
+    base_lr: float
+    max_epochs: int
+    warmup_epochs: int = 5
+
+    def lr(self, epoch: int) -> float:
+        warm = warmup_lr(self.base_lr, epoch, self.warmup_epochs)
+        if warm is not None:
+            return warm
+        progress = (epoch - self.warmup_epochs) / max(1, self.max_epochs - self.warmup_epochs)
+        return 0.5 * self.base_lr * (1 + math.cos(math.pi * progress))
+
+    def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
+        return epoch + 1 >= self.max_epochs
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+Schedule = ReduceLROnPlateauV2 | CosineSchedule
+
+
+def create_schedule(config: Config) -> Schedule:
+    if config.schedule == "cosine":
+        return CosineSchedule(config.lr, config.max_epochs, config.warmup_epochs)
+    return ReduceLROnPlateauV2(
+        base_lr=config.lr,
+        max_epochs=config.max_epochs,
+        warmup_epochs=config.warmup_epochs,
+        factor=config.lr_factor,
+        patience=config.patience,
+        min_lr_ratio=config.min_lr_ratio,
+        forced_decay_at=config.forced_decay_at,
+    )
