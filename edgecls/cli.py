@@ -15,8 +15,8 @@ from edgecls import config as cfg
 from edgecls import runs
 from edgecls.errors import UserError
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def user_errors(command):

@@ -1,5 +1,9 @@
 """Bad input ends with a one-line message and exit status 2, never a traceback."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -71,18 +75,30 @@ def test_missing_weights_file(tmp_path):
     )
 
 
-def test_pretrained_weights_offline_give_a_clear_message(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    fails_cleanly(
-        "train",
-        "digits",
-        "--pretrained",
-        "--run-dir",
-        str(tmp_path / "run"),
-        "--quiet",
-        contains="pretrained weights",
+def test_pretrained_weights_offline_give_a_clear_message(tmp_path):
+    # A fresh process, so the hub client reads the offline setting at import.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecls",
+            "train",
+            "digits",
+            "--pretrained",
+            "--quiet",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "pretrained weights" in result.stderr and "weights=FILE" in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_without_checkpoint(tmp_path):
@@ -118,3 +134,25 @@ def test_user_recipe_file(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"lr": 0.02}))
     assert build_config(load_recipe(str(path))).lr == 0.02
+
+
+def test_check_data_reports_splits_balance_and_problems(tmp_path):
+    from PIL import Image
+
+    for split, per_class in (("train", 3), ("val", 1)):
+        for name in ("cat", "dog"):
+            folder = tmp_path / "pets" / split / name
+            folder.mkdir(parents=True)
+            for index in range(per_class):
+                Image.new("RGB", (20, 20), (index * 40, 0, 0)).save(folder / f"{index}.png")
+    (tmp_path / "pets" / "train" / "dog" / "broken.jpg").write_bytes(b"")
+    result = CliRunner().invoke(main, ["check-data", str(tmp_path / "pets")])
+    assert result.exit_code == 0, result.output
+    assert "broken.jpg" in result.output
+    assert "train" in result.output and "val" in result.output
+    assert "cat" in result.output and "dog" in result.output
+    (tmp_path / "pets" / "val" / "bird").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / "pets" / "val" / "bird" / "0.png")
+    result = CliRunner().invoke(main, ["check-data", str(tmp_path / "pets")])
+    assert result.exit_code == 2
+    assert "bird" in result.output

@@ -18,15 +18,8 @@ from sklearn.datasets import load_digits
 
 from edgecls.cli import main
 
-# Small and fast: digits at 32x32, one input channel, a handful of epochs.
-TINY = [
-    "--recipe",
-    "digits",
-    "--quiet",
-    "model=mobilenetv3_small_100",
-    "warmup_epochs=1",
-    "eval_batch_size=512",
-]
+# Small and fast: the digits recipe (32x32, one channel, MobileNetV3-small), few epochs.
+TINY = ["--recipe", "digits", "--quiet"]
 
 
 def invoke(*args: str):
@@ -37,7 +30,7 @@ def invoke(*args: str):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "digits"
-    result = invoke("train", *TINY, "--epochs", "6", "--run-dir", str(run_dir))
+    result = invoke("train", *TINY, "--epochs", "10", "--run-dir", str(run_dir))
     assert result.exit_code == 0, result.output
     return run_dir
 
@@ -45,14 +38,14 @@ def trained_run(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_train_writes_a_complete_run_folder_and_beats_chance(trained_run):
     metrics = json.loads((trained_run / "metrics.json").read_text())
-    assert metrics["val_top1"] > 0.5  # chance is 0.1
+    assert metrics["val_top1"] > 0.8  # chance is 0.1
     assert 0.0 <= metrics["val_top1"] <= metrics["val_top5"] <= 1.0
     assert 0.1 <= metrics["val_map"] <= 1.0
-    assert metrics["epochs_trained"] == 6 and metrics["stopped_early"] is False
-    assert 1 <= metrics["best_epoch"] <= 6 and metrics["train_seconds"] > 0
+    assert metrics["epochs_trained"] == 10 and metrics["stopped_early"] is False
+    assert 1 <= metrics["best_epoch"] <= 10 and metrics["train_seconds"] > 0
     with open(trained_run / "history.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 11))
     assert set(rows[0]) == {
         "epoch",
         "lr",
@@ -97,7 +90,7 @@ def digit_images(tmp_path_factory) -> Path:
     digits = load_digits()
     for index in range(6):
         pixels = (digits.images[index] * 255 / 16).astype(np.uint8)
-        Image.fromarray(pixels).resize((32, 32)).save(folder / f"digit{digits.target[index]}.png")
+        Image.fromarray(pixels).save(folder / f"digit{digits.target[index]}.png")
     (folder / "broken.png").write_bytes(b"not an image")
     return folder
 
@@ -135,7 +128,7 @@ def test_predict_prints_top_k_writes_csv_and_skips_unreadable(trained_run, digit
     probabilities = [float(rows[0][f"prob{i}"]) for i in (1, 2, 3)]
     assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0001
     correct = sum(r["label1"] == Path(r["path"]).stem[-1] for r in rows)
-    assert correct >= 3
+    assert correct >= 4
 
 
 def _history(run_dir: Path) -> list[dict]:

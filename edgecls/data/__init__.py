@@ -1,7 +1,7 @@
 """Loading labelled images (folders, list files, built-ins) into checked uint8 tensors."""
 
 from edgecls.data.builtin import BUILTIN_DATASETS
-from edgecls.data.images import IMAGE_EXTENSIONS, BadImageError, load_image, to_tensor
+from edgecls.data.images import IMAGE_EXTENSIONS, BadImageError, load_image, to_float, to_tensor
 from edgecls.data.loader import load_dataset
 from edgecls.data.report import describe
 from edgecls.data.splits import Dataset, ImageSplit
@@ -15,5 +15,6 @@ __all__ = [
     "describe",
     "load_dataset",
     "load_image",
+    "to_float",
     "to_tensor",
 ]

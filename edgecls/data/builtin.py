@@ -14,9 +14,9 @@ import torchvision.datasets
 from PIL import Image, ImageOps
 
 from edgecls.data.images import arrays_to_tensor, to_8bit, to_tensor
-from edgecls.data.progress import progress_bar
 from edgecls.data.splits import ImageSplit
 from edgecls.errors import UserError
+from edgecls.report.progress import progress_bar
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [

@@ -88,3 +88,8 @@ def arrays_to_tensor(
             part = TF.rgb_to_grayscale(part)
         out[start : start + chunk] = resize_batch(part, input_size)  # broadcasts 1 -> 3 channels
     return out
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels to floats in [0, 1], the input every edgecls model takes."""
+    return images.float().div_(255.0)

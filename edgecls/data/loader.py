@@ -11,10 +11,10 @@ import torch
 
 from edgecls.data.builtin import BUILTIN_DATASETS, load_builtin
 from edgecls.data.images import BadImageError, load_image, to_tensor
-from edgecls.data.progress import progress_bar
 from edgecls.data.sources import SplitFiles, discover
 from edgecls.data.splits import Dataset, ImageSplit, Problems, split_off_val, warn_imbalance
 from edgecls.errors import UserError
+from edgecls.report.progress import progress_bar
 
 
 def load_dataset(

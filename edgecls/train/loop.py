@@ -29,14 +29,14 @@ from torch import nn
 
 from edgecls import runs
 from edgecls.config import Config
-from edgecls.data import Dataset, ImageSplit, load_dataset
+from edgecls.data import Dataset, ImageSplit, load_dataset, to_float
 from edgecls.errors import UserError
 from edgecls.evaluate import compute_metrics
 from edgecls.evaluate.inference import predict_logits, select_device
 from edgecls.models import create_model
 from edgecls.report import plot_confusion_matrix, plot_history
 from edgecls.report.progress import console, progress_bars
-from edgecls.train.augment import create_augmentation, to_float
+from edgecls.train.augment import create_augmentation
 from edgecls.train.schedules import Schedule, create_schedule
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], float]
