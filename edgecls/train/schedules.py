@@ -22,6 +22,17 @@ from typing import Any
 from edgecls.config import Config
 
 
+class _SavedFields:
+    """Schedules are dataclasses: their fields are their whole state."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
 def warmup_lr(base_lr: float, epoch: int, warmup_epochs: int) -> float | None:
     """The warmup LR for `epoch`, or None once warmup is over."""
     if epoch < warmup_epochs:
@@ -30,7 +41,7 @@ def warmup_lr(base_lr: float, epoch: int, warmup_epochs: int) -> float | None:
 
 
 @dataclass
-class ReduceLROnPlateauV2:
+class ReduceLROnPlateauV2(_SavedFields):
     base_lr: float
     max_epochs: int
     warmup_epochs: int = 5
@@ -85,16 +96,9 @@ class ReduceLROnPlateauV2:
             return True
         return epoch + 1 >= self.max_epochs
 
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-
 
 @dataclass
-class CosineSchedule:
+class CosineSchedule(_SavedFields):
     """Fixed-length cosine decay to zero after warmup: the paper's baseline schedule."""
 
     base_lr: float
@@ -111,18 +115,29 @@ class CosineSchedule:
     def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
         return epoch + 1 >= self.max_epochs
 
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+@dataclass
+class ConstantSchedule(_SavedFields):
+    """One LR for a fixed number of epochs: how LR-search trials train."""
+
+    base_lr: float
+    max_epochs: int
+
+    def lr(self, epoch: int) -> float:
+        return self.base_lr
+
+    def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
+        return epoch + 1 >= self.max_epochs
 
 
-Schedule = ReduceLROnPlateauV2 | CosineSchedule
+Schedule = ReduceLROnPlateauV2 | CosineSchedule | ConstantSchedule
 
 
 def create_schedule(config: Config) -> Schedule:
+    if not isinstance(config.lr, float):
+        raise ValueError(f"resolve the initial LR before scheduling, got {config.lr!r}")
+    if config.schedule == "constant":
+        return ConstantSchedule(config.lr, config.max_epochs)
     if config.schedule == "cosine":
         return CosineSchedule(config.lr, config.max_epochs, config.warmup_epochs)
     return ReduceLROnPlateauV2(

@@ -1,0 +1,154 @@
+"""AugMix training data: per-image PIL augmentation in a DataLoader.
+
+The paper's recipe uses AugMix (timm's ImageNet policy) plus random flip, crop and rotation.
+Those are per-image PIL ops, so unlike the batch-level tensor augmentation in
+`edgecls.train.augment` they run item by item, optionally in worker processes.
+
+timm draws from python `random` and `numpy.random`, torchvision from the global torch RNG. To make
+a run repeatable every image is augmented under its own seed, drawn from the loader's generator
+together with the shuffle order: the batches then depend only on that generator, not on the
+number of workers or on which worker handled an image, and the caller's RNG states are untouched.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN
+from timm.data.auto_augment import augment_and_mix_transform
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import InterpolationMode, v2
+
+from edgecls.data.splits import ImageSplit
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+def augmix_transform(
+    input_size: int,
+    grayscale: bool,
+    hflip: bool = True,
+    severity: int = 3,
+    width: int = 3,
+    max_rotation: float = 10.0,
+) -> Transform:
+    """PIL image -> uint8 tensor (C, S, S): flip, padded random crop, rotation, then timm AugMix.
+
+    AugMix's colour ops expect RGB, so grayscale images go through it as RGB and come back as one
+    channel. The hparams are the ones timm's `create_transform` passes for an 'augmix-...' policy:
+    translations scaled to the image size and the ImageNet mean as fill colour.
+    """
+    fill = tuple(min(255, round(255 * x)) for x in IMAGENET_DEFAULT_MEAN)
+    hparams = {"translate_const": int(input_size * 0.45), "img_mean": fill, "translate_pct": 0.3}
+    steps: list[Callable] = [v2.RGB()]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [
+        v2.RandomCrop(input_size, padding=input_size // 8, padding_mode="reflect"),
+        v2.RandomRotation(max_rotation, interpolation=InterpolationMode.BILINEAR, fill=fill),
+        augment_and_mix_transform(f"augmix-m{severity}-w{width}", hparams),
+    ]
+    if grayscale:
+        steps.append(v2.Grayscale(num_output_channels=1))
+    steps.append(v2.PILToTensor())
+    return v2.Compose(steps)
+
+
+class AugMixDataset(Dataset):
+    """Wraps an ImageSplit: item i -> (augmented uint8 tensor, label)."""
+
+    def __init__(
+        self,
+        split: ImageSplit,
+        *,
+        input_size: int,
+        grayscale: bool,
+        hflip: bool,
+    ) -> None:
+        self.split = split
+        self.transform = augmix_transform(input_size, grayscale, hflip)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = v2.functional.to_pil_image(self.split.images[i])
+        return self.transform(image), self.split.labels[i]
+
+
+@contextmanager
+def _seeded_rngs(seed: int) -> Iterator[None]:
+    """Seed python, numpy and torch's CPU RNG for one image, then restore the caller's states."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.default_generator.manual_seed(seed)  # CPU only: the CUDA RNG is not ours to touch
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+class _SeededItems(Dataset):
+    """Item (i, seed) -> dataset[i] augmented under `seed`."""
+
+    def __init__(self, dataset: AugMixDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = key
+        with _seeded_rngs(seed):
+            return self.dataset[index]
+
+
+class _SeededShuffle(Sampler[tuple[int, int]]):
+    """A fresh shuffle per pass, each index paired with a per-image seed from `generator`."""
+
+    def __init__(self, n: int, generator: torch.Generator) -> None:
+        self.n = n
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = torch.randperm(self.n, generator=self.generator)
+        seeds = torch.randint(2**32, (self.n,), generator=self.generator)
+        return zip(order.tolist(), seeds.tolist(), strict=True)
+
+
+def augmix_loader(
+    split: ImageSplit,
+    batch_size: int,
+    generator: torch.Generator,
+    *,
+    input_size: int,
+    grayscale: bool,
+    hflip: bool,
+    workers: int,
+) -> DataLoader:
+    """Shuffled AugMix batches (uint8 images (B, C, S, S), labels) that depend only on `generator`.
+
+    Like `edgecls.train.loop.batches`, the last short batch is dropped when there is more than one
+    batch (batch norm needs > 1 sample), so a resumed run sees the same batches.
+    """
+    dataset = AugMixDataset(split, input_size=input_size, grayscale=grayscale, hflip=hflip)
+    return DataLoader(
+        _SeededItems(dataset),
+        batch_size=batch_size,
+        sampler=_SeededShuffle(len(split), generator),
+        num_workers=workers,
+        drop_last=len(split) > batch_size,
+        persistent_workers=False,
+        generator=generator,  # the loader draws a worker base seed: not from the global RNG
+    )

@@ -1,0 +1,52 @@
+"""Training objectives: cross-entropy / AM-Softmax for one model, and deep mutual learning.
+
+An objective maps the outputs of the trained models on a batch to one loss to minimise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from edgecls.models import Classifier
+
+Objective = Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
+
+
+def margin_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+    """Cross-entropy with `margin` subtracted from the target logit: AM-Softmax when the logits
+    are s * cos(theta) and margin = s * m; plain cross-entropy when margin is 0."""
+    if margin:
+        logits = logits - margin * F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    return F.cross_entropy(logits, labels)
+
+
+def kl_to(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """D_KL(p_target || p) with the target's distribution held fixed (detached)."""
+    target = F.softmax(target_logits.detach().float(), dim=1)
+    return F.kl_div(F.log_softmax(logits.float(), dim=1), target, reduction="batchmean")
+
+
+def single_objective(model: Classifier) -> Objective:
+    def objective(outputs: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        return margin_cross_entropy(outputs[0], labels, model.margin)
+
+    return objective
+
+
+def mutual_objective(fast: Classifier, slow: Classifier) -> Objective:
+    """Paper 000, section 3.3: L_fast = CE(p1, y) + KL(p2 || p1) and
+    L_slow = AMS(p2, y) + KL(p1 || p2), each partner detached; one backward of the sum gives
+    each model exactly the gradient of its own loss."""
+
+    def objective(outputs: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        fast_logits, slow_logits = outputs
+        fast_loss = margin_cross_entropy(fast_logits, labels, fast.margin)
+        fast_loss = fast_loss + kl_to(slow_logits, fast_logits)
+        slow_loss = margin_cross_entropy(slow_logits, labels, slow.margin)
+        slow_loss = slow_loss + kl_to(fast_logits, slow_logits)
+        return fast_loss + slow_loss
+
+    return objective
