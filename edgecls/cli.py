@@ -74,7 +74,7 @@ def _print_summary(metrics: dict, run_dir: Path) -> None:
 @click.option("--pretrained/--no-pretrained", default=None, help="Start from timm hub weights.")
 @click.option("--weights", type=click.Path(), help="Local state dict to start from.")
 @click.option("--data-root", type=click.Path(), help="Root folder for torchvision datasets.")
-@click.option("--lr", type=float, help="Initial learning rate.")
+@click.option("--lr", help="Initial learning rate, or a search: auto, tpe, range, grid.")
 @click.option("--epochs", "max_epochs", type=int, help="Maximum number of epochs.")
 @click.option("--seed", type=int)
 @click.option("--run-dir", type=click.Path(path_type=Path), help="Default: runs/<auto name>.")
@@ -94,8 +94,8 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, **options) -> None:
     if resume:
         if args or recipe or any(v is not None for v in options.values()):
             raise UserError("--resume continues a run with its saved config; pass nothing else")
-        if not (resume / "last.pt").is_file():
-            raise UserError(f"no last.pt in {resume}: nothing to resume")
+        if not (resume / "config.yaml").is_file():
+            raise UserError(f"no config.yaml in {resume}: nothing to resume")
         config = cfg.build_config(yaml.safe_load((resume / "config.yaml").read_text()))
         run_dir = resume
     else:
@@ -103,6 +103,8 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, **options) -> None:
             recipe = "digits"
         recipe_values = cfg.load_recipe(recipe) if recipe else {}
         cli_values = {k: v for k, v in options.items() if v is not None}
+        if "lr" in cli_values:
+            cli_values["lr"] = cfg.parse_overrides([f"lr={cli_values['lr']}"])["lr"]
         if data is not None:
             cli_values["data"] = data
         config = cfg.build_config(recipe_values, cfg.parse_overrides(overrides), cli_values)
@@ -116,6 +118,53 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, **options) -> None:
         err.print(f"interrupted; continue with: edgecls train --resume {run_dir}", highlight=False)
         sys.exit(130)
     _print_summary(metrics, run_dir)
+
+
+@main.command("lr-find", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+@click.option("--recipe", help="Recipe name or YAML file (model, input size, ...).")
+@click.option("--model", help="Any timm model name.")
+@click.option(
+    "--method", type=click.Choice(["range", "tpe", "grid"]), default="range", show_default=True
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    help="Where to keep the plot, trials and study (default: runs/lr-find-<auto>).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@user_errors
+def lr_find(args, recipe, model, method, out_dir, quiet) -> None:
+    """Estimate the initial learning rate for DATA alone: range test, TPE or grid search."""
+    from edgecls.train.lr_search import search_lr
+    from edgecls.train.pipeline import load_training_data
+
+    data, overrides = _split_args(args)
+    layers = [cfg.load_recipe(recipe) if recipe else {}, cfg.parse_overrides(overrides)]
+    layers.append(
+        {"lr": method, **({"model": model} if model else {}), **({"data": data} if data else {})}
+    )
+    config = cfg.build_config(*layers)
+    if config.data is None:
+        raise UserError("lr-find needs DATA (or a recipe that names one)")
+    out_dir = out_dir or runs.auto_run_dir(config, prefix="lr-find")
+    dataset = load_training_data(config, progress=not quiet)
+    result = search_lr(config, dataset, out_dir)
+    runs.write_json(out_dir / "lr_search.json", result.to_dict())
+    if result.trials:
+        table = Table(title=f"LR search ({result.method})")
+        for column in ("trial", "lr", "state", "best val top-1", "epochs"):
+            table.add_column(column)
+        for t in result.trials:
+            top1 = "-" if t["top1"] is None else f"{t['top1']:.2%}"
+            table.add_row(str(t["number"]), f"{t['lr']:.4g}", t["state"], top1, str(t["epochs"]))
+        out.print(table)
+    out.print(
+        f"suggested lr: {result.lr:.4g} ({result.method}, {result.seconds:.0f} s); "
+        f"details in {out_dir}",
+        highlight=False,
+    )
 
 
 @main.command("check-data")

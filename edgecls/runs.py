@@ -38,10 +38,11 @@ HISTORY_COLUMNS = (
 )
 
 
-def auto_run_dir(config: Config, root: Path = Path("runs")) -> Path:
-    """runs/<data>-<model>-<timestamp>, made unique if that name is taken."""
+def auto_run_dir(config: Config, root: Path = Path("runs"), prefix: str = "") -> Path:
+    """runs/[<prefix>-]<data>-<model>-<timestamp>, made unique if that name is taken."""
     data = Path(config.data or "data").name or "data"
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{data}-{config.model}")
+    name = f"{prefix}-{data}-{config.model}" if prefix else f"{data}-{config.model}"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     candidate = root / f"{slug}-{stamp}"
     suffix = 1

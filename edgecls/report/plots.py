@@ -134,3 +134,20 @@ def plot_confusion_matrix(
                 color="white" if values[row, col] > threshold else "black",
             )
     return _save(fig, Path(path))
+
+
+def plot_lr_range_test(
+    lrs: list[float], losses: list[float], suggestion: float, path: Path
+) -> Path:
+    """Smoothed training loss against the LR of the range test, the suggestion marked."""
+    fig = Figure(figsize=(7, 4.5), layout="tight")
+    ax = fig.add_subplot()
+    ax.plot(lrs, losses, marker=".", markersize=3)
+    ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested lr {suggestion:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("smoothed training loss")
+    ax.set_title("LR range test (after one epoch of fine-tuning)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return _save(fig, path)

@@ -1,5 +1,6 @@
-"""Training: the loop, its schedules and augmentation."""
+"""Training: the pipeline, its loop, schedules, optimizers, losses and augmentation."""
 
-from edgecls.train.loop import RunState, Trainer, train
+from edgecls.train.loop import RunState, Trainer
+from edgecls.train.pipeline import train
 
 __all__ = ["RunState", "Trainer", "train"]

@@ -27,13 +27,13 @@ import torch
 
 from edgecls import runs
 from edgecls.config import Config
-from edgecls.data import Dataset, ImageSplit, load_dataset
+from edgecls.data import Dataset, ImageSplit
 from edgecls.errors import UserError
 from edgecls.evaluate import Metrics, compute_metrics
 from edgecls.evaluate.inference import predict_logits, select_device
 from edgecls.models import Classifier, create_model
 from edgecls.report import plot_confusion_matrix, plot_history
-from edgecls.report.progress import console, progress_bars
+from edgecls.report.progress import progress_bars
 from edgecls.train.augment import num_batches, training_batches
 from edgecls.train.losses import Objective, mutual_objective, single_objective
 from edgecls.train.optim import SAM, create_optimizer, sam_update, scaled_lr
@@ -69,7 +69,7 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
-def _rng_states() -> dict[str, Any]:
+def rng_states() -> dict[str, Any]:
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
@@ -77,7 +77,7 @@ def _rng_states() -> dict[str, Any]:
     }
 
 
-def _restore_rng(states: dict[str, Any]) -> None:
+def restore_rng(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
@@ -155,7 +155,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "schedule": self.schedule.state_dict(),
-            "rng": _rng_states(),
+            "rng": rng_states(),
             "config": self.config.to_dict(),
             "classes": self.dataset.classes,
             "state": vars(self.state),
@@ -168,7 +168,7 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.schedule.load_state_dict(checkpoint["schedule"])
-        _restore_rng(checkpoint["rng"])
+        restore_rng(checkpoint["rng"])
         self.state = RunState(**checkpoint["state"])
 
     # one epoch -----------------------------------------------------------------------------
@@ -251,8 +251,8 @@ class Trainer:
                 )
         return state
 
-    def finish(self) -> dict[str, Any]:
-        """Evaluate the best checkpoint; write metrics.json and the plots."""
+    def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Evaluate the best checkpoint; write metrics.json (with `extra`) and the plots."""
         best = runs.load_checkpoint(self.run_dir / "best.pt")
         self.model.load_state_dict(best["model"])
         val = self.evaluate(self.dataset.val)
@@ -270,6 +270,7 @@ class Trainer:
             "num_train": len(self.dataset.train.labels),
             "num_val": len(self.dataset.val.labels),
             "skipped_files": len(self.dataset.skipped),
+            **(extra or {}),
             "val": val.to_dict(),
         }
         plot_confusion_matrix(
@@ -285,41 +286,3 @@ class Trainer:
         runs.write_json(self.run_dir / "metrics.json", metrics)
         plot_history(state.history, self.run_dir)
         return metrics
-
-
-def write_skipped(run_dir: Path, dataset: Dataset) -> None:
-    if dataset.skipped:
-        lines = [f"{path}\t{reason}" for path, reason in dataset.skipped]
-        runs.write_text(run_dir / "skipped_files.txt", "\n".join(lines) + "\n")
-
-
-def train(
-    config: Config,
-    run_dir: Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train as configured into `run_dir`; return the final metrics (also in metrics.json)."""
-    if config.data is None:
-        raise UserError("no dataset given")
-    dataset = load_dataset(
-        config.data,
-        input_size=config.input_size,
-        grayscale=config.grayscale,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        data_root=config.data_root,
-        download=config.download,
-        progress=progress,
-    )
-    trainer = Trainer(config, run_dir, dataset, progress)
-    if resume:
-        trainer.restore(runs.load_checkpoint(run_dir / "last.pt"))
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        runs.write_config(run_dir, config)
-    console.print(f"run folder: {run_dir}", highlight=False)
-    write_skipped(run_dir, dataset)
-    trainer.fit()
-    return trainer.finish()

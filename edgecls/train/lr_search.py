@@ -1,0 +1,247 @@
+"""Initial learning-rate estimation (paper 000, section 3.1).
+
+- `range`: the fast.ai LR range test, run after one epoch of fine-tuning at a small fixed LR
+  (the paper's fix for suggestions that are too high and wreck ImageNet initialisation).
+- `tpe`: Optuna's TPE over a discrete range (step 0.001) with median pruning; each trial trains
+  a freshly initialised model for a few epochs at a constant LR, without SAM or mutual learning,
+  and scores its best validation top-1. The study lives in a storage (SQLite in the run folder by
+  default), so an interrupted search continues where it stopped.
+- `grid`: the same trials over a uniform grid of the range.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from edgecls.config import Config
+from edgecls.data import Dataset
+from edgecls.report.plots import plot_lr_range_test
+from edgecls.report.progress import console
+from edgecls.train.augment import training_batches
+from edgecls.train.loop import Trainer, epoch_generator, restore_rng, rng_states, set_lr
+
+# The paper's search ranges per model family; other families get a wide default.
+LR_RANGES = {"mobilenetv3": (0.005, 0.03), "efficientnet": (0.001, 0.01)}
+DEFAULT_LR_RANGE = (0.001, 0.05)
+
+
+@dataclass
+class LRSearchResult:
+    method: str
+    lr: float
+    seconds: float
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    curve: dict[str, list[float]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def lr_range_for(config: Config) -> tuple[float, float]:
+    if config.lr_search_range:
+        low, high = config.lr_search_range
+        return float(low), float(high)
+    for family, bounds in LR_RANGES.items():
+        if family in config.model:
+            return bounds
+    return DEFAULT_LR_RANGE
+
+
+def trial_config(config: Config, lr: float) -> Config:
+    """How a search trial trains: constant LR, no SAM, no mutual partner, a few epochs."""
+    return dataclasses.replace(
+        config,
+        lr=lr,
+        sam=False,
+        mutual=False,
+        schedule="constant",
+        warmup_epochs=0,
+        max_epochs=config.lr_search_epochs,
+    )
+
+
+def lr_grid(config: Config) -> list[float]:
+    """A uniform grid of `lr_search_trials` points over the range, snapped to the search step."""
+    low, high = lr_range_for(config)
+    step = config.lr_search_step
+    points = np.linspace(low, high, config.lr_search_trials)
+    return sorted({round(low + round((p - low) / step) * step, 10) for p in points})
+
+
+def _study(config: Config, method: str, run_dir: Path | None) -> optuna.Study:
+    if method == "grid":
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler({"lr": lr_grid(config)})
+        pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
+    else:
+        sampler = optuna.samplers.TPESampler(seed=config.seed)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    storage = config.lr_search_storage
+    if storage is None and run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{(run_dir / 'lr_search.db').resolve()}"
+    return optuna.create_study(
+        study_name=f"edgecls-lr-{method}",
+        storage=storage,
+        load_if_exists=True,
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner,
+    )
+
+
+def trial_search(
+    config: Config, dataset: Dataset, method: str, run_dir: Path | None
+) -> LRSearchResult:
+    """TPE (with median pruning) or grid search; finished trials in the storage are reused."""
+    started = time.perf_counter()
+    low, high = lr_range_for(config)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = _study(config, method, run_dir)
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", low, high, step=config.lr_search_step)
+        trainer = Trainer(trial_config(config, lr), None, dataset, progress=False)
+
+        def report(epoch: int, val) -> None:
+            trial.report(val.top1, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        state = trainer.fit(on_epoch=report)
+        return state.best_top1
+
+    done = [t for t in study.trials if t.state.is_finished()]
+    planned = len(lr_grid(config)) if method == "grid" else config.lr_search_trials
+    remaining = max(0, planned - len(done))
+    if remaining:
+        console.print(
+            f"LR search ({method}): {remaining} trials of {config.lr_search_epochs} epochs "
+            f"in [{low}, {high}]",
+            highlight=False,
+        )
+        study.optimize(objective, n_trials=remaining, show_progress_bar=True)
+    trials = [
+        {
+            "number": t.number,
+            "lr": t.params.get("lr"),
+            "state": t.state.name.lower(),
+            "top1": max(t.intermediate_values.values(), default=t.value),
+            "epochs": len(t.intermediate_values),
+        }
+        for t in study.trials
+    ]
+    return LRSearchResult(
+        method, float(study.best_params["lr"]), time.perf_counter() - started, trials
+    )
+
+
+def _snapshot(trainer: Trainer) -> dict[str, Any]:
+    return {
+        "models": [copy.deepcopy(m.state_dict()) for m in trainer.models],
+        "optimizer": copy.deepcopy(trainer.optimizer.state_dict()),
+        "rng": rng_states(),
+    }
+
+
+def _restore(trainer: Trainer, snapshot: dict[str, Any]) -> None:
+    for model, state in zip(trainer.models, snapshot["models"], strict=True):
+        model.load_state_dict(state)
+    trainer.optimizer.load_state_dict(snapshot["optimizer"])
+    restore_rng(snapshot["rng"])
+
+
+def lr_range_test(
+    trainer: Trainer,
+    *,
+    finetune_lr: float,
+    start_lr: float = 1e-5,
+    end_lr: float = 1.0,
+    iterations: int = 100,
+    smoothing: float = 0.98,
+    diverge_factor: float = 4.0,
+) -> tuple[float, dict[str, list[float]]]:
+    """Suggested LR (the middle of the loss valley) and the (lr, loss) curve.
+
+    One epoch at `finetune_lr` first; then the LR grows exponentially from `start_lr` to `end_lr`
+    over `iterations` batches, stopping early once the smoothed loss exceeds `diverge_factor`
+    times its minimum. The trainer's models, optimizer and RNG states are restored afterwards.
+    """
+    snapshot = _snapshot(trainer)
+    config, split = trainer.config, trainer.dataset.train
+    for model in trainer.models:
+        model.train()
+    set_lr(trainer.optimizer, finetune_lr)
+    generator = epoch_generator(config.seed, -1)
+    for images, labels in training_batches(split, config, generator, trainer.device):
+        trainer.step(images.contiguous(memory_format=trainer.memory_format), labels)
+
+    def endless_batches():
+        for epoch in itertools.count():
+            generator = epoch_generator(config.seed, -2 - epoch)
+            yield from training_batches(split, config, generator, trainer.device)
+
+    lrs, losses = [], []
+    average, best = 0.0, math.inf
+    ratio = (end_lr / start_lr) ** (1 / max(1, iterations - 1))
+    for step, (images, labels) in zip(range(iterations), endless_batches(), strict=False):
+        lr = start_lr * ratio**step
+        set_lr(trainer.optimizer, lr)
+        loss = trainer.step(images.contiguous(memory_format=trainer.memory_format), labels)
+        average = smoothing * average + (1 - smoothing) * loss
+        smoothed = average / (1 - smoothing ** (step + 1))
+        if not math.isfinite(smoothed) or smoothed > diverge_factor * best:
+            break
+        best = min(best, smoothed)
+        lrs.append(lr)
+        losses.append(smoothed)
+    _restore(trainer, snapshot)
+    return valley_lr(lrs, losses), {"lr": lrs, "loss": losses}
+
+
+def valley_lr(lrs: list[float], losses: list[float]) -> float:
+    """The middle (in log LR) of the longest stretch over which the loss keeps falling.
+
+    The stretch is the longest strictly decreasing subsequence of the smoothed loss: unlike the
+    single steepest point it ignores the noisy first batches and the blow-up at the end.
+    """
+    if len(lrs) < 3:
+        return lrs[len(lrs) // 2] if lrs else 1e-3
+    n = len(losses)
+    length, previous = [1] * n, [-1] * n  # longest decreasing subsequence ending at i
+    for i in range(1, n):
+        for j in range(i):
+            if losses[j] > losses[i] and length[j] + 1 > length[i]:
+                length[i], previous[i] = length[j] + 1, j
+    end = start = int(np.argmax(length))
+    while previous[start] >= 0:
+        start = previous[start]
+    return float(math.sqrt(lrs[start] * lrs[end]))
+
+
+def range_search(config: Config, dataset: Dataset, run_dir: Path | None) -> LRSearchResult:
+    started = time.perf_counter()
+    low, _ = lr_range_for(config)
+    trainer = Trainer(trial_config(config, low), None, dataset, progress=False)
+    console.print("LR range test: 1 epoch of fine-tuning, then an exponential sweep")
+    lr, curve = lr_range_test(trainer, finetune_lr=low)
+    if run_dir is not None:
+        plot_lr_range_test(curve["lr"], curve["loss"], lr, run_dir / "lr_range_test.png")
+    return LRSearchResult("range", lr, time.perf_counter() - started, curve=curve)
+
+
+def search_lr(config: Config, dataset: Dataset, run_dir: Path | None) -> LRSearchResult:
+    """Estimate the initial LR with `config.lr` as the method (auto means tpe)."""
+    method = "tpe" if config.lr == "auto" else str(config.lr)
+    if method == "range":
+        return range_search(config, dataset, run_dir)
+    return trial_search(config, dataset, method, run_dir)

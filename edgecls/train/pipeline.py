@@ -1,0 +1,69 @@
+"""The whole `edgecls train` job: data, initial LR, the training loop, final evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from edgecls import runs
+from edgecls.config import Config
+from edgecls.data import Dataset, load_dataset
+from edgecls.errors import UserError
+from edgecls.report.progress import console
+from edgecls.train.loop import Trainer
+from edgecls.train.lr_search import search_lr
+
+
+def load_training_data(config: Config, progress: bool = True) -> Dataset:
+    if config.data is None:
+        raise UserError("no dataset given")
+    return load_dataset(
+        config.data,
+        input_size=config.input_size,
+        grayscale=config.grayscale,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        data_root=config.data_root,
+        download=config.download,
+        progress=progress,
+    )
+
+
+def write_skipped(run_dir: Path, dataset: Dataset) -> None:
+    if dataset.skipped:
+        lines = [f"{path}\t{reason}" for path, reason in dataset.skipped]
+        runs.write_text(run_dir / "skipped_files.txt", "\n".join(lines) + "\n")
+
+
+def train(
+    config: Config, run_dir: Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train as configured into `run_dir`; return the final metrics (also in metrics.json).
+
+    With `resume`, training continues from last.pt, or, if the run stopped during the LR search,
+    the search continues from its stored trials.
+    """
+    dataset = load_training_data(config, progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runs.write_config(run_dir, config)
+    console.print(f"run folder: {run_dir}", highlight=False)
+    write_skipped(run_dir, dataset)
+    extra: dict[str, Any] = {}
+    if isinstance(config.lr, str):
+        search = search_lr(config, dataset, run_dir)
+        runs.write_json(run_dir / "lr_search.json", search.to_dict())
+        console.print(f"initial lr ({search.method}): {search.lr:.4g} in {search.seconds:.0f} s")
+        config = dataclasses.replace(config, lr=search.lr)
+        runs.write_config(run_dir, config)
+        extra["lr_search"] = {
+            "method": search.method,
+            "lr": search.lr,
+            "seconds": round(search.seconds, 2),
+            "trials": len(search.trials),
+        }
+    trainer = Trainer(config, run_dir, dataset, progress)
+    if resume and (run_dir / "last.pt").is_file():
+        trainer.restore(runs.load_checkpoint(run_dir / "last.pt"))
+    trainer.fit()
+    return trainer.finish({"lr": config.lr, **extra})
