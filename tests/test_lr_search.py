@@ -1,0 +1,159 @@
+"""Initial-LR estimation: range test, TPE with a resumable storage, grid; and the full recipe."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from edgecls.cli import main
+from edgecls.config import build_config
+from edgecls.data import Dataset, load_dataset
+from edgecls.train.loop import Trainer
+from edgecls.train.lr_search import lr_grid, lr_range_test, search_lr, valley_lr
+
+SMALL = {
+    "model": "mobilenetv3_small_050",
+    "input_size": 16,
+    "grayscale": True,
+    "hflip": False,
+    "batch_size": 32,
+    "lr_search_epochs": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def small_digits() -> Dataset:
+    dataset = load_dataset("digits", input_size=16, grayscale=True, progress=False)
+    keep = np.arange(320)
+    return dataclasses.replace(
+        dataset, train=dataset.train.subset(keep), val=dataset.val.subset(keep[:100])
+    )
+
+
+def test_valley_is_the_middle_of_the_longest_falling_stretch():
+    lrs = list(np.logspace(-5, 0, 100))
+    rng = np.random.default_rng(0)
+    losses = [2.5 + 0.3 * rng.random() for _ in range(10)]  # noisy start
+    losses += list(np.linspace(2.4, 1.0, 50))  # the valley: indices 10..59
+    losses += list(np.linspace(1.1, 6.0, 40))  # divergence
+    suggestion = valley_lr(lrs, losses)
+    assert lrs[25] <= suggestion <= lrs[45]
+
+
+def test_range_test_restores_model_optimizer_and_rng(small_digits):
+    config = build_config({**SMALL, "lr": 0.01})
+    trainer = Trainer(config, None, small_digits, progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    rng_before = torch.get_rng_state()
+    suggestion, curve = lr_range_test(trainer, finetune_lr=0.005, iterations=30)
+    assert 10 <= len(curve["lr"]) <= 30 and curve["lr"] == sorted(curve["lr"])
+    assert curve["lr"][0] <= suggestion <= curve["lr"][-1]
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert not trainer.optimizer.state_dict()["state"]  # momentum buffers gone again
+
+
+def test_tpe_search_is_seeded_and_resumes_from_its_storage(small_digits, tmp_path):
+    config = build_config(
+        {**SMALL, "lr": "tpe", "lr_search_trials": 2, "lr_search_range": [0.005, 0.03]}
+    )
+    first = search_lr(config, small_digits, tmp_path / "a")
+    assert first.method == "tpe" and len(first.trials) == 2
+    assert all(0.005 <= t["lr"] <= 0.03 for t in first.trials)
+    assert all(round(t["lr"] * 1000, 6).is_integer() for t in first.trials)  # step 0.001
+    assert (tmp_path / "a" / "lr_search.db").is_file()
+
+    again = search_lr(dataclasses.replace(config, lr_search_trials=3), small_digits, tmp_path / "a")
+    assert len(again.trials) == 3
+    assert [t["lr"] for t in again.trials[:2]] == [t["lr"] for t in first.trials]
+    assert [t["number"] for t in again.trials] == [0, 1, 2]
+
+    elsewhere = search_lr(config, small_digits, tmp_path / "b")
+    assert [t["lr"] for t in elsewhere.trials] == [t["lr"] for t in first.trials]
+    assert first.lr == max(first.trials, key=lambda t: t["top1"])["lr"]
+
+
+def test_grid_search_covers_a_uniform_grid(small_digits, tmp_path):
+    config = build_config(
+        {**SMALL, "lr": "grid", "lr_search_trials": 3, "lr_search_range": [0.01, 0.03]}
+    )
+    assert lr_grid(config) == pytest.approx([0.01, 0.02, 0.03])
+    result = search_lr(config, small_digits, tmp_path)
+    assert sorted(t["lr"] for t in result.trials) == pytest.approx([0.01, 0.02, 0.03])
+    assert result.lr in [t["lr"] for t in result.trials]
+
+
+def test_lr_find_command_saves_the_plot(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        [
+            "lr-find",
+            "digits",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            *[f"{k}={v}" for k, v in SMALL.items()],
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "suggested lr" in result.output
+    assert (tmp_path / "lr_range_test.png").is_file()
+    saved = json.loads((tmp_path / "lr_search.json").read_text())
+    assert saved["method"] == "range" and saved["lr"] > 0
+
+
+@pytest.fixture(scope="module")
+def digit_folder(tmp_path_factory):
+    """A folder of class folders of real digit PNGs (12 per class)."""
+    root = tmp_path_factory.mktemp("digit_folder")
+    digits = load_digits()
+    counts = dict.fromkeys(range(10), 0)
+    for pixels, label in zip(digits.images, digits.target, strict=True):
+        if counts[label] < 12:
+            folder = root / str(label)
+            folder.mkdir(exist_ok=True)
+            image = Image.fromarray((pixels * 255 / 16).astype(np.uint8))
+            image.save(folder / f"{counts[label]}.png")
+            counts[label] += 1
+    return root
+
+
+@pytest.mark.slow
+def test_the_whole_mobilenetv3_recipe_runs_end_to_end(digit_folder, tmp_path):
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(digit_folder),
+            "--recipe",
+            "mobilenetv3_large_100",
+            "--quiet",
+            "--run-dir",
+            str(run_dir),
+            "pretrained=false",
+            "input_size=32",
+            "max_epochs=3",
+            "warmup_epochs=1",
+            "lr_search_trials=2",
+            "lr_search_epochs=1",
+            "batch_size=16",
+            "workers=0",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["lr_search"]["method"] == "tpe" and metrics["lr_search"]["trials"] == 2
+    assert 0.005 <= metrics["lr"] <= 0.03 and metrics["lr_search"]["seconds"] > 0
+    assert (run_dir / "lr_search.db").is_file() and (run_dir / "lr_search.json").is_file()
+    assert metrics["epochs_trained"] == 3
+    checkpoint = torch.load(run_dir / "last.pt", weights_only=False)
+    assert len(checkpoint["partners"]) == 1  # the AM-Softmax slow student
+    assert checkpoint["config"]["sam"] and checkpoint["config"]["augment"] == "augmix"
+    assert checkpoint["config"]["lr"] == metrics["lr"]  # the resolved LR is saved
