@@ -37,14 +37,20 @@ def write_skipped(run_dir: Path, dataset: Dataset) -> None:
 
 
 def train(
-    config: Config, run_dir: Path, *, resume: bool = False, progress: bool = True
+    config: Config,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    dataset: Dataset | None = None,
 ) -> dict[str, Any]:
     """Train as configured into `run_dir`; return the final metrics (also in metrics.json).
 
     With `resume`, training continues from last.pt, or, if the run stopped during the LR search,
-    the search continues from its stored trials.
+    the search continues from its stored trials. `dataset` overrides `config.data` (benchmarks
+    that train on a fixed subset).
     """
-    dataset = load_training_data(config, progress)
+    dataset = dataset or load_training_data(config, progress)
     run_dir.mkdir(parents=True, exist_ok=True)
     runs.write_config(run_dir, config)
     console.print(f"run folder: {run_dir}", highlight=False)
