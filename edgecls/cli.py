@@ -243,3 +243,84 @@ def predict(model, inputs, top_k, csv_path) -> None:
         out.print(f"wrote {csv_path}", highlight=False)
     if not predictions:
         raise UserError("none of the given images could be read")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino"]), required=True)
+@click.option(
+    "--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True
+)
+@click.option("--int8", "int8", is_flag=True, help="Same as --precision int8.")
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), help="Output folder (default: RUN/export)."
+)
+@click.option(
+    "--data",
+    help="Data for the checks and INT8 calibration (default: the training "
+    "data named in the checkpoint).",
+)
+@click.option("--calibration-size", type=int, default=300, show_default=True)
+@click.option("--seed", type=int, default=0)
+@user_errors
+def export(model, fmt, precision, int8, out_dir, data, calibration_size, seed) -> None:
+    """Export MODEL (run folder or .pt) to ONNX or OpenVINO IR, checked against the checkpoint."""
+    from edgecls.deploy.export import export_model, report_lines
+
+    report = export_model(
+        model, fmt, "int8" if int8 else precision, out_dir, data, calibration_size, seed
+    )
+    for line in report_lines(report):
+        out.print(line, highlight=False, markup=False)
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--input-size", type=int, default=224, show_default=True)
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--backends", default="torch,onnxruntime,openvino", show_default=True)
+@click.option(
+    "--precision",
+    "precisions",
+    default="fp32",
+    show_default=True,
+    help="Comma-separated: fp32, int8 (OpenVINO only).",
+)
+@click.option("--repeats", type=int, default=50, show_default=True)
+@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option(
+    "--num-classes",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Classifier size for timm names.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path),
+    default=Path("runs/bench/bench"),
+    show_default=True,
+    help="Saved as OUT.csv and OUT.json.",
+)
+@user_errors
+def bench(models, input_size, batch, backends, precisions, repeats, warmup, num_classes, out_path):
+    """Parameters, GFLOPs, latency and FPS of MODELS (timm names, checkpoints, exported files)."""
+    from edgecls.deploy.bench import bench_model, format_table, save_rows
+
+    rows = []
+    for spec in models:
+        err.print(f"benchmarking {spec} ...", highlight=False)
+        rows += bench_model(
+            spec,
+            backends.split(","),
+            precisions.split(","),
+            input_size,
+            batch,
+            repeats,
+            warmup,
+            num_classes,
+        )
+    out.print(format_table(rows), highlight=False, markup=False)
+    csv_path, json_path = save_rows(rows, out_path)
+    out.print(f"saved {csv_path} and {json_path}", highlight=False)

@@ -81,6 +81,7 @@ class Config:
     device: str = "auto"
     channels_last: bool = True
     eval_batch_size: int = 256
+    export: str | None = None  # e.g. "onnx,openvino": export best.pt (FP32) after training
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -169,6 +170,9 @@ def build_config(*layers: dict[str, Any]) -> Config:
             raise UserError(f"config key '{key}' must be at least 1, got {getattr(config, key)}")
     if isinstance(config.lr, float) and config.lr <= 0:
         raise UserError(f"config key 'lr' must be positive, got {config.lr}")
+    unknown = set((config.export or "").split(",")) - {"", "onnx", "openvino"}
+    if unknown:
+        raise UserError(f"config key 'export' takes onnx and/or openvino, got {config.export!r}")
     if config.lr_search_range is not None and (
         len(config.lr_search_range) != 2
         or not all(isinstance(v, (int, float)) and v > 0 for v in config.lr_search_range)

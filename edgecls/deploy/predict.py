@@ -8,11 +8,9 @@ from pathlib import Path
 
 import torch
 
-from edgecls import runs
 from edgecls.data import IMAGE_EXTENSIONS, BadImageError, load_image, to_tensor
+from edgecls.deploy.runtime import load_predictor
 from edgecls.errors import UserError
-from edgecls.evaluate.inference import predict_logits
-from edgecls.models import model_from_checkpoint
 
 
 @dataclass
@@ -42,24 +40,26 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
 def predict_images(
     model_path: Path, inputs: list[Path], top_k: int = 5
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """Predictions for every readable image, and (path, reason) for those that could not be read."""
-    checkpoint = runs.load_checkpoint(model_path)
-    model, config = model_from_checkpoint(checkpoint)
-    classes = list(checkpoint["classes"])
+    """Predictions for every readable image, and (path, reason) for those that could not be read.
+
+    Works on a checkpoint or run folder, an ONNX file or an OpenVINO IR alike.
+    """
+    predictor = load_predictor(model_path)
+    info = predictor.info
     readable, tensors, skipped = [], [], []
     for path in expand_inputs(inputs):
         try:
-            tensors.append(to_tensor(load_image(path, config.grayscale), config.input_size))
+            tensors.append(to_tensor(load_image(path, info.grayscale), info.input_size))
             readable.append(path)
         except BadImageError as error:
             skipped.append((str(path), str(error)))
     if not tensors:
         return [], skipped
-    probabilities = predict_logits(model, torch.stack(tensors), config.eval_batch_size).softmax(1)
-    k = min(top_k, len(classes))
+    probabilities = torch.from_numpy(predictor.predict_proba(torch.stack(tensors)))
+    k = min(top_k, len(info.classes))
     values, indices = probabilities.topk(k, dim=1)
     predictions = [
-        Prediction(str(path), [classes[i] for i in idx.tolist()], val.tolist())
+        Prediction(str(path), [info.classes[i] for i in idx.tolist()], val.tolist())
         for path, val, idx in zip(readable, values, indices, strict=True)
     ]
     return predictions, skipped

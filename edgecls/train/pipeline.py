@@ -72,4 +72,10 @@ def train(
     if resume and (run_dir / "last.pt").is_file():
         trainer.restore(runs.load_checkpoint(run_dir / "last.pt"))
     trainer.fit()
-    return trainer.finish({"lr": config.lr, **extra})
+    metrics = trainer.finish({"lr": config.lr, **extra})
+    if config.export:
+        from edgecls.deploy.export import export_after_training  # onnx/openvino load slowly
+
+        metrics["exports"] = export_after_training(run_dir, config.export.split(","))
+        runs.write_json(run_dir / "metrics.json", metrics)
+    return metrics

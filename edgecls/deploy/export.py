@@ -1,0 +1,239 @@
+"""`edgecls export`: a trained checkpoint to ONNX or OpenVINO IR (FP32, FP16, INT8), checked.
+
+The exported graph holds the normalization and a softmax, takes float32 pixels in [0, 1] with a
+dynamic batch dimension, and has its metadata (classes, input size, preprocessing) in a JSON file
+beside it. After export the model is compared with the checkpoint on the validation split of the
+training data: the share of identical top-1 predictions, the largest probability difference, and
+for INT8 the top-1 drop against FP32 are printed and saved beside the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecls import runs
+from edgecls.config import Config
+from edgecls.data import Dataset, ImageSplit, load_dataset, to_float
+from edgecls.deploy.runtime import (
+    ModelInfo,
+    OnnxPredictor,
+    OpenVINOPredictor,
+    Predictor,
+    TorchPredictor,
+    metadata_path,
+)
+from edgecls.errors import UserError
+
+FORMATS = ("onnx", "openvino")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class ExportReport:
+    path: str
+    format: str
+    precision: str
+    checked_on: str | None = None
+    num_images: int = 0
+    top1_agreement: float | None = None  # share of identical top-1 predictions vs the checkpoint
+    max_probability_difference: float | None = None
+    top1: float | None = None
+    checkpoint_top1: float | None = None
+    fp32_top1: float | None = None  # INT8 only: the FP32 export's top-1 on the same images
+    int8_top1_drop: float | None = None  # percentage points
+    calibration_images: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class WithSoftmax(nn.Module):
+    """The deployed graph: probabilities, not logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels).softmax(dim=1)
+
+
+def export_onnx(model: nn.Module, info: ModelInfo, path: Path) -> Path:
+    """ONNX with a dynamic batch dimension, checked by onnx.checker."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.rand(2, info.channels, info.input_size, info.input_size)
+    graph = WithSoftmax(model).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        torch.onnx.export(
+            graph,
+            (example,),
+            str(path),
+            input_names=["pixels"],
+            output_names=["probabilities"],
+            dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}},
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    info.save(metadata_path(path))
+    return path
+
+
+def export_openvino(onnx_path: Path, info: ModelInfo, path: Path, fp16: bool) -> Path:
+    """OpenVINO IR (.xml + .bin) through OpenVINO's own converter."""
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path))
+    ov.save_model(model, str(path), compress_to_fp16=fp16)
+    info.save(metadata_path(path))
+    return path
+
+
+def quantize_int8(fp32_xml: Path, info: ModelInfo, calibration: torch.Tensor, path: Path) -> Path:
+    """Post-training INT8 quantization with NNCF on calibration images (uint8 N,C,S,S)."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(fp32_xml))
+    items = [to_float(image[None]).numpy() for image in calibration]
+    quantized = nncf.quantize(
+        model, nncf.Dataset(items), subset_size=len(items), preset=nncf.QuantizationPreset.MIXED
+    )
+    ov.save_model(quantized, str(path), compress_to_fp16=False)
+    info.save(metadata_path(path))
+    return path
+
+
+def calibration_subset(split: ImageSplit, size: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(split), generator=generator)[:size]
+    return split.images[order]
+
+
+def _top1(probabilities: np.ndarray, labels: torch.Tensor) -> float:
+    return float((probabilities.argmax(1) == labels.numpy()).mean())
+
+
+def compare(
+    exported: Predictor, reference: np.ndarray, split: ImageSplit, report: ExportReport
+) -> np.ndarray:
+    """Fill `report` with the exported model's agreement with the checkpoint on `split`."""
+    probabilities = exported.predict_proba(split.images)
+    report.num_images = len(split)
+    report.top1_agreement = float((probabilities.argmax(1) == reference.argmax(1)).mean())
+    report.max_probability_difference = float(np.abs(probabilities - reference).max())
+    report.top1 = _top1(probabilities, split.labels)
+    report.checkpoint_top1 = _top1(reference, split.labels)
+    return probabilities
+
+
+def _load_data(config: Config, data: str | None) -> Dataset | None:
+    spec = data or config.data
+    if spec is None:
+        return None
+    return load_dataset(
+        spec,
+        input_size=config.input_size,
+        grayscale=config.grayscale,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        data_root=config.data_root,
+        progress=False,
+    )
+
+
+def export_model(
+    model_path: Path,
+    fmt: str,
+    precision: str = "fp32",
+    out_dir: Path | None = None,
+    data: str | None = None,
+    calibration_size: int = 300,
+    seed: int = 0,
+) -> ExportReport:
+    """Export a checkpoint (or a run folder's best.pt) and check the result against it."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format '{fmt}': choose {' or '.join(FORMATS)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}': choose {', '.join(PRECISIONS)}")
+    if fmt == "onnx" and precision != "fp32":
+        raise UserError("ONNX export is FP32; use --format openvino for fp16 or int8")
+    source = TorchPredictor(model_path)
+    checkpoint_config = source.config
+    run_dir = model_path if model_path.is_dir() else model_path.parent
+    out_dir = out_dir or run_dir / "export"
+    info = ModelInfo(source.info.classes, source.info.input_size, source.info.grayscale, precision)
+    fp32_info = ModelInfo(source.info.classes, source.info.input_size, source.info.grayscale)
+    try:
+        dataset = _load_data(checkpoint_config, data)
+    except UserError as error:
+        if precision == "int8":
+            raise UserError(
+                f"INT8 needs calibration data and it could not be loaded: {error}"
+            ) from None
+        dataset = None
+    if precision == "int8" and (dataset is None or not len(dataset.train)):
+        raise UserError("INT8 needs calibration data: pass --data DATA (the training data)")
+
+    onnx_path = export_onnx(source.model, fp32_info, out_dir / "model.onnx")
+    if fmt == "onnx":
+        path = onnx_path
+    elif precision == "int8":
+        fp32_xml = export_openvino(onnx_path, fp32_info, out_dir / "model_fp32.xml", fp16=False)
+        calibration = calibration_subset(dataset.train, calibration_size, seed)
+        path = quantize_int8(fp32_xml, info, calibration, out_dir / "model_int8.xml")
+    else:
+        fp16 = precision == "fp16"
+        path = export_openvino(onnx_path, info, out_dir / f"model_{precision}.xml", fp16)
+
+    report = ExportReport(str(path), fmt, precision)
+    if dataset is None or not len(dataset.val):
+        report.notes.append("no validation data found: predictions were not compared")
+    else:
+        report.checked_on = f"{data or checkpoint_config.data} (validation split)"
+        reference = source.predict_proba(dataset.val.images)
+        exported = OnnxPredictor(path) if fmt == "onnx" else OpenVINOPredictor(path)
+        compare(exported, reference, dataset.val, report)
+        if precision == "int8":
+            report.calibration_images = len(calibration)
+            fp32 = OpenVINOPredictor(out_dir / "model_fp32.xml")
+            report.fp32_top1 = _top1(fp32.predict_proba(dataset.val.images), dataset.val.labels)
+            report.int8_top1_drop = 100 * (report.fp32_top1 - report.top1)
+    runs.write_json(path.with_name(f"{path.stem}_report.json"), asdict(report))
+    return report
+
+
+def report_lines(report: ExportReport) -> list[str]:
+    """The export summary a person reads."""
+    lines = [f"exported {report.format} {report.precision}: {report.path}"]
+    if report.top1_agreement is not None:
+        lines.append(
+            f"on {report.num_images} images of {report.checked_on}: top-1 agreement with the "
+            f"checkpoint {report.top1_agreement:.2%}, max probability difference "
+            f"{report.max_probability_difference:.2e}, top-1 {report.top1:.2%} "
+            f"(checkpoint {report.checkpoint_top1:.2%})"
+        )
+    if report.int8_top1_drop is not None:
+        lines.append(
+            f"INT8 top-1 {report.top1:.2%} vs FP32 {report.fp32_top1:.2%}: drop "
+            f"{report.int8_top1_drop:.2f} percentage points "
+            f"({report.calibration_images} calibration images)"
+        )
+    lines += report.notes
+    return lines
+
+
+def export_after_training(run_dir: Path, formats: list[str]) -> list[dict[str, Any]]:
+    """`export=onnx,openvino` at the end of `edgecls train`: FP32 exports of best.pt."""
+    return [asdict(export_model(run_dir, fmt)) for fmt in formats]

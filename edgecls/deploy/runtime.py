@@ -1,0 +1,154 @@
+"""One predictor interface over every model kind edgecls writes: a PyTorch checkpoint, an ONNX
+file (ONNX Runtime) or an OpenVINO IR, chosen from the file.
+
+Exported models take float32 pixels in [0, 1], NCHW, RGB or one channel, at `input_size`
+(normalization is inside the graph) and return class probabilities. The metadata file beside
+them (`<model>.json`) carries the class names and input size, so nobody re-implements the
+preprocessing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgecls import runs
+from edgecls.data import to_float
+from edgecls.errors import UserError
+from edgecls.models import model_from_checkpoint
+
+
+@dataclass
+class ModelInfo:
+    """What a deployed model needs to be fed and read."""
+
+    classes: list[str]
+    input_size: int
+    grayscale: bool
+    precision: str = "fp32"
+    preprocessing: str = (
+        "RGB (or grayscale) image, EXIF orientation applied; shorter side resized to input_size "
+        "(bilinear, antialiased), centre crop to input_size x input_size; float32 NCHW in [0, 1]; "
+        "mean/std normalization is inside the model"
+    )
+    output: str = "class probabilities (softmax inside the model), shape (batch, classes)"
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grayscale else 3
+
+    def save(self, path: Path) -> None:
+        runs.write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> ModelInfo:
+        if not path.is_file():
+            raise UserError(
+                f"metadata file {path} is missing: export the model with `edgecls export` "
+                "(it writes the class names and input size beside the model)"
+            )
+        try:
+            values = json.loads(path.read_text())
+            keys = ("classes", "input_size", "grayscale", "precision")
+            return cls(**{key: values[key] for key in keys})
+        except (ValueError, KeyError, TypeError) as error:
+            raise UserError(f"metadata file {path} is damaged: {error}") from None
+
+
+def metadata_path(model_path: Path) -> Path:
+    return model_path.with_suffix(".json")
+
+
+class Predictor:
+    """uint8 images (N, C, S, S) -> probabilities (N, classes) as numpy."""
+
+    info: ModelInfo
+    backend: str
+
+    def predict_proba(self, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+        outputs = [
+            self.run(to_float(images[start : start + batch_size]).numpy())
+            for start in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.info.classes)))
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TorchPredictor(Predictor):
+    backend = "torch"
+
+    def __init__(self, path: Path) -> None:
+        checkpoint = runs.load_checkpoint(path)
+        self.model, self.config = model_from_checkpoint(checkpoint)
+        self.info = ModelInfo(
+            list(checkpoint["classes"]), self.config.input_size, self.config.grayscale
+        )
+
+    @torch.inference_mode()
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(pixels).contiguous(memory_format=torch.channels_last)
+        return self.model(batch).float().softmax(1).numpy()
+
+
+class OnnxPredictor(Predictor):
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.info = ModelInfo.load(metadata_path(path))
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise UserError(f"cannot load ONNX model {path}: {error}") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: pixels.astype(np.float32)})[0]
+
+
+class OpenVINOPredictor(Predictor):
+    backend = "openvino"
+
+    def __init__(self, path: Path, precision_hint: str = "f32") -> None:
+        import openvino as ov
+
+        self.info = ModelInfo.load(metadata_path(path))
+        try:
+            model = ov.Core().read_model(str(path))
+        except Exception as error:  # openvino raises RuntimeError subclasses of its own
+            raise UserError(f"cannot load OpenVINO model {path}: {error}") from None
+        # OpenVINO picks bf16 on CPUs that have it; FP32 must be asked for to mean FP32.
+        self.compiled = ov.Core().compile_model(
+            model,
+            "CPU",
+            {"INFERENCE_PRECISION_HINT": precision_hint, "PERFORMANCE_HINT": "LATENCY"},
+        )
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        return self.compiled(pixels.astype(np.float32))[0]
+
+
+def load_predictor(path: Path) -> Predictor:
+    """A checkpoint or run folder, a .onnx file, or an OpenVINO .xml, by its name."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".pt":
+        return TorchPredictor(path)
+    if not path.is_file():
+        raise UserError(f"no model at {path}")
+    if path.suffix == ".onnx":
+        return OnnxPredictor(path)
+    if path.suffix == ".xml":
+        return OpenVINOPredictor(path)
+    raise UserError(f"unknown model file type '{path.suffix}': expected .pt, .onnx or .xml")
