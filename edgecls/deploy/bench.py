@@ -73,15 +73,38 @@ def _torch_model(spec: str, input_size: int, num_classes: int) -> tuple[nn.Modul
     return model, ModelInfo([str(i) for i in range(num_classes)], input_size, grayscale=False)
 
 
-def _export_for(backend: str, model: nn.Module, info: ModelInfo, precision: str, folder: Path):
-    onnx_path = export_onnx(model, info, folder / "model.onnx")
-    if backend == "onnxruntime":
-        return OnnxPredictor(onnx_path)
-    xml = export_openvino(onnx_path, info, folder / "model.xml", fp16=False)
-    if precision == "int8":
-        calibration = torch.randint(0, 256, (32, info.channels, info.input_size, info.input_size))
-        xml = quantize_int8(xml, info, calibration.to(torch.uint8), folder / "model_int8.xml")
-    return OpenVINOPredictor(xml)
+class _Exports:
+    """Each exported form of one model, made once and reused across backends and precisions."""
+
+    def __init__(self, model: nn.Module, info: ModelInfo, folder: Path) -> None:
+        self.model, self.info, self.folder = model, info, folder
+        self.paths: dict[str, Path] = {}
+
+    def path(self, kind: str) -> Path:
+        if kind not in self.paths:
+            if kind == "onnx":
+                path = export_onnx(self.model, self.info, self.folder / "model.onnx")
+            elif kind == "openvino":
+                path = export_openvino(
+                    self.path("onnx"), self.info, self.folder / "model.xml", False
+                )
+            else:
+                calibration = torch.randint(
+                    0,
+                    256,
+                    (32, self.info.channels, self.info.input_size, self.info.input_size),
+                    dtype=torch.uint8,
+                )
+                path = quantize_int8(
+                    self.path("openvino"), self.info, calibration, self.folder / "model_int8.xml"
+                )
+            self.paths[kind] = path
+        return self.paths[kind]
+
+    def predictor(self, backend: str, precision: str):
+        if backend == "onnxruntime":
+            return OnnxPredictor(self.path("onnx"))
+        return OpenVINOPredictor(self.path("int8" if precision == "int8" else "openvino"))
 
 
 def bench_model(
@@ -125,6 +148,8 @@ def bench_model(
     gflops = count_gflops(model, example)
     name = path.name if path.exists() else spec
     rows = []
+    folder = tempfile.TemporaryDirectory()
+    exports = _Exports(model, info, Path(folder.name))
     for backend in backends:
         for precision in precisions:
             if precision == "int8" and backend != "openvino":
@@ -139,10 +164,9 @@ def bench_model(
 
                 latency = time_runs(run, repeats, warmup)
             else:
-                with tempfile.TemporaryDirectory() as folder:
-                    exported = _export_for(backend, model, info, precision, Path(folder))
-                    pixels = example.numpy()
-                    latency = time_runs(lambda p=exported, x=pixels: p.run(x), repeats, warmup)
+                exported = exports.predictor(backend, precision)
+                pixels = example.numpy()
+                latency = time_runs(lambda p=exported, x=pixels: p.run(x), repeats, warmup)
             rows.append(
                 BenchRow(
                     name,

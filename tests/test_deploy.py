@@ -1,0 +1,223 @@
+"""Deployment: export to ONNX and OpenVINO (FP32, FP16, INT8), parity with the checkpoint, predict
+on every model kind, the bench table, and bad input."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from edgecls.cli import main
+from edgecls.deploy.bench import bench_model, format_table
+from edgecls.deploy.export import export_model
+from edgecls.deploy.predict import predict_images
+
+pytestmark = pytest.mark.slow
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A small trained model on digits, exported to both formats at the end of training."""
+    run = tmp_path_factory.mktemp("deploy") / "run"
+    result = invoke(
+        "train",
+        "--recipe",
+        "digits",
+        "--quiet",
+        "--epochs",
+        "10",
+        "--run-dir",
+        str(run),
+        "export=onnx,openvino",
+    )
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_train_exports_at_the_end(run_dir):
+    assert (run_dir / "export" / "model.onnx").is_file()
+    assert (run_dir / "export" / "model_fp32.xml").is_file()
+    assert (run_dir / "export" / "model_fp32.bin").is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [e["format"] for e in metrics["exports"]] == ["onnx", "openvino"]
+    assert all(e["top1_agreement"] >= 0.995 for e in metrics["exports"])
+
+
+def test_onnx_export_has_a_dynamic_batch_metadata_and_matches_the_checkpoint(run_dir):
+    folder = run_dir / "export"
+    report = json.loads((folder / "model_report.json").read_text())
+    assert report["num_images"] == 359 and report["top1_agreement"] >= 0.995
+    assert report["max_probability_difference"] < 1e-3
+    assert report["top1"] == pytest.approx(report["checkpoint_top1"], abs=0.005)
+    session = ort.InferenceSession(str(folder / "model.onnx"))
+    for batch in (1, 7):
+        probabilities = session.run(
+            None, {"pixels": np.random.rand(batch, 1, 32, 32).astype(np.float32)}
+        )[0]
+        assert probabilities.shape == (batch, 10)
+        assert np.allclose(probabilities.sum(1), 1.0, atol=1e-5)
+    info = json.loads((folder / "model.json").read_text())
+    assert info["classes"] == [str(d) for d in range(10)]
+    assert info["input_size"] == 32 and info["grayscale"] is True
+
+
+def test_openvino_export_matches_the_checkpoint(run_dir, tmp_path):
+    fp32 = json.loads((run_dir / "export" / "model_fp32_report.json").read_text())
+    assert fp32["top1_agreement"] >= 0.995 and fp32["max_probability_difference"] < 1e-3
+    report = export_model(run_dir, "openvino", "fp16", out_dir=tmp_path)
+    assert Path(report.path).name == "model_fp16.xml"
+    assert (tmp_path / "model_fp16.bin").is_file()
+    assert report.top1_agreement >= 0.995 and report.max_probability_difference < 5e-2
+
+
+def test_int8_export_reports_its_accuracy_drop(run_dir, tmp_path):
+    result = invoke(
+        "export",
+        str(run_dir),
+        "--format",
+        "openvino",
+        "--int8",
+        "--out",
+        str(tmp_path),
+        "--calibration-size",
+        "200",
+    )
+    assert result.exit_code == 0, result.output
+    assert "drop" in result.output
+    report = json.loads((tmp_path / "model_int8_report.json").read_text())
+    assert report["precision"] == "int8" and report["calibration_images"] == 200
+    assert report["int8_top1_drop"] == pytest.approx(100 * (report["fp32_top1"] - report["top1"]))
+    assert report["int8_top1_drop"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def digit_files(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("digit_files")
+    digits = load_digits()
+    for index in range(1790, 1797):
+        pixels = (digits.images[index] * 255 / 16).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index}_{digits.target[index]}.png")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG broken")
+    return folder
+
+
+def test_predict_agrees_across_checkpoint_onnx_and_openvino(run_dir, digit_files, tmp_path):
+    export_model(run_dir, "openvino", "int8", out_dir=tmp_path)
+    kinds = [
+        run_dir / "best.pt",
+        run_dir / "export" / "model.onnx",
+        run_dir / "export" / "model_fp32.xml",
+        tmp_path / "model_int8.xml",
+    ]
+    top1 = {}
+    for model in kinds:
+        predictions, skipped = predict_images(model, [digit_files], top_k=3)
+        assert [Path(p).name for p, _ in skipped] == ["corrupt.png"]
+        assert len(predictions) == 7 and all(len(p.labels) == 3 for p in predictions)
+        top1[model.name] = [p.labels[0] for p in predictions]
+    assert top1["best.pt"] == top1["model.onnx"] == top1["model_fp32.xml"]
+    int8_same = zip(top1["best.pt"], top1["model_int8.xml"], strict=True)
+    assert sum(a == b for a, b in int8_same) >= 6
+    result = invoke(
+        "predict",
+        str(run_dir / "export" / "model.onnx"),
+        str(digit_files),
+        "--csv",
+        str(tmp_path / "p.csv"),
+    )
+    assert result.exit_code == 0 and "corrupt.png" in result.output
+    with open(tmp_path / "p.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 7
+
+
+def test_bench_table_has_the_papers_columns(tmp_path, run_dir):
+    rows = bench_model(
+        "mobilenetv3_small_050",
+        ["torch", "onnxruntime", "openvino"],
+        ["fp32", "int8"],
+        input_size=64,
+        repeats=3,
+        warmup=1,
+    )
+    assert [(r.backend, r.precision) for r in rows] == [
+        ("torch", "fp32"),
+        ("onnxruntime", "fp32"),
+        ("openvino", "fp32"),
+        ("openvino", "int8"),
+    ]
+    for row in rows:
+        assert row.params_m == pytest.approx(1.59, abs=0.01)
+        assert 0.001 < row.gflops < 0.05 and row.latency_ms > 0
+        assert row.fps == pytest.approx(1000 * row.batch / row.latency_ms)
+    table = format_table(rows)
+    for column in ("GFLOPs", "params M", "latency ms", "FPS"):
+        assert column in table
+    out = tmp_path / "bench"
+    result = invoke(
+        "bench",
+        str(run_dir / "export" / "model.onnx"),
+        str(run_dir),
+        "--backends",
+        "torch",
+        "--repeats",
+        "3",
+        "--warmup",
+        "1",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["backend"] for r in saved] == ["onnxruntime", "torch"]
+    assert out.with_suffix(".csv").is_file()
+
+
+def test_gflops_of_the_papers_models_match_its_table_5():
+    paper = {
+        "mobilenetv3_small_100": 0.06,
+        "mobilenetv3_large_075": 0.15,
+        "mobilenetv3_large_100": 0.22,
+        "efficientnet_b0": 0.4,
+    }
+    for name, gflops in paper.items():
+        (row,) = bench_model(name, ["torch"], ["fp32"], repeats=1, warmup=0)
+        assert row.gflops == pytest.approx(gflops, abs=0.015), name
+
+
+def fails_cleanly(*args: str, contains: str) -> None:
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.output.strip().count("\n") == 0
+    assert contains in result.output
+
+
+def test_bad_export_and_predict_input(run_dir, tmp_path):
+    fails_cleanly("export", str(tmp_path / "none.pt"), "--format", "onnx", contains="checkpoint")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"garbage")
+    fails_cleanly("export", str(corrupt), "--format", "onnx", contains="cannot read checkpoint")
+    fails_cleanly("export", str(run_dir), "--format", "tflite", contains="unknown export format")
+    fails_cleanly(
+        "export",
+        str(run_dir),
+        "--format",
+        "openvino",
+        "--int8",
+        "--data",
+        str(tmp_path / "nowhere"),
+        "--out",
+        str(tmp_path / "x"),
+        contains="calibration data",
+    )
+    lonely = tmp_path / "lonely.onnx"
+    lonely.write_bytes((run_dir / "export" / "model.onnx").read_bytes())
+    fails_cleanly("predict", str(lonely), str(tmp_path), contains="metadata")
