@@ -150,7 +150,7 @@ def lr_find(args, recipe, model, method, out_dir, quiet) -> None:
         raise UserError("lr-find needs DATA (or a recipe that names one)")
     out_dir = out_dir or runs.auto_run_dir(config, prefix="lr-find")
     dataset = load_training_data(config, progress=not quiet)
-    result = search_lr(config, dataset, out_dir)
+    result = search_lr(config, dataset, out_dir, progress=not quiet)
     runs.write_json(out_dir / "lr_search.json", result.to_dict())
     if result.trials:
         table = Table(title=f"LR search ({result.method})")

@@ -100,7 +100,7 @@ def _study(config: Config, method: str, run_dir: Path | None) -> optuna.Study:
 
 
 def trial_search(
-    config: Config, dataset: Dataset, method: str, run_dir: Path | None
+    config: Config, dataset: Dataset, method: str, run_dir: Path | None, progress: bool = True
 ) -> LRSearchResult:
     """TPE (with median pruning) or grid search; finished trials in the storage are reused."""
     started = time.perf_counter()
@@ -129,7 +129,7 @@ def trial_search(
             f"in [{low}, {high}]",
             highlight=False,
         )
-        study.optimize(objective, n_trials=remaining, show_progress_bar=True)
+        study.optimize(objective, n_trials=remaining, show_progress_bar=progress)
     trials = [
         {
             "number": t.number,
@@ -239,9 +239,11 @@ def range_search(config: Config, dataset: Dataset, run_dir: Path | None) -> LRSe
     return LRSearchResult("range", lr, time.perf_counter() - started, curve=curve)
 
 
-def search_lr(config: Config, dataset: Dataset, run_dir: Path | None) -> LRSearchResult:
+def search_lr(
+    config: Config, dataset: Dataset, run_dir: Path | None, progress: bool = True
+) -> LRSearchResult:
     """Estimate the initial LR with `config.lr` as the method (auto means tpe)."""
     method = "tpe" if config.lr == "auto" else str(config.lr)
     if method == "range":
         return range_search(config, dataset, run_dir)
-    return trial_search(config, dataset, method, run_dir)
+    return trial_search(config, dataset, method, run_dir, progress)

@@ -57,7 +57,7 @@ def train(
     write_skipped(run_dir, dataset)
     extra: dict[str, Any] = {}
     if isinstance(config.lr, str):
-        search = search_lr(config, dataset, run_dir)
+        search = search_lr(config, dataset, run_dir, progress)
         runs.write_json(run_dir / "lr_search.json", search.to_dict())
         console.print(f"initial lr ({search.method}): {search.lr:.4g} in {search.seconds:.0f} s")
         config = dataclasses.replace(config, lr=search.lr)

@@ -1,0 +1,135 @@
+"""Deployment speed-ups and INT8 accuracy, measured side by side in one run on this machine.
+
+For each model: latency of PyTorch eager (channels-last), ONNX Runtime and OpenVINO (FP32 with the
+f32 precision hint, and NNCF INT8) at batch 1 and a larger batch, 224x224, as speed-ups over
+PyTorch; GFLOPs and parameters next to the paper's supplementary Table 5; and the INT8 top-1 drop
+of a model trained here (the `digits` recipe) on its validation split.
+
+    python benchmarks/deploy_speed.py          # prints the tables, writes them to --out
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import timm
+import torch
+
+from edgecls.config import build_config, load_recipe
+from edgecls.deploy.bench import bench_model
+from edgecls.deploy.export import export_model
+from edgecls.train import train
+
+MODELS = [
+    "mobilenetv3_small_100",
+    "mobilenetv3_large_075",
+    "mobilenetv3_large_100",
+    "efficientnet_b0",
+    "ghostnet_100",
+    "mobilenetv2_100",
+]
+# Paper 000, supplementary Table 5 (OpenVINO 2021.3, Xeon Gold 6230, batch 1, 224x224, FP32).
+PAPER_TABLE_5 = {
+    "mobilenetv3_small_100": (0.06, 1.61),
+    "mobilenetv3_large_075": (0.15, 2.83),
+    "mobilenetv3_large_100": (0.22, 4.31),
+    "efficientnet_b0": (0.40, 4.11),
+}
+
+
+def backbone_params(name: str) -> float:
+    """Parameters without the 1000-class classifier, in millions."""
+    model = timm.create_model(name, num_classes=0)
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def speed_table(args: argparse.Namespace) -> str:
+    lines = [
+        f"Speed-up over PyTorch eager, {args.input_size}x{args.input_size}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats} runs (latency in ms):",
+        "",
+        "| model | batch | GFLOPs | params M | torch ms | ORT ms (x) | OV FP32 ms (x) "
+        "| OV INT8 ms (x) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in args.models.split(","):
+        for batch in (1, args.large_batch):
+            rows = bench_model(
+                name,
+                ["torch", "onnxruntime", "openvino"],
+                ["fp32", "int8"],
+                args.input_size,
+                batch,
+                args.repeats,
+                args.warmup,
+            )
+            by = {(r.backend, r.precision): r for r in rows}
+            base = by[("torch", "fp32")].latency_ms
+            cells = [
+                f"{by[key].latency_ms:.2f} ({base / by[key].latency_ms:.1f}x)"
+                for key in (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "int8"))
+            ]
+            row = by[("torch", "fp32")]
+            lines.append(
+                f"| {name} | {batch} | {row.gflops:.3f} | {row.params_m:.2f} | {base:.2f} | "
+                + " | ".join(cells)
+                + " |"
+            )
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+def paper_table() -> str:
+    lines = [
+        "GFLOPs (multiply-adds) and parameters against the paper's Table 5 (its parameter counts "
+        "match the backbones without the 1000-class classifier):",
+        "",
+        "| model | GFLOPs here | GFLOPs paper | params M (no classifier) | params M paper |",
+        "|---|---|---|---|---|",
+    ]
+    for name, (gflops, params) in PAPER_TABLE_5.items():
+        (row,) = bench_model(name, ["torch"], ["fp32"], repeats=1, warmup=0)
+        lines.append(
+            f"| {name} | {row.gflops:.3f} | {gflops:.2f} | {backbone_params(name):.2f} | "
+            f"{params:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def int8_drop(args: argparse.Namespace) -> str:
+    with tempfile.TemporaryDirectory() as folder:
+        run_dir = Path(folder) / "run"
+        config = build_config(load_recipe("digits"), {"max_epochs": args.train_epochs})
+        train(config, run_dir, progress=False)
+        fp32 = export_model(run_dir, "openvino", "fp32")
+        int8 = export_model(run_dir, "openvino", "int8")
+    return (
+        f"INT8 accuracy on a model trained here (`digits` recipe, {args.train_epochs} epochs, "
+        f"validation split of {int8.num_images} images, {int8.calibration_images} calibration "
+        f"images): checkpoint top-1 {100 * int8.checkpoint_top1:.2f}%, OpenVINO FP32 "
+        f"{100 * fp32.top1:.2f}% (top-1 agreement {100 * fp32.top1_agreement:.2f}%), INT8 "
+        f"{100 * int8.top1:.2f}% (agreement {100 * int8.top1_agreement:.2f}%): drop "
+        f"{int8.int8_top1_drop:.2f} percentage points."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--large-batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--train-epochs", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/deploy_speed.md"))
+    args = parser.parse_args()
+    text = "\n\n".join([speed_table(args), paper_table(), int8_drop(args)]) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
