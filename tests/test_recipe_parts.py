@@ -114,6 +114,19 @@ def test_without_no_bias_decay_everything_decays_at_one_lr():
 def test_linear_lr_scaling_with_batch_size():
     assert scaled_lr(build_config({"lr_batch_scaling": True, "batch_size": 128}), 0.1) == 0.05
     assert scaled_lr(build_config({"batch_size": 128}), 0.1) == 0.1
+    config = build_config(
+        {
+            "model": "mobilenetv3_small_050",
+            "lr": 0.1,
+            "batch_size": 512,
+            "lr_batch_scaling": True,
+            "no_bias_decay": True,
+        }
+    )
+    optimizer = create_optimizer([create_model(config, 3)], config)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.2, 0.2, 0.2])
+    set_lr(optimizer, scaled_lr(config, 0.1))  # what the loop does each epoch
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.2, 0.2, 0.4])
 
 
 # --- AM-Softmax ---------------------------------------------------------------------------------
