@@ -52,7 +52,7 @@ def predict_images(
             tensors.append(to_tensor(load_image(path, info.grayscale), info.input_size))
             readable.append(path)
         except BadImageError as error:
-            skipped.append((str(path), str(error)))
+            skipped.append((str(path), error.reason))
     if not tensors:
         return [], skipped
     probabilities = torch.from_numpy(predictor.predict_proba(torch.stack(tensors)))
