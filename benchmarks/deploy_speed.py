@@ -83,8 +83,9 @@ def speed_table(args: argparse.Namespace) -> str:
 
 def paper_table() -> str:
     lines = [
-        "GFLOPs (multiply-adds) and parameters against the paper's Table 5 (its parameter counts "
-        "match the backbones without the 1000-class classifier):",
+        "GFLOPs (multiply-adds) and parameters against the paper's Table 5 (the paper's parameter "
+        "counts are near the backbones without the 1000-class classifier; it does not say which "
+        "classifier it counted):",
         "",
         "| model | GFLOPs here | GFLOPs paper | params M (no classifier) | params M paper |",
         "|---|---|---|---|---|",
