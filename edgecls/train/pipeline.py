@@ -10,6 +10,7 @@ from edgecls import runs
 from edgecls.config import Config
 from edgecls.data import Dataset, load_dataset
 from edgecls.errors import UserError
+from edgecls.models import create_model
 from edgecls.report.progress import console
 from edgecls.train.loop import Trainer
 from edgecls.train.lr_search import search_lr
@@ -51,6 +52,8 @@ def train(
     that train on a fixed subset).
     """
     dataset = dataset or load_training_data(config, progress)
+    # Build the model once before the run folder exists: a wrong name or weights file fails here.
+    create_model(config, len(dataset.classes))
     run_dir.mkdir(parents=True, exist_ok=True)
     runs.write_config(run_dir, config)
     console.print(f"run folder: {run_dir}", highlight=False)
