@@ -29,6 +29,7 @@ from edgecls.deploy.runtime import (
     Predictor,
     TorchPredictor,
     metadata_path,
+    openvino_core,
 )
 from edgecls.errors import UserError
 
@@ -105,7 +106,7 @@ def quantize_int8(fp32_xml: Path, info: ModelInfo, calibration: torch.Tensor, pa
     import nncf
     import openvino as ov
 
-    model = ov.Core().read_model(str(fp32_xml))
+    model = openvino_core().read_model(str(fp32_xml))
     items = [to_float(image[None]).numpy() for image in calibration]
     quantized = nncf.quantize(
         model, nncf.Dataset(items), subset_size=len(items), preset=nncf.QuantizationPreset.MIXED

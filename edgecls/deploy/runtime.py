@@ -9,6 +9,7 @@ preprocessing.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +58,14 @@ class ModelInfo:
             return cls(**{key: values[key] for key in keys})
         except (ValueError, KeyError, TypeError) as error:
             raise UserError(f"metadata file {path} is damaged: {error}") from None
+
+
+@functools.cache
+def openvino_core():
+    """One OpenVINO Core per process: models read and compiled by it share its plugins."""
+    import openvino as ov
+
+    return ov.Core()
 
 
 def metadata_path(model_path: Path) -> Path:
@@ -122,15 +131,14 @@ class OpenVINOPredictor(Predictor):
     backend = "openvino"
 
     def __init__(self, path: Path, precision_hint: str = "f32") -> None:
-        import openvino as ov
-
         self.info = ModelInfo.load(metadata_path(path))
+        core = openvino_core()
         try:
-            model = ov.Core().read_model(str(path))
+            model = core.read_model(str(path))
         except Exception as error:  # openvino raises RuntimeError subclasses of its own
             raise UserError(f"cannot load OpenVINO model {path}: {error}") from None
         # OpenVINO picks bf16 on CPUs that have it; FP32 must be asked for to mean FP32.
-        self.compiled = ov.Core().compile_model(
+        self.compiled = core.compile_model(
             model,
             "CPU",
             {"INFERENCE_PRECISION_HINT": precision_hint, "PERFORMANCE_HINT": "LATENCY"},
