@@ -137,8 +137,8 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, **options) -> None:
 @user_errors
 def lr_find(args, recipe, model, method, out_dir, quiet) -> None:
     """Estimate the initial learning rate for DATA alone: range test, TPE or grid search."""
+    from edgecls.data import load_configured_dataset
     from edgecls.train.lr_search import search_lr
-    from edgecls.train.pipeline import load_training_data
 
     data, overrides = _split_args(args)
     layers = [cfg.load_recipe(recipe) if recipe else {}, cfg.parse_overrides(overrides)]
@@ -149,7 +149,7 @@ def lr_find(args, recipe, model, method, out_dir, quiet) -> None:
     if config.data is None:
         raise UserError("lr-find needs DATA (or a recipe that names one)")
     out_dir = out_dir or runs.auto_run_dir(config, prefix="lr-find")
-    dataset = load_training_data(config, progress=not quiet)
+    dataset = load_configured_dataset(config, progress=not quiet)
     result = search_lr(config, dataset, out_dir, progress=not quiet)
     runs.write_json(out_dir / "lr_search.json", result.to_dict())
     if result.trials:

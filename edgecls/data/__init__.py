@@ -2,7 +2,7 @@
 
 from edgecls.data.builtin import BUILTIN_DATASETS
 from edgecls.data.images import IMAGE_EXTENSIONS, BadImageError, load_image, to_float, to_tensor
-from edgecls.data.loader import load_dataset
+from edgecls.data.loader import load_configured_dataset, load_dataset
 from edgecls.data.report import describe
 from edgecls.data.splits import Dataset, ImageSplit
 
@@ -13,6 +13,7 @@ __all__ = [
     "Dataset",
     "ImageSplit",
     "describe",
+    "load_configured_dataset",
     "load_dataset",
     "load_image",
     "to_float",

@@ -6,6 +6,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +16,9 @@ from edgecls.data.sources import SplitFiles, discover
 from edgecls.data.splits import Dataset, ImageSplit, Problems, split_off_val, warn_imbalance
 from edgecls.errors import UserError
 from edgecls.report.progress import progress_bar
+
+if TYPE_CHECKING:
+    from edgecls.config import Config
 
 
 def load_dataset(
@@ -61,6 +65,26 @@ def load_dataset(
     if strict and problems.errors:
         raise UserError(problems.errors[0])
     return dataset
+
+
+def load_configured_dataset(
+    config: Config, data: str | None = None, *, progress: bool = True
+) -> Dataset:
+    """The dataset `data` (default: the config's own) decoded as the config says: input size,
+    channels, validation split and seed. Training, evaluation and export all read data this way."""
+    spec = data or config.data
+    if spec is None:
+        raise UserError("no dataset given")
+    return load_dataset(
+        spec,
+        input_size=config.input_size,
+        grayscale=config.grayscale,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        data_root=config.data_root,
+        download=config.download,
+        progress=progress,
+    )
 
 
 def _load_files(

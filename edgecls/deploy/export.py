@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from edgecls import runs
-from edgecls.config import Config
-from edgecls.data import Dataset, ImageSplit, load_dataset, to_float
+from edgecls.data import ImageSplit, load_configured_dataset, to_float
 from edgecls.deploy.runtime import (
     ModelInfo,
     OnnxPredictor,
@@ -139,21 +138,6 @@ def compare(
     return probabilities
 
 
-def _load_data(config: Config, data: str | None) -> Dataset | None:
-    spec = data or config.data
-    if spec is None:
-        return None
-    return load_dataset(
-        spec,
-        input_size=config.input_size,
-        grayscale=config.grayscale,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        data_root=config.data_root,
-        progress=False,
-    )
-
-
 def export_model(
     model_path: Path,
     fmt: str,
@@ -177,7 +161,7 @@ def export_model(
     info = ModelInfo(source.info.classes, source.info.input_size, source.info.grayscale, precision)
     fp32_info = ModelInfo(source.info.classes, source.info.input_size, source.info.grayscale)
     try:
-        dataset = _load_data(checkpoint_config, data)
+        dataset = load_configured_dataset(checkpoint_config, data, progress=False)
     except UserError as error:
         if precision == "int8":
             raise UserError(

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from edgecls import runs
-from edgecls.data import ImageSplit, load_dataset
+from edgecls.data import ImageSplit, load_configured_dataset
 from edgecls.errors import UserError
 from edgecls.evaluate.inference import predict_logits, select_device
 from edgecls.evaluate.metrics import Metrics, compute_metrics
@@ -46,15 +46,9 @@ def evaluate_checkpoint(
     checkpoint = runs.load_checkpoint(model_path)
     model, config = model_from_checkpoint(checkpoint)
     classes = list(checkpoint["classes"])
-    dataset = load_dataset(
-        data,
-        input_size=config.input_size,
-        grayscale=config.grayscale,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        data_root=data_root or config.data_root,
-        progress=progress,
-    )
+    if data_root:
+        config.data_root = data_root
+    dataset = load_configured_dataset(config, data, progress=progress)
     if dataset.classes != classes:
         unknown = sorted(set(dataset.classes) - set(classes))
         if unknown:

@@ -8,27 +8,11 @@ from typing import Any
 
 from edgecls import runs
 from edgecls.config import Config
-from edgecls.data import Dataset, load_dataset
-from edgecls.errors import UserError
+from edgecls.data import Dataset, load_configured_dataset
 from edgecls.models import create_model
 from edgecls.report.progress import console
 from edgecls.train.loop import Trainer
 from edgecls.train.lr_search import search_lr
-
-
-def load_training_data(config: Config, progress: bool = True) -> Dataset:
-    if config.data is None:
-        raise UserError("no dataset given")
-    return load_dataset(
-        config.data,
-        input_size=config.input_size,
-        grayscale=config.grayscale,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        data_root=config.data_root,
-        download=config.download,
-        progress=progress,
-    )
 
 
 def write_skipped(run_dir: Path, dataset: Dataset) -> None:
@@ -51,7 +35,7 @@ def train(
     the search continues from its stored trials. `dataset` overrides `config.data` (benchmarks
     that train on a fixed subset).
     """
-    dataset = dataset or load_training_data(config, progress)
+    dataset = dataset or load_configured_dataset(config, progress=progress)
     # Build the model once before the run folder exists: a wrong name or weights file fails here.
     create_model(config, len(dataset.classes))
     run_dir.mkdir(parents=True, exist_ok=True)
