@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import click
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -60,6 +59,15 @@ def _print_summary(metrics: dict, run_dir: Path) -> None:
                 f"{metrics[f'{split}_top1']:.2%} / {metrics[f'{split}_top5']:.2%} / "
                 f"{metrics[f'{split}_map']:.4f}",
             )
+    for rollback in metrics["rollbacks"]:
+        table.add_row(
+            f"rollback at epoch {rollback['epoch']}",
+            f"{rollback['reason']}; back to epoch {rollback['resumed_from_epoch']}, "
+            f"LR x {rollback['lr_scale']:g}",
+        )
+    for resumed in metrics["resumes"]:
+        changes = ", ".join(f"{k}={v}" for k, v in resumed["overrides"].items())
+        table.add_row(f"resumed after epoch {resumed['epoch']}", changes or "as saved")
     table.add_row("training time", f"{metrics['train_seconds']:.0f} s")
     if metrics["skipped_files"]:
         table.add_row("skipped files", f"{metrics['skipped_files']} (see skipped_files.txt)")
@@ -92,11 +100,14 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, **options) -> None:
 
     data, overrides = _split_args(args)
     if resume:
-        if args or recipe or any(v is not None for v in options.values()):
-            raise UserError("--resume continues a run with its saved config; pass nothing else")
-        if not (resume / "config.yaml").is_file():
-            raise UserError(f"no config.yaml in {resume}: nothing to resume")
-        config = cfg.build_config(yaml.safe_load((resume / "config.yaml").read_text()))
+        if data or recipe or any(v is not None for v in options.values()) or run_dir:
+            raise UserError(
+                "--resume continues a run with its saved config; only key=value overrides of "
+                f"{', '.join(cfg.RESUME_KEYS)} may be added"
+            )
+        config, changed = cfg.resume_config(
+            runs.read_config(resume), cfg.parse_overrides(overrides)
+        )
         run_dir = resume
     else:
         if recipe is None and data is None:
@@ -110,14 +121,16 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, **options) -> None:
         config = cfg.build_config(recipe_values, cfg.parse_overrides(overrides), cli_values)
         if config.data is None:
             config.data = cfg.DEFAULT_DATA
-        run_dir = run_dir or runs.auto_run_dir(config)
-        runs.check_run_dir_free(run_dir, overwrite)
-    try:
-        metrics = run_training(config, run_dir, resume=resume is not None, progress=not quiet)
-    except KeyboardInterrupt:
-        err.print(f"interrupted; continue with: edgecls train --resume {run_dir}", highlight=False)
-        sys.exit(130)
-    _print_summary(metrics, run_dir)
+        changed = {}
+    run = run_training(
+        config,
+        run_dir,
+        resume=resume is not None,
+        overwrite=overwrite,
+        resume_overrides=changed,
+        progress=not quiet,
+    )
+    _print_summary(run.metrics, run.run_dir)
 
 
 @main.command("lr-find", context_settings={"ignore_unknown_options": True})

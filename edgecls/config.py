@@ -70,6 +70,7 @@ class Config:
     patience: int = 5
     min_lr_ratio: float = 1 / 200
     forced_decay_at: float = 0.75
+    max_rollbacks: int = 3  # divergence: back to the last good checkpoint at lr * lr_factor
     # initial-LR search (lr=tpe|grid|range|auto)
     lr_search_trials: int = 15
     lr_search_epochs: int = 6
@@ -186,3 +187,36 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a saved config (checkpoint, run folder), ignoring keys this version dropped."""
     known = {k: v for k, v in values.items() if k in _FIELD_TYPES}
     return Config(**known)
+
+
+# Settings a resumed run may change: they alter the rest of the run, not what was trained so far.
+RESUME_KEYS = (
+    "lr",
+    "max_epochs",
+    "patience",
+    "max_rollbacks",
+    "export",
+    "eval_batch_size",
+    "workers",
+    "lr_search_storage",
+)
+
+
+def resume_config(
+    saved: dict[str, Any], overrides: dict[str, Any]
+) -> tuple[Config, dict[str, Any]]:
+    """The saved config of a run with the user's safe overrides; returns it and what changed."""
+    unsafe = sorted(set(overrides) - set(RESUME_KEYS))
+    if unsafe:
+        raise UserError(
+            f"cannot change {', '.join(unsafe)} when resuming (it would no longer be the same "
+            f"run); these can change: {', '.join(RESUME_KEYS)}"
+        )
+    if isinstance(overrides.get("lr"), str):
+        raise UserError("a resumed run takes a number for lr, not a search method")
+    saved_config = build_config(saved)
+    config = build_config(saved, overrides)
+    changed = {
+        key: value for key, value in overrides.items() if getattr(saved_config, key) != value
+    }
+    return config, changed

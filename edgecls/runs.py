@@ -7,15 +7,22 @@ runs/<name>/
   best.pt, last.pt  checkpoints (model, optimizer, schedule, RNG states, config, class names)
   *.png             loss / accuracy / LR curves and the confusion matrix
   skipped_files.txt unreadable input files that were left out
+  .edgecls.lock     held by the process training into the folder
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
+import itertools
 import json
 import os
+import pickle
 import re
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,49 +33,170 @@ import yaml
 from edgecls.config import Config
 from edgecls.errors import UserError
 
-HISTORY_COLUMNS = (
-    "epoch",
-    "lr",
-    "train_loss",
-    "val_loss",
-    "val_top1",
-    "val_top5",
-    "val_map",
-    "seconds",
-)
+LOCK_FILE = ".edgecls.lock"
+# Files only an edgecls run writes: a folder holding config.yaml and one of them is a run folder.
+RUN_FILES = ("history.csv", "last.pt", "best.pt", "metrics.json", "lr_search.db", LOCK_FILE)
 
 
-def auto_run_dir(config: Config, root: Path = Path("runs"), prefix: str = "") -> Path:
-    """runs/[<prefix>-]<data>-<model>-<timestamp>, made unique if that name is taken."""
+def is_run_folder(path: Path) -> bool:
+    """True for a folder an edgecls run wrote (never mistaken for a class of images)."""
+    if (path / LOCK_FILE).is_file():
+        return True
+    return (path / "config.yaml").is_file() and any((path / name).exists() for name in RUN_FILES)
+
+
+def holds_run_folders(path: Path) -> bool:
+    """The folder itself is a run, or directly holds runs (like `runs/`)."""
+    try:
+        return is_run_folder(path) or any(
+            child.is_dir() and is_run_folder(child) for child in path.iterdir()
+        )
+    except OSError:
+        return False
+
+
+def _run_names(config: Config, root: Path, prefix: str) -> Iterator[Path]:
     data = Path(config.data or "data").name or "data"
     name = f"{prefix}-{data}-{config.model}" if prefix else f"{data}-{config.model}"
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    candidate = root / f"{slug}-{stamp}"
-    suffix = 1
-    while candidate.exists():
-        suffix += 1
-        candidate = root / f"{slug}-{stamp}-{suffix}"
-    return candidate
+    yield root / f"{slug}-{stamp}"
+    for suffix in itertools.count(2):
+        yield root / f"{slug}-{stamp}-{suffix}"
 
 
-def check_run_dir_free(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to reuse a folder that holds files unless asked to (checked before any work)."""
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())) and not overwrite:
+def auto_run_dir(config: Config, root: Path = Path("runs"), prefix: str = "") -> Path:
+    """runs/[<prefix>-]<data>-<model>-<timestamp>, made unique if that name is taken."""
+    return next(path for path in _run_names(config, root, prefix) if not path.exists())
+
+
+def _make_dir(path: Path, exist_ok: bool) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except FileExistsError:
+        if exist_ok:  # mkdir says "exists" for a file of that name
+            raise UserError(f"run folder {path} exists and is not a folder") from None
+        raise
+    except OSError as error:
+        raise UserError(f"cannot create run folder {path}: {error.strerror or error}") from None
+
+
+def _create_unique(config: Config) -> Path:
+    """Choose and create a new run folder in one step, so two runs never share a name."""
+    for path in _run_names(config, Path("runs"), ""):
+        try:
+            _make_dir(path, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def _lock(run_dir: Path) -> int:
+    """An exclusive lock held until the process ends; names the holder when taken."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise UserError(f"cannot write to run folder {run_dir}: {error.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+        os.close(fd)
         raise UserError(
-            f"run folder {run_dir} already holds files; choose another --run-dir, "
-            "pass --overwrite, or continue it with --resume"
+            f"run folder {run_dir} is in use by process {holder} (another edgecls train); "
+            "wait for it to finish or choose another --run-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _clear(run_dir: Path) -> None:
+    """--overwrite: empty an earlier run's folder (and only a run folder) but for the lock."""
+    if not is_run_folder(run_dir):
+        raise UserError(
+            f"refusing to empty {run_dir} for --overwrite: it holds files but no edgecls run"
         )
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def remove_stale_temp_files(run_dir: Path) -> None:
+    """Temporary files of a write that a killed process never finished."""
+    for path in run_dir.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def claim_run_dir(
+    run_dir: Path | None, config: Config, *, overwrite: bool = False, resume: bool = False
+) -> Iterator[Path]:
+    """The run folder, created atomically and locked for the whole run.
+
+    A new run needs an empty folder (or --overwrite of an earlier run's); a resumed one its
+    config.yaml. A folder this call created is removed again if the run fails before writing
+    anything, so a typo leaves nothing behind.
+    """
+    parent = run_dir.parent if run_dir else Path("runs")
+    new_parent = not parent.exists()
+    if run_dir is None:
+        run_dir, created = _create_unique(config), True
+    else:
+        created = not run_dir.exists()
+        _make_dir(run_dir, exist_ok=True)
+    fd = _lock(run_dir)
+    try:
+        content = [p for p in run_dir.iterdir() if p.name != LOCK_FILE]
+        if resume and not (run_dir / "config.yaml").is_file():
+            raise UserError(f"no config.yaml in {run_dir}: nothing to resume")
+        if not resume and content:
+            if not overwrite:
+                raise UserError(
+                    f"run folder {run_dir} already holds files; choose another --run-dir, "
+                    "pass --overwrite, or continue it with --resume"
+                )
+            _clear(run_dir)
+        remove_stale_temp_files(run_dir)
+        yield run_dir
+    except BaseException:
+        if created and all(p.name == LOCK_FILE for p in run_dir.iterdir()):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if new_parent and not any(parent.iterdir()):
+                parent.rmdir()
+        raise
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, write) -> None:
-    """Write through a temporary file and rename, so an interrupted run never leaves half a file."""
+    """Write through a temporary file, fsync, rename, fsync the folder: a crash at any moment
+    leaves the old file or the new one, never half a file. Permissions follow the umask."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
         os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -86,9 +214,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint is data; unpickling anything else could run code.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "unsupported global" not in str(error).lower():
+            raise UserError(f"cannot read checkpoint {path}: not a checkpoint file") from None
+        raise UserError(
+            f"refusing to load {path}: it holds objects other than tensors and plain data "
+            "(not written by this edgecls, or crafted to run code)"
+        ) from None
     except Exception as error:  # torch raises many types for a damaged file
-        raise UserError(f"cannot read checkpoint {path}: {error}") from None
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UserError(
+            f"cannot read checkpoint {path}: {first_line or type(error).__name__}"
+        ) from None
     if not isinstance(state, dict) or "model" not in state or "classes" not in state:
         raise UserError(f"{path} is not an edgecls checkpoint")
     return state
@@ -99,13 +238,41 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_config(run_dir: Path, config: Config) -> None:
-    write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """config.yaml, with any password in the LR-search storage URL redacted."""
+    values = config.to_dict()
+    values["lr_search_storage"] = redact_url(values["lr_search_storage"])
+    write_text(run_dir / "config.yaml", yaml.safe_dump(values, sort_keys=False))
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The saved config of a run, checked to be a mapping (a resume starts from it)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"no config.yaml in {run_dir}: nothing to resume")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        first_line = str(error).splitlines()[0]
+        raise UserError(f"{path} is not valid YAML ({first_line}): cannot resume") from None
+    if not isinstance(values, dict) or not values:
+        raise UserError(f"{path} is empty or not a mapping of key: value: cannot resume")
+    return values
+
+
+REDACTED = "***"
+
+
+def redact_url(url: str | None) -> str | None:
+    """scheme://user:password@host/... -> scheme://user:***@host/..."""
+    if not url:
+        return url
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^@/]*@", rf"\1:{REDACTED}@", url)
 
 
 def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS)
+            writer = csv.DictWriter(handle, fieldnames=list(history[0]) if history else [])
             writer.writeheader()
             writer.writerows(history)
 
@@ -122,3 +289,10 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path}: {error}") from None

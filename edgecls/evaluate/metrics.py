@@ -6,6 +6,7 @@ Everything is computed in float64 numpy with whole-array operations, so evaluati
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +75,14 @@ def _as_arrays(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.nda
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
     if labels.min() < 0 or labels.max() >= scores.shape[1]:
         raise ValueError(f"labels must lie in [0, {scores.shape[1] - 1}]")
-    return scores, labels.astype(np.int64)
+    labels = labels.astype(np.int64)
+    broken = ~np.isfinite(scores).all(axis=1)
+    if broken.any():
+        # A NaN/inf output is no prediction: rank its true class last, not (by NaN ties) first.
+        scores = scores.copy()
+        scores[broken] = 0.0
+        scores[broken, labels[broken]] = -1.0
+    return scores, labels
 
 
 def _true_scores(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -124,6 +132,7 @@ def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> list[float]:
 
 def compute_metrics(logits: ArrayLike, labels: ArrayLike, classes: list[str]) -> Metrics:
     """All metrics for one evaluation from raw (N, C) logits and integer labels."""
+    finite = bool(np.isfinite(np.asarray(logits, dtype=np.float64)).all())
     logits, labels = _as_arrays(logits, labels)
     num_classes = logits.shape[1]
     if len(classes) != num_classes:
@@ -137,7 +146,7 @@ def compute_metrics(logits: ArrayLike, labels: ArrayLike, classes: list[str]) ->
         top1=float(correct.sum() / len(labels)),
         top5=top_k_accuracy(logits, labels, TOP_K),
         map=mean_inverse_rank(logits, labels),
-        loss=_cross_entropy(logits, labels),
+        loss=_cross_entropy(logits, labels) if finite else math.inf,
         precision=_safe_ratio(correct, confusion.sum(axis=0)),
         recall=_safe_ratio(correct, confusion.sum(axis=1)),
         confusion=confusion.tolist(),

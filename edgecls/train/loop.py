@@ -14,7 +14,9 @@ holds the optimizer, schedule and RNG states, so a resumed run repeats an uninte
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import random
 import time
 from collections.abc import Callable
@@ -28,12 +30,11 @@ import torch
 from edgecls import runs
 from edgecls.config import Config
 from edgecls.data import Dataset, ImageSplit
-from edgecls.errors import UserError
 from edgecls.evaluate import Metrics, compute_metrics
 from edgecls.evaluate.inference import predict_logits, select_device
 from edgecls.models import Classifier, create_model
 from edgecls.report import plot_confusion_matrix, plot_history
-from edgecls.report.progress import progress_bars
+from edgecls.report.progress import console, progress_bars
 from edgecls.train.augment import num_batches, training_batches
 from edgecls.train.losses import Objective, mutual_objective, single_objective
 from edgecls.train.optim import SAM, create_optimizer, sam_update, scaled_lr
@@ -50,6 +51,17 @@ class RunState:
     best_epoch: int = 0
     train_seconds: float = 0.0
     stopped: bool = False
+    lr_scale: float = 1.0  # applied on top of the schedule: divergence rollbacks, resume overrides
+    rollbacks: list[dict[str, Any]] = field(default_factory=list)
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Diverged(Exception):
+    """Non-finite losses or validation outputs that skipping single batches could not cure."""
+
+
+# A non-finite batch loss skips that update; this many in a row count as divergence.
+MAX_NONFINITE_BATCHES = 3
 
 
 def seed_everything(seed: int) -> None:
@@ -70,16 +82,20 @@ def set_lr(optimizer, lr: float) -> None:
 
 
 def rng_states() -> dict[str, Any]:
+    """The global RNG states as tensors and plain types, which `torch.load(weights_only=True)`
+    reads back without unpickling arbitrary objects."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
         "torch": torch.get_rng_state(),
     }
 
 
 def restore_rng(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     torch.set_rng_state(states["torch"])
 
 
@@ -122,6 +138,7 @@ class Trainer:
         )
         self.schedule: Schedule = create_schedule(config)
         self.state = RunState()
+        self.start: dict[str, Any] = {}  # where a divergence before the first checkpoint returns
 
     # one update ----------------------------------------------------------------------------
     def compute_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -130,8 +147,13 @@ class Trainer:
             return self.objective([model(images) for model in self.models], labels)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
-        """One optimizer update on a batch (two passes under SAM); returns the batch loss."""
+        """One optimizer update on a batch (two passes under SAM); returns the batch loss.
+
+        A non-finite loss leaves the weights untouched and is returned as it is."""
         loss = self.compute_loss(images, labels)
+        if not torch.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss.item()
         if isinstance(self.optimizer, SAM):
             sam_update(
                 self.optimizer,
@@ -180,17 +202,22 @@ class Trainer:
         split = self.dataset.train
         total_loss, seen = 0.0, 0
         bars.reset(task, total=num_batches(len(split), self.config.batch_size), status="")
+        nonfinite_in_a_row = 0
         for images, labels in training_batches(split, self.config, generator, self.device):
             images = images.contiguous(memory_format=self.memory_format)
             loss = self.step(images, labels)
-            if not np.isfinite(loss):
-                raise UserError(
-                    f"training diverged at epoch {epoch + 1} (loss {loss}); try a lower lr"
-                )
+            if not math.isfinite(loss):
+                nonfinite_in_a_row += 1
+                if nonfinite_in_a_row >= MAX_NONFINITE_BATCHES:
+                    raise Diverged(f"{nonfinite_in_a_row} non-finite losses in a row")
+                continue
+            nonfinite_in_a_row = 0
             total_loss += loss * len(labels)
             seen += len(labels)
             bars.update(task, advance=1, status=f"loss {total_loss / seen:.4f}")
-        return total_loss / max(1, seen)
+        if not seen:
+            raise Diverged("no finite loss in the epoch")
+        return total_loss / seen
 
     def evaluate(self, split: ImageSplit):
         logits = predict_logits(
@@ -203,20 +230,56 @@ class Trainer:
         return compute_metrics(logits, split.labels, self.dataset.classes)
 
     # the loop ------------------------------------------------------------------------------
+    def roll_back(self, epoch: int, reason: str) -> None:
+        """Return to the last good checkpoint with the LR multiplied by `lr_factor`, or raise
+        Diverged once `max_rollbacks` are spent."""
+        previous = self.state
+        if len(previous.rollbacks) >= self.config.max_rollbacks:
+            tried = f" after {len(previous.rollbacks)} rollback(s)" if previous.rollbacks else ""
+            raise Diverged(f"training diverged at epoch {epoch + 1} ({reason}){tried}")
+        last = self.run_dir / "last.pt" if self.run_dir is not None else None
+        self.restore(runs.load_checkpoint(last) if last and last.is_file() else self.start)
+        self.state.lr_scale = previous.lr_scale * self.config.lr_factor
+        self.state.rollbacks = [
+            *previous.rollbacks,
+            {
+                "epoch": epoch + 1,
+                "reason": reason,
+                "resumed_from_epoch": self.state.epoch,
+                "lr_scale": self.state.lr_scale,
+            },
+        ]
+        self.state.resumes = previous.resumes
+        console.print(
+            f"epoch {epoch + 1}: {reason}; back to epoch {self.state.epoch} with the LR x "
+            f"{self.state.lr_scale:g}",
+            highlight=False,
+        )
+
     def fit(self, on_epoch: Callable[[int, Metrics], None] | None = None) -> RunState:
-        """Train until the schedule stops; `on_epoch(epoch, val_metrics)` may raise to abort."""
-        config, state = self.config, self.state
+        """Train until the schedule stops; `on_epoch(epoch, val_metrics)` may raise to abort.
+
+        Divergence rolls back (see `roll_back`); a run that keeps diverging raises Diverged."""
+        config = self.config
+        self.start = copy.deepcopy(self.checkpoint())
         with progress_bars(self.progress) as bars:
             epochs_task = bars.add_task("epochs", total=config.max_epochs, status="")
             batch_task = bars.add_task("batches", total=1, status="")
-            bars.update(epochs_task, completed=state.epoch)
-            while not state.stopped and state.epoch < config.max_epochs:
+            bars.update(epochs_task, completed=self.state.epoch)
+            while not self.state.stopped and self.state.epoch < config.max_epochs:
+                state = self.state
                 epoch = state.epoch
                 started = time.perf_counter()
-                lr = scaled_lr(config, self.schedule.lr(epoch))
+                lr = scaled_lr(config, self.schedule.lr(epoch)) * state.lr_scale
                 set_lr(self.optimizer, lr)
-                train_loss = self.train_one_epoch(epoch, bars, batch_task)
-                val = self.evaluate(self.dataset.val)
+                try:
+                    train_loss = self.train_one_epoch(epoch, bars, batch_task)
+                    val = self.evaluate(self.dataset.val)
+                    if not math.isfinite(val.loss):
+                        raise Diverged("non-finite validation outputs")
+                except Diverged as why:
+                    self.roll_back(epoch, str(why))
+                    continue
                 seconds = time.perf_counter() - started
                 state.history.append(
                     {
@@ -227,6 +290,7 @@ class Trainer:
                         "val_top1": val.top1,
                         "val_top5": val.top5,
                         "val_map": val.map,
+                        "rollbacks": len(state.rollbacks),
                         "seconds": round(seconds, 3),
                     }
                 )
@@ -249,7 +313,7 @@ class Trainer:
                     status=f"loss {train_loss:.4f}  lr {lr:.2e}  top-1 {val.top1:.1%} "
                     f"(best {state.best_top1:.1%} @ {state.best_epoch})",
                 )
-        return state
+        return self.state
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Evaluate the best checkpoint; write metrics.json (with `extra`) and the plots."""
@@ -270,6 +334,8 @@ class Trainer:
             "num_train": len(self.dataset.train.labels),
             "num_val": len(self.dataset.val.labels),
             "skipped_files": len(self.dataset.skipped),
+            "rollbacks": state.rollbacks,
+            "resumes": state.resumes,
             **(extra or {}),
             "val": val.to_dict(),
         }

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import itertools
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -22,13 +24,23 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.trial import TrialState
 
 from edgecls.config import Config
 from edgecls.data import Dataset
+from edgecls.errors import UserError
 from edgecls.report.plots import plot_lr_range_test
-from edgecls.report.progress import console
+from edgecls.report.progress import console, progress_bars
+from edgecls.runs import REDACTED, redact_url
 from edgecls.train.augment import training_batches
-from edgecls.train.loop import Trainer, epoch_generator, restore_rng, rng_states, set_lr
+from edgecls.train.loop import (
+    Diverged,
+    Trainer,
+    epoch_generator,
+    restore_rng,
+    rng_states,
+    set_lr,
+)
 
 # The paper's search ranges per model family; other families get a wide default.
 LR_RANGES = {"mobilenetv3": (0.005, 0.03), "efficientnet": (0.001, 0.01)}
@@ -58,7 +70,8 @@ def lr_range_for(config: Config) -> tuple[float, float]:
 
 
 def trial_config(config: Config, lr: float) -> Config:
-    """How a search trial trains: constant LR, no SAM, no mutual partner, a few epochs."""
+    """How a search trial trains: constant LR, no SAM, no mutual partner, a few epochs; a
+    diverging trial is pruned, not rolled back."""
     return dataclasses.replace(
         config,
         lr=lr,
@@ -67,6 +80,7 @@ def trial_config(config: Config, lr: float) -> Config:
         schedule="constant",
         warmup_epochs=0,
         max_epochs=config.lr_search_epochs,
+        max_rollbacks=0,
     )
 
 
@@ -78,35 +92,89 @@ def lr_grid(config: Config) -> list[float]:
     return sorted({round(low + round((p - low) / step) * step, 10) for p in points})
 
 
-def _study(config: Config, method: str, run_dir: Path | None) -> optuna.Study:
-    if method == "grid":
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler({"lr": lr_grid(config)})
-        pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
-    else:
-        sampler = optuna.samplers.TPESampler(seed=config.seed)
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-    storage = config.lr_search_storage
-    if storage is None and run_dir is not None:
+def study_name(config: Config, dataset: Dataset, method: str) -> str:
+    """Names the data, model and search settings, so a shared storage never mixes searches."""
+    settings = {
+        "data": [dataset.name, dataset.classes, len(dataset.train), len(dataset.val)],
+        "model": [config.model, config.pretrained, config.weights, config.head, config.dropout],
+        "input": [config.input_size, config.grayscale, config.augment, config.hflip],
+        "search": [
+            method,
+            lr_range_for(config),
+            config.lr_search_step,
+            config.lr_search_trials,
+            config.lr_search_epochs,
+            config.batch_size,
+            config.seed,
+        ],
+    }
+    digest = hashlib.sha256(json.dumps(settings, default=str).encode()).hexdigest()[:12]
+    data = Path(dataset.name).name or "data"
+    return f"edgecls-lr-{method}-{data}-{config.model}-{digest}"
+
+
+def _storage(config: Config, run_dir: Path | None) -> optuna.storages.BaseStorage | None:
+    """The run folder's SQLite file by default, or the configured URL; RDB storages get a
+    heartbeat so that a trial whose process died is failed, not left running."""
+    url = config.lr_search_storage
+    if url is None and run_dir is None:
+        return None
+    if url is None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{(run_dir / 'lr_search.db').resolve()}"
-    return optuna.create_study(
-        study_name=f"edgecls-lr-{method}",
-        storage=storage,
-        load_if_exists=True,
-        direction="maximize",
-        sampler=sampler,
-        pruner=pruner,
-    )
+        url = f"sqlite:///{(run_dir / 'lr_search.db').resolve()}"
+    if f":{REDACTED}@" in url:
+        raise UserError(
+            "the LR-search storage password is not saved with the run: pass "
+            "lr_search_storage=URL again"
+        )
+    try:
+        if url.startswith(("sqlite:", "postgresql", "mysql")):
+            return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
+        return optuna.storages.get_storage(url)
+    except Exception as error:  # sqlalchemy and drivers raise their own types
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UserError(
+            f"cannot open the LR-search storage {redact_url(url)}: "
+            f"{message or type(error).__name__}"
+        ) from None
+
+
+def _fail_dead_trials(study: optuna.Study, storage_is_private: bool) -> None:
+    """Trials left running by a killed process. In the run folder's own storage (locked by this
+    run) every running trial is dead; a shared storage relies on the heartbeat."""
+    if storage_is_private:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study.tell(trial.number, state=TrialState.FAIL)
+    else:
+        optuna.storages.fail_stale_trials(study)
+
+
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def trial_search(
     config: Config, dataset: Dataset, method: str, run_dir: Path | None, progress: bool = True
 ) -> LRSearchResult:
-    """TPE (with median pruning) or grid search; finished trials in the storage are reused."""
+    """TPE (with median pruning) or grid search; finished trials in the storage are reused.
+
+    Trials run one at a time with the sampler seeded by the number of trials already counted,
+    so a search that was killed and resumed suggests what an uninterrupted one would have.
+    """
     started = time.perf_counter()
     low, high = lr_range_for(config)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = _study(config, method, run_dir)
+    study = optuna.create_study(
+        study_name=study_name(config, dataset, method),
+        storage=_storage(config, run_dir),
+        load_if_exists=True,
+        direction="maximize",
+        pruner=(
+            optuna.pruners.NopPruner()
+            if method == "grid"
+            else optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        ),
+    )
+    _fail_dead_trials(study, storage_is_private=config.lr_search_storage is None)
 
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", low, high, step=config.lr_search_step)
@@ -117,19 +185,36 @@ def trial_search(
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        state = trainer.fit(on_epoch=report)
+        try:
+            state = trainer.fit(on_epoch=report)
+        except Diverged as why:
+            raise optuna.TrialPruned(str(why)) from None
         return state.best_top1
 
-    done = [t for t in study.trials if t.state.is_finished()]
-    planned = len(lr_grid(config)) if method == "grid" else config.lr_search_trials
-    remaining = max(0, planned - len(done))
-    if remaining:
+    grid = lr_grid(config) if method == "grid" else []
+    planned = len(grid) if method == "grid" else config.lr_search_trials
+
+    def counted() -> list[optuna.trial.FrozenTrial]:
+        return study.get_trials(deepcopy=False, states=COUNTED)
+
+    if len(counted()) < planned:
         console.print(
-            f"LR search ({method}): {remaining} trials of {config.lr_search_epochs} epochs "
+            f"LR search ({method}): {planned} trials of {config.lr_search_epochs} epochs "
             f"in [{low}, {high}]",
             highlight=False,
         )
-        study.optimize(objective, n_trials=remaining, show_progress_bar=progress)
+    with progress_bars(progress) as bars:
+        task = bars.add_task("LR search", total=planned, completed=len(counted()), status="")
+        while len(done := counted()) < planned:
+            if method == "grid":
+                tried = {t.params["lr"] for t in done}
+                study.enqueue_trial({"lr": next(lr for lr in grid if lr not in tried)})
+            else:
+                study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(done))
+            study.optimize(objective, n_trials=1)
+            best = max((t.value for t in counted() if t.value is not None), default=None)
+            status = "" if best is None else f"best top-1 {best:.1%}"
+            bars.update(task, completed=len(counted()), status=status)
     trials = [
         {
             "number": t.number,
@@ -140,8 +225,15 @@ def trial_search(
         }
         for t in study.trials
     ]
+    completed = [t for t in counted() if t.state == TrialState.COMPLETE]
+    if not completed:
+        raise UserError(
+            f"every LR-search trial in [{low}, {high}] diverged or was pruned; "
+            "give a number with lr=..., or a lower lr_search_range"
+        )
+    best_trial = max(completed, key=lambda t: (t.value, -t.number))
     return LRSearchResult(
-        method, float(study.best_params["lr"]), time.perf_counter() - started, trials
+        method, float(best_trial.params["lr"]), time.perf_counter() - started, trials
     )
 
 

@@ -58,8 +58,13 @@ class SAM:
         self.base = base
         self.rho = rho
         self.adaptive = adaptive
-        self.param_groups = base.param_groups
         self._perturbations: dict[torch.Tensor, torch.Tensor] = {}
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """Always the base optimizer's current groups: `load_state_dict` replaces its list, and a
+        copy taken at construction would leave the schedule writing LRs nobody reads."""
+        return self.base.param_groups
 
     def _scaled_grads(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         pairs = []

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgecls import runs
 from edgecls.config import Config
 from edgecls.data import Dataset, load_configured_dataset
+from edgecls.errors import UserError
 from edgecls.models import create_model
 from edgecls.report.progress import console
-from edgecls.train.loop import Trainer
+from edgecls.train.loop import Diverged, Trainer
 from edgecls.train.lr_search import search_lr
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    metrics: dict[str, Any]
 
 
 def write_skipped(run_dir: Path, dataset: Dataset) -> None:
@@ -23,22 +31,77 @@ def write_skipped(run_dir: Path, dataset: Dataset) -> None:
 
 def train(
     config: Config,
-    run_dir: Path,
+    run_dir: Path | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
+    resume_overrides: dict[str, Any] | None = None,
     progress: bool = True,
     dataset: Dataset | None = None,
-) -> dict[str, Any]:
-    """Train as configured into `run_dir`; return the final metrics (also in metrics.json).
+) -> TrainedRun:
+    """Train as configured into `run_dir` (None: a new folder under runs/); return the final
+    metrics (also in metrics.json).
 
-    With `resume`, training continues from last.pt, or, if the run stopped during the LR search,
-    the search continues from its stored trials. `dataset` overrides `config.data` (benchmarks
-    that train on a fixed subset).
+    The folder is locked for the whole run. With `resume`, training continues from last.pt, or,
+    if the run stopped during the LR search, the search continues from its stored trials;
+    `resume_overrides` are the safe settings changed for the rest of the run. `dataset`
+    overrides `config.data` (benchmarks that train on a fixed subset).
     """
+    with runs.claim_run_dir(run_dir, config, overwrite=overwrite, resume=resume) as run_dir:
+        try:
+            metrics = _train_in(config, run_dir, resume, resume_overrides or {}, progress, dataset)
+        except KeyboardInterrupt:
+            if (run_dir / "config.yaml").is_file():
+                console.print(f"continue with: edgecls train --resume {run_dir}", highlight=False)
+            raise
+        except Diverged as why:
+            best = run_dir / "best.pt"
+            kept = f"; the best checkpoint so far is {best}" if best.is_file() else ""
+            raise UserError(f"{why}{kept}; try a lower lr") from None
+    return TrainedRun(run_dir, metrics)
+
+
+def _check_same_classes(dataset: Dataset, checkpoint: dict[str, Any]) -> None:
+    if list(checkpoint["classes"]) != dataset.classes:
+        added = sorted(set(dataset.classes) - set(checkpoint["classes"]))
+        gone = sorted(set(checkpoint["classes"]) - set(dataset.classes))
+        change = ", ".join(
+            [f"new: {', '.join(added[:5])}"] * bool(added)
+            + [f"missing: {', '.join(gone[:5])}"] * bool(gone)
+        )
+        raise UserError(
+            "the data's classes differ from the interrupted run's "
+            f"({change or 'same names, other order'}); resume with the same data or start a new run"
+        )
+
+
+def _record_resume(trainer: Trainer, saved_lr: float, changed: dict[str, Any]) -> None:
+    """A resume, with its safe changes for the rest of the run, recorded in the run's state."""
+    state = trainer.state
+    if "lr" in changed:
+        state.lr_scale *= changed["lr"] / saved_lr
+    if "max_epochs" in changed:
+        if hasattr(trainer.schedule, "max_epochs"):
+            trainer.schedule.max_epochs = changed["max_epochs"]
+        state.stopped = state.stopped and state.epoch >= changed["max_epochs"]
+    state.resumes.append({"epoch": state.epoch, "overrides": changed})
+
+
+def _train_in(
+    config: Config,
+    run_dir: Path,
+    resume: bool,
+    resume_overrides: dict[str, Any],
+    progress: bool,
+    dataset: Dataset | None,
+) -> dict[str, Any]:
     dataset = dataset or load_configured_dataset(config, progress=progress)
-    # Build the model once before the run folder exists: a wrong name or weights file fails here.
+    last = run_dir / "last.pt"
+    checkpoint = runs.load_checkpoint(last) if resume and last.is_file() else None
+    if checkpoint is not None:
+        _check_same_classes(dataset, checkpoint)
+    # Build the model once before writing anything: a wrong name or weights file fails here.
     create_model(config, len(dataset.classes))
-    run_dir.mkdir(parents=True, exist_ok=True)
     runs.write_config(run_dir, config)
     console.print(f"run folder: {run_dir}", highlight=False)
     write_skipped(run_dir, dataset)
@@ -49,15 +112,18 @@ def train(
         console.print(f"initial lr ({search.method}): {search.lr:.4g} in {search.seconds:.0f} s")
         config = dataclasses.replace(config, lr=search.lr)
         runs.write_config(run_dir, config)
+    if (run_dir / "lr_search.json").is_file():
+        search_summary = runs.read_json(run_dir / "lr_search.json")
         extra["lr_search"] = {
-            "method": search.method,
-            "lr": search.lr,
-            "seconds": round(search.seconds, 2),
-            "trials": len(search.trials),
+            "method": search_summary["method"],
+            "lr": search_summary["lr"],
+            "seconds": round(search_summary["seconds"], 2),
+            "trials": len(search_summary["trials"]),
         }
     trainer = Trainer(config, run_dir, dataset, progress)
-    if resume and (run_dir / "last.pt").is_file():
-        trainer.restore(runs.load_checkpoint(run_dir / "last.pt"))
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+        _record_resume(trainer, checkpoint["config"]["lr"], resume_overrides)
     trainer.fit()
     metrics = trainer.finish({"lr": config.lr, **extra})
     if config.export:
