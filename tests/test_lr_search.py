@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
-from sklearn.datasets import load_digits
 
 from edgecls.cli import main
 from edgecls.config import build_config
