@@ -39,7 +39,7 @@ RUN_FILES = ("history.csv", "last.pt", "best.pt", "metrics.json", "lr_search.db"
 
 
 def is_run_folder(path: Path) -> bool:
-    """True for a folder an edgecls run wrote (never mistaken for a class of images)."""
+    """True for a folder an edgecls run wrote or is writing (never mistaken for a class)."""
     if (path / LOCK_FILE).is_file():
         return True
     return (path / "config.yaml").is_file() and any((path / name).exists() for name in RUN_FILES)
@@ -114,7 +114,10 @@ def _lock(run_dir: Path) -> int:
 
 def _clear(run_dir: Path) -> None:
     """--overwrite: empty an earlier run's folder (and only a run folder) but for the lock."""
-    if not is_run_folder(run_dir):
+    earlier_run = (run_dir / "config.yaml").is_file() and any(
+        (run_dir / name).exists() for name in RUN_FILES if name != LOCK_FILE
+    )
+    if not earlier_run:
         raise UserError(
             f"refusing to empty {run_dir} for --overwrite: it holds files but no edgecls run"
         )
@@ -237,11 +240,16 @@ def write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def write_config(run_dir: Path, config: Config) -> None:
-    """config.yaml, with any password in the LR-search storage URL redacted."""
+def saved_config(config: Config) -> dict[str, Any]:
+    """The config as config.yaml and checkpoints keep it: any password in the LR-search
+    storage URL redacted."""
     values = config.to_dict()
     values["lr_search_storage"] = redact_url(values["lr_search_storage"])
-    write_text(run_dir / "config.yaml", yaml.safe_dump(values, sort_keys=False))
+    return values
+
+
+def write_config(run_dir: Path, config: Config) -> None:
+    write_text(run_dir / "config.yaml", yaml.safe_dump(saved_config(config), sort_keys=False))
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from edgecls.data.images import IMAGE_EXTENSIONS
 from edgecls.data.splits import Problems
 from edgecls.errors import UserError
+from edgecls.runs import holds_run_folders
 
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 LIST_SUFFIXES = (".csv", ".txt")
@@ -64,6 +65,9 @@ def scan_class_folders(folder: Path, problems: Problems) -> SplitFiles:
     """One sub-folder per class; images may sit in nested folders; other files are ignored."""
     files = SplitFiles(origin=f"{folder}/")
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p, folder)):
+        if holds_run_folders(class_dir):
+            problems.warn(f"{class_dir}/ holds edgecls runs, not images of a class: ignored")
+            continue
         files.classes.append(class_dir.name)
         images = sorted(p for p in class_dir.rglob("*") if _is_image(p) and _visible(p, folder))
         files.items += [(p, class_dir.name) for p in images]

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from edgecls import runs
 from edgecls.config import Config
@@ -129,6 +130,14 @@ class Trainer:
             for m in create_models(config, len(dataset.classes))
         ]
         self.model = self.models[0]
+        self.statistics = [
+            buffer
+            for model in self.models
+            for module in model.modules()
+            if isinstance(module, _BatchNorm)
+            for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
+            if buffer is not None
+        ]
         self.objective: Objective = (
             mutual_objective(*self.models) if config.mutual else single_objective(self.model)
         )
@@ -149,10 +158,14 @@ class Trainer:
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimizer update on a batch (two passes under SAM); returns the batch loss.
 
-        A non-finite loss leaves the weights untouched and is returned as it is."""
+        A non-finite loss leaves the weights and batch-norm statistics untouched and is returned
+        as it is."""
+        statistics = [buffer.clone() for buffer in self.statistics]
         loss = self.compute_loss(images, labels)
         if not torch.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
+            for buffer, saved in zip(self.statistics, statistics, strict=True):
+                buffer.copy_(saved)
             return loss.item()
         if isinstance(self.optimizer, SAM):
             sam_update(
@@ -178,7 +191,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "schedule": self.schedule.state_dict(),
             "rng": rng_states(),
-            "config": self.config.to_dict(),
+            "config": runs.saved_config(self.config),
             "classes": self.dataset.classes,
             "state": vars(self.state),
         }
