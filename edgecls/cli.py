@@ -89,8 +89,9 @@ def _print_summary(metrics: dict, run_dir: Path) -> None:
 @click.option("--overwrite", is_flag=True, help="Reuse a run folder that already holds files.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the plan for DATA and exit.")
 @user_errors
-def train(args, recipe, run_dir, overwrite, resume, quiet, **options) -> None:
+def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, **options) -> None:
     """Train on DATA (default: the built-in digits) with optional key=value overrides.
 
     DATA is a folder (train/ val/ [test/] of class folders, or just class folders), a CSV/TXT
@@ -98,7 +99,9 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, **options) -> None:
     """
     from edgecls.train import train as run_training
 
+    started = runs.process_started()
     data, overrides = _split_args(args)
+    plan = None
     if resume:
         if data or recipe or any(v is not None for v in options.values()) or run_dir:
             raise UserError(
@@ -118,7 +121,22 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, **options) -> None:
             cli_values["lr"] = cfg.parse_overrides([f"lr={cli_values['lr']}"])["lr"]
         if data is not None:
             cli_values["data"] = data
-        config = cfg.build_config(recipe_values, cfg.parse_overrides(overrides), cli_values)
+        user_values = {**cfg.parse_overrides(overrides), **cli_values}
+        cfg.build_config(recipe_values, user_values)  # bad keys or values fail before planning
+        planned = {}
+        if recipe is None:
+            from edgecls.plan import make_plan
+            from edgecls.report.plan import plan_tables
+
+            plan = make_plan(data, user_values)
+            planned = plan.values
+            for table in plan_tables(plan):
+                err.print(table)
+        if plan_only:
+            if plan is None:
+                raise UserError("--plan plans a run for DATA without a recipe")
+            return
+        config = cfg.build_config(recipe_values, planned, user_values)
         if config.data is None:
             config.data = cfg.DEFAULT_DATA
         changed = {}
@@ -129,6 +147,8 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, **options) -> None:
         overwrite=overwrite,
         resume_overrides=changed,
         progress=not quiet,
+        started=started,
+        plan=plan.to_dict() if plan else None,
     )
     _print_summary(run.metrics, run.run_dir)
 

@@ -22,7 +22,7 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_DATA = "digits"
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "schedule": ("plateau_v2", "cosine", "constant"),
+    "schedule": ("plateau_v2", "cosine", "constant", "budget_linear"),
     "augment": ("augmix", "basic", "none"),
     "device": ("auto", "cpu", "cuda"),
     "head": ("linear", "am_softmax"),
@@ -83,6 +83,9 @@ class Config:
     channels_last: bool = True
     eval_batch_size: int = 256
     export: str | None = None  # e.g. "onnx,openvino": export best.pt (FP32) after training
+    # planning (edgecls train DATA without a recipe): the whole run's wall-clock budget, e.g. 5m
+    time_budget: str | float | None = None
+    max_latency_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -220,3 +223,25 @@ def resume_config(
         key: value for key, value in overrides.items() if getattr(saved_config, key) != value
     }
     return config, changed
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'90s', '5m', '2h', '1h30m' or a number of seconds -> seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        units = {"s": 1, "m": 60, "h": 3600}
+        seconds, number = 0.0, ""
+        for char in str(text).strip().lower():
+            if char.isdigit() or char == ".":
+                number += char
+            elif char in units and number:
+                seconds += float(number) * units[char]
+                number = ""
+            else:
+                raise UserError(f"time_budget must look like 90s, 5m, 2h or 1h30m, got {text!r}")
+        if number:
+            seconds += float(number)
+    if seconds <= 0:
+        raise UserError(f"time_budget must be positive, got {text!r}")
+    return seconds

@@ -21,6 +21,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -175,6 +176,15 @@ def claim_run_dir(
         raise
     finally:
         os.close(fd)
+
+
+def process_started() -> float:
+    """When this process started, on the time.monotonic() clock (a time budget counts the
+    interpreter's start-up and imports too)."""
+    import psutil
+
+    age = time.time() - psutil.Process().create_time()
+    return time.monotonic() - max(0.0, age)
 
 
 def _umask() -> int:

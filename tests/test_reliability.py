@@ -113,6 +113,8 @@ def test_divergence_rolls_back_at_a_lower_lr_and_is_recorded(tmp_path):
     result = invoke(
         "train",
         "digits",
+        "--recipe",
+        "digits",
         "--run-dir",
         run,
         "--quiet",
@@ -136,6 +138,8 @@ def test_divergence_rolls_back_at_a_lower_lr_and_is_recorded(tmp_path):
 def test_a_run_that_keeps_diverging_stops_with_one_line(tmp_path):
     result = invoke(
         "train",
+        "digits",
+        "--recipe",
         "digits",
         "--run-dir",
         tmp_path / "run",

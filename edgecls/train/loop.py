@@ -112,11 +112,17 @@ def create_models(config: Config, num_classes: int) -> list[Classifier]:
 class Trainer:
     """Owns the models, optimizer and schedule of one run; `fit` is the epoch loop.
 
-    `run_dir=None` trains without writing anything (LR-search trials).
+    `run_dir=None` trains without writing anything (LR-search trials); `train_seconds` is the
+    training time of a budgeted run (schedule=budget_linear).
     """
 
     def __init__(
-        self, config: Config, run_dir: Path | None, dataset: Dataset, progress: bool = True
+        self,
+        config: Config,
+        run_dir: Path | None,
+        dataset: Dataset,
+        progress: bool = True,
+        train_seconds: float | None = None,
     ):
         self.config = config
         self.run_dir = run_dir
@@ -145,7 +151,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=config.amp and self.device.type == "cuda"
         )
-        self.schedule: Schedule = create_schedule(config)
+        self.schedule: Schedule = create_schedule(config, train_seconds)
         self.state = RunState()
         self.start: dict[str, Any] = {}  # where a divergence before the first checkpoint returns
 
@@ -308,7 +314,7 @@ class Trainer:
                     }
                 )
                 state.train_seconds += seconds
-                state.stopped = self.schedule.step(epoch, train_loss, val.top1)
+                state.stopped = self.schedule.step(epoch, train_loss, val.top1, seconds)
                 state.epoch = epoch + 1
                 improved = val.top1 > state.best_top1
                 if improved:
@@ -324,9 +330,15 @@ class Trainer:
                     epochs_task,
                     completed=state.epoch,
                     status=f"loss {train_loss:.4f}  lr {lr:.2e}  top-1 {val.top1:.1%} "
-                    f"(best {state.best_top1:.1%} @ {state.best_epoch})",
+                    f"(best {state.best_top1:.1%} @ {state.best_epoch}){self.budget_status()}",
                 )
         return self.state
+
+    def budget_status(self) -> str:
+        left = getattr(self.schedule, "time_left", None)
+        if left is None:
+            return ""
+        return f"  budget left {int(left // 60)}:{int(left % 60):02d}"
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Evaluate the best checkpoint; write metrics.json (with `extra`) and the plots."""

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgecls import runs
-from edgecls.config import Config
+from edgecls.config import Config, parse_duration
 from edgecls.data import Dataset, load_configured_dataset
 from edgecls.errors import UserError
 from edgecls.models import create_model
+from edgecls.plan import BUDGET_RESERVE, EXPORT_RESERVE
 from edgecls.report.progress import console
 from edgecls.train.loop import Diverged, Trainer
 from edgecls.train.lr_search import search_lr
@@ -38,6 +40,8 @@ def train(
     resume_overrides: dict[str, Any] | None = None,
     progress: bool = True,
     dataset: Dataset | None = None,
+    started: float | None = None,
+    plan: dict[str, Any] | None = None,
 ) -> TrainedRun:
     """Train as configured into `run_dir` (None: a new folder under runs/); return the final
     metrics (also in metrics.json).
@@ -45,11 +49,16 @@ def train(
     The folder is locked for the whole run. With `resume`, training continues from last.pt, or,
     if the run stopped during the LR search, the search continues from its stored trials;
     `resume_overrides` are the safe settings changed for the rest of the run. `dataset`
-    overrides `config.data` (benchmarks that train on a fixed subset).
+    overrides `config.data` (benchmarks that train on a fixed subset). A `time_budget` counts
+    from `started` (time.monotonic() when the job began; default now); `plan` is saved as
+    plan.json.
     """
+    started = time.monotonic() if started is None else started
     with runs.claim_run_dir(run_dir, config, overwrite=overwrite, resume=resume) as run_dir:
         try:
-            metrics = _train_in(config, run_dir, resume, resume_overrides or {}, progress, dataset)
+            metrics = _train_in(
+                config, run_dir, resume, resume_overrides or {}, progress, dataset, started, plan
+            )
         except KeyboardInterrupt:
             if (run_dir / "config.yaml").is_file():
                 console.print(f"continue with: edgecls train --resume {run_dir}", highlight=False)
@@ -59,6 +68,16 @@ def train(
             kept = f"; the best checkpoint so far is {best}" if best.is_file() else ""
             raise UserError(f"{why}{kept}; try a lower lr") from None
     return TrainedRun(run_dir, metrics)
+
+
+def _training_seconds(config: Config, started: float) -> float | None:
+    """What is left of the time budget for training, after what the job already spent and a
+    reserve for the final evaluation (and export)."""
+    if config.time_budget is None:
+        return None
+    budget = parse_duration(config.time_budget)
+    reserve = budget * (BUDGET_RESERVE + EXPORT_RESERVE * bool(config.export))
+    return max(1.0, budget - (time.monotonic() - started) - reserve)
 
 
 def _check_same_classes(dataset: Dataset, checkpoint: dict[str, Any]) -> None:
@@ -94,6 +113,8 @@ def _train_in(
     resume_overrides: dict[str, Any],
     progress: bool,
     dataset: Dataset | None,
+    started: float,
+    plan: dict[str, Any] | None,
 ) -> dict[str, Any]:
     dataset = dataset or load_configured_dataset(config, progress=progress)
     last = run_dir / "last.pt"
@@ -103,6 +124,8 @@ def _train_in(
     # Build the model once before writing anything: a wrong name or weights file fails here.
     create_model(config, len(dataset.classes))
     runs.write_config(run_dir, config)
+    if plan is not None:
+        runs.write_json(run_dir / "plan.json", plan)
     console.print(f"run folder: {run_dir}", highlight=False)
     write_skipped(run_dir, dataset)
     extra: dict[str, Any] = {}
@@ -120,7 +143,7 @@ def _train_in(
             "seconds": round(search_summary["seconds"], 2),
             "trials": len(search_summary["trials"]),
         }
-    trainer = Trainer(config, run_dir, dataset, progress)
+    trainer = Trainer(config, run_dir, dataset, progress, _training_seconds(config, started))
     if checkpoint is not None:
         trainer.restore(checkpoint)
         _record_resume(trainer, checkpoint["config"]["lr"], resume_overrides)

@@ -19,7 +19,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from edgecls.config import Config
+from edgecls.config import Config, parse_duration
+from edgecls.errors import UserError
 
 
 class _SavedFields:
@@ -74,7 +75,7 @@ class ReduceLROnPlateauV2(_SavedFields):
         self.reductions += 1
         self.loss_bad_epochs = 0
 
-    def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
+    def step(self, epoch: int, train_loss: float, val_top1: float, seconds: float = 0.0) -> bool:
         """Record the finished epoch; return True when training should stop."""
         at_min_before = math.isclose(self.current_lr, self.min_lr) and epoch >= self.warmup_epochs
         if val_top1 > self.best_top1:
@@ -112,7 +113,7 @@ class CosineSchedule(_SavedFields):
         progress = (epoch - self.warmup_epochs) / max(1, self.max_epochs - self.warmup_epochs)
         return 0.5 * self.base_lr * (1 + math.cos(math.pi * progress))
 
-    def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
+    def step(self, epoch: int, train_loss: float, val_top1: float, seconds: float = 0.0) -> bool:
         return epoch + 1 >= self.max_epochs
 
 
@@ -126,16 +127,64 @@ class ConstantSchedule(_SavedFields):
     def lr(self, epoch: int) -> float:
         return self.base_lr
 
-    def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
+    def step(self, epoch: int, train_loss: float, val_top1: float, seconds: float = 0.0) -> bool:
         return epoch + 1 >= self.max_epochs
 
 
-Schedule = ReduceLROnPlateauV2 | CosineSchedule | ConstantSchedule
+@dataclass
+class BudgetLinearSchedule(_SavedFields):
+    """Warmup, then linear decay to zero at the end of a time budget (Li et al. 2020, "Budgeted
+    Training": linear decay is the best schedule when the budget, not the epochs, is fixed).
+
+    The number of epochs is re-estimated after every epoch from the measured epoch times, so the
+    decay always ends with the budget; training stops when another epoch would not fit.
+    """
+
+    base_lr: float
+    seconds: float  # the training time available
+    warmup_epochs: int = 1
+    spent: float = 0.0
+    epochs_done: int = 0
+
+    @property
+    def time_left(self) -> float:
+        return max(0.0, self.seconds - self.spent)
+
+    def estimated_epochs(self) -> int | None:
+        if not self.epochs_done:
+            return None
+        per_epoch = self.spent / self.epochs_done
+        return self.epochs_done + int(self.time_left / per_epoch)
+
+    def lr(self, epoch: int) -> float:
+        warm = warmup_lr(self.base_lr, epoch, self.warmup_epochs)
+        if warm is not None:
+            return warm
+        total = self.estimated_epochs()
+        if total is None:
+            return self.base_lr
+        remaining = max(1, total - epoch)
+        return self.base_lr * remaining / max(1, total - self.warmup_epochs)
+
+    def step(self, epoch: int, train_loss: float, val_top1: float, seconds: float = 0.0) -> bool:
+        self.spent += seconds
+        self.epochs_done = epoch + 1
+        return self.time_left < self.spent / self.epochs_done
 
 
-def create_schedule(config: Config) -> Schedule:
+Schedule = ReduceLROnPlateauV2 | CosineSchedule | ConstantSchedule | BudgetLinearSchedule
+
+
+def create_schedule(config: Config, train_seconds: float | None = None) -> Schedule:
+    """The configured schedule; `train_seconds` is the time a budgeted run may train."""
     if not isinstance(config.lr, float):
         raise ValueError(f"resolve the initial LR before scheduling, got {config.lr!r}")
+    if config.schedule == "budget_linear":
+        if train_seconds is None:
+            if config.time_budget is None:
+                raise UserError("schedule=budget_linear needs a time_budget (e.g. 5m)")
+            train_seconds = parse_duration(config.time_budget)
+        return BudgetLinearSchedule(config.lr, train_seconds, config.warmup_epochs)
     if config.schedule == "constant":
         return ConstantSchedule(config.lr, config.max_epochs)
     if config.schedule == "cosine":

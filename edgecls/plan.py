@@ -1,0 +1,391 @@
+"""What to train, given the data, the machine, the weights at hand and the time budget.
+
+`edgecls train DATA` without a recipe plans its run here:
+1. profile the data from file headers (count, classes, image sizes, grey or colour, imbalance);
+2. list candidates: models of the paper's family from scratch and the small ImageNet models whose
+   weights are at hand (installed packages, the timm hub cache), at input sizes from the images'
+   own scale (rounded up to a multiple of 32) down to 32;
+3. time a few training steps of each on this machine, and estimate memory (decoded data plus the
+   activations a training batch keeps for the backward pass);
+4. keep the candidates that fit memory and the budget with enough epochs, and pick the best by a
+   fixed preference: ImageNet weights on small data, then the largest input up to the images' own
+   scale, then the larger model.
+Every value the user gave wins; the plan says which choices were the user's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from PIL import Image
+
+from edgecls.config import Config, build_config, parse_duration
+from edgecls.errors import UserError
+from edgecls.models import create_model, packaged_weights
+
+DEFAULT_CPU_BUDGET = "10m"  # a CPU run with no time_budget stays interactive
+BUDGET_RESERVE = 0.03  # share of a time budget kept for the final evaluation
+EXPORT_RESERVE = 0.05  # and for exporting, when asked to
+# Epochs a candidate must reach within the budget to be worth training.
+MIN_EPOCHS = {"imagenet": 8, "scratch": 20}
+# Images below this count favour ImageNet weights over a from-scratch model.
+SMALL_DATA = 20_000
+SCRATCH_MODELS = ("mobilenetv3_small_100", "mobilenetv3_large_100")
+PRETRAINED_MODELS = ("mobilenetv2_100", "tf_efficientnet_lite0", "mobilenetv3_large_100")
+# Built-ins have no files to read headers from: what they hold.
+BUILTIN_PROFILES = {
+    "digits": (1797, 10, 8, True),
+    "mnist5k": (5000, 10, 28, True),
+    "fashion-mnist": (60000, 10, 28, True),
+    "fashionmnist": (60000, 10, 28, True),
+    "cifar10": (50000, 10, 32, False),
+    "cifar100": (50000, 100, 32, False),
+    "svhn": (73257, 10, 32, False),
+}
+PROFILE_SAMPLE = 300  # image headers read to learn sizes and colour
+
+
+@dataclass
+class DataProfile:
+    images: int
+    classes: int
+    median_side: int  # the shorter side of a typical image, in pixels
+    grayscale: bool
+    imbalance: float  # largest class / smallest class
+
+
+@dataclass
+class Candidate:
+    model: str
+    input_size: int
+    weights: str  # "imagenet: package", "imagenet: hub cache" or "scratch"
+    batch_size: int
+    train_images_per_second: float = 0.0
+    memory_bytes: int = 0
+    epochs: int = 0
+    latency_ms: float | None = None
+    fits: bool = True
+    why_not: str = ""
+
+
+@dataclass
+class Plan:
+    values: dict[str, Any]  # config keys the plan sets (the user's own win over these)
+    reasons: dict[str, str]
+    user_keys: list[str]
+    data: DataProfile
+    machine: dict[str, Any]
+    budget_seconds: float | None
+    candidates: list[Candidate] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    chosen: int = 0  # index into candidates
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- the data ---------------------------------------------------------------------------------
+
+
+def profile_data(spec: str) -> DataProfile:
+    """Count, classes, typical size and colour of DATA, from file headers (nothing decoded)."""
+    from edgecls.data.sources import discover
+    from edgecls.data.splits import Problems
+
+    if spec.lower() in BUILTIN_PROFILES and not Path(spec).exists():
+        count, classes, side, grey = BUILTIN_PROFILES[spec.lower()]
+        return DataProfile(count, classes, side, grey, 1.0)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        return DataProfile(0, 0, 224, False, 1.0)  # loading will name the problem
+    files = discover(path, Problems())
+    items = [item for split in files.values() for item in split.items]
+    per_class = Counter(label for _, label in files["train"].items)
+    step = max(1, len(items) // PROFILE_SAMPLE)
+    sides, grey = [], 0
+    for file, _ in items[::step]:
+        try:
+            with Image.open(file) as image:
+                sides.append(min(image.size))
+                grey += image.mode in ("1", "L", "LA", "I", "I;16", "F") or _looks_grey(image)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    sides.sort()
+    return DataProfile(
+        images=len(items),
+        classes=len(per_class),
+        median_side=sides[len(sides) // 2] if sides else 224,
+        grayscale=bool(sides) and grey == len(sides),
+        imbalance=max(per_class.values()) / max(1, min(per_class.values())) if per_class else 1.0,
+    )
+
+
+def _looks_grey(image: Image.Image) -> bool:
+    """An RGB image whose channels agree (saved as colour, grey in fact), checked on a thumbnail."""
+    if image.mode not in ("RGB", "RGBA", "P"):
+        return False
+    small = image.convert("RGB").resize((16, 16))
+    return all(max(pixel) - min(pixel) <= 8 for pixel in small.getdata())
+
+
+# --- the machine ------------------------------------------------------------------------------
+
+
+def describe_machine() -> dict[str, Any]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    machine = {
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "cores": cores,
+        "free_memory_gb": round(psutil.virtual_memory().available / 2**30, 1),
+    }
+    if machine["device"] == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(0)
+    return machine
+
+
+def weights_source(model: str) -> str | None:
+    """Where ImageNet weights for `model` would come from without a download, if anywhere."""
+    if packaged_weights(model):
+        return "imagenet: package"
+    try:
+        import timm
+        from huggingface_hub import try_to_load_from_cache
+
+        hub_id = timm.models.get_pretrained_cfg(model).hf_hub_id
+        if hub_id and isinstance(try_to_load_from_cache(hub_id, "model.safetensors"), str):
+            return "imagenet: hub cache"
+    except Exception:  # no pretrained config, or no cache: from scratch
+        return None
+    return None
+
+
+def measure(candidate: Candidate, channels: int, classes: int, steps: int = 2) -> None:
+    """Training images per second and activation memory of a candidate, timed on this machine."""
+    config = build_config(
+        {
+            "model": candidate.model,
+            "input_size": candidate.input_size,
+            "grayscale": channels == 1,
+        }
+    )
+    model = create_model(config, max(2, classes)).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    size = candidate.input_size
+    batch = torch.rand(candidate.batch_size, channels, size, size).contiguous(
+        memory_format=torch.channels_last
+    )
+    labels = torch.randint(0, max(2, classes), (candidate.batch_size,))
+    saved = []
+
+    def keep_size(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    def train_step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(batch), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    with torch.autograd.graph.saved_tensors_hooks(keep_size, lambda tensor: tensor):
+        train_step()  # warm-up, and the activations one batch keeps for backward
+    activations = sum(saved)
+    started = time.perf_counter()
+    for _ in range(steps):
+        train_step()
+    seconds = (time.perf_counter() - started) / steps
+    candidate.train_images_per_second = candidate.batch_size / seconds
+    parameters = sum(p.numel() for p in model.parameters()) * 4
+    candidate.memory_bytes = activations + 4 * parameters  # weights, grads, momentum, copy
+
+
+def measure_latency(candidate: Candidate, channels: int, classes: int) -> None:
+    """Batch-1 latency of the candidate exported to ONNX Runtime, as it would be deployed."""
+    import tempfile
+
+    import numpy as np
+
+    from edgecls.deploy.bench import time_runs
+    from edgecls.deploy.export import export_onnx
+    from edgecls.deploy.runtime import ModelInfo, OnnxPredictor
+
+    config = build_config(
+        {"model": candidate.model, "input_size": candidate.input_size, "grayscale": channels == 1}
+    )
+    model = create_model(config, max(2, classes)).eval()
+    info = ModelInfo([str(i) for i in range(max(2, classes))], candidate.input_size, channels == 1)
+    with tempfile.TemporaryDirectory() as folder:
+        predictor = OnnxPredictor(export_onnx(model, info, Path(folder) / "model.onnx"))
+        pixels = np.random.rand(1, channels, candidate.input_size, candidate.input_size)
+        candidate.latency_ms = time_runs(lambda: predictor.run(pixels), repeats=20, warmup=3)
+
+
+# --- choosing ---------------------------------------------------------------------------------
+
+
+def input_sizes(median_side: int) -> list[int]:
+    """The images' own scale rounded up to a multiple of 32 (at most 224), then halved to 32."""
+    top = min(224, max(32, math.ceil(median_side / 32) * 32))
+    sizes = [top]
+    while sizes[-1] > 32:
+        sizes.append(max(32, (sizes[-1] // 2 + 31) // 32 * 32))
+    return sorted(set(sizes), reverse=True)[:3]
+
+
+def _batch_size(images: int, input_size: int) -> int:
+    batch = 64 if input_size <= 64 else 32
+    return max(8, min(batch, 2 ** int(math.log2(max(8, images // 8)))))
+
+
+def candidates_for(profile: DataProfile, user: dict[str, Any]) -> list[Candidate]:
+    sizes = [user["input_size"]] if "input_size" in user else input_sizes(profile.median_side)
+    models: list[tuple[str, str]] = []
+    if "model" in user:
+        source = weights_source(user["model"]) if user.get("pretrained", True) else None
+        models.append((user["model"], source or "scratch"))
+    else:
+        models += [(m, s) for m in PRETRAINED_MODELS if (s := weights_source(m))][:2]
+        models += [(m, "scratch") for m in SCRATCH_MODELS]
+    return [
+        Candidate(model, size, weights, user.get("batch_size") or _batch_size(profile.images, size))
+        for model, weights in models
+        for size in sizes
+    ]
+
+
+def _preference(candidate: Candidate, profile: DataProfile) -> tuple:
+    pretrained = candidate.weights != "scratch"
+    return (
+        candidate.fits,
+        pretrained if profile.images < SMALL_DATA else not pretrained,
+        candidate.input_size,
+        candidate.memory_bytes,
+    )
+
+
+def make_plan(spec: str, user: dict[str, Any]) -> Plan:
+    """The run's settings for DATA (`spec`), given the user's own values (`user` wins)."""
+    started = time.perf_counter()
+    budget = user.get("time_budget")
+    max_latency_ms = user.get("max_latency_ms")
+    profile = profile_data(spec)
+    machine = describe_machine()
+    if not profile.images:  # nothing to plan for: loading the data names the problem
+        return Plan({}, {}, [], profile, machine, None)
+    notes: list[str] = []
+    if budget is None and machine["device"] == "cpu":
+        budget = DEFAULT_CPU_BUDGET
+        notes.append(f"no time_budget given on a CPU: {DEFAULT_CPU_BUDGET} applies")
+    budget_seconds = parse_duration(budget) if budget is not None else None
+    grey = user.get("grayscale", profile.grayscale)
+    channels = 1 if grey else 3
+    train_images = max(1, round(profile.images * 0.8))
+    free_bytes = psutil.virtual_memory().available
+
+    candidates = candidates_for(profile, user)
+    for candidate in candidates:
+        measure(candidate, channels, profile.classes)
+        data_bytes = profile.images * channels * candidate.input_size**2
+        if data_bytes + candidate.memory_bytes > 0.7 * free_bytes:
+            candidate.fits, candidate.why_not = False, "needs more memory than is free"
+            continue
+        if max_latency_ms is not None:
+            measure_latency(candidate, channels, profile.classes)
+            if candidate.latency_ms > max_latency_ms:
+                candidate.fits = False
+                candidate.why_not = f"{candidate.latency_ms:.1f} ms > max_latency_ms"
+                continue
+        if budget_seconds is None:
+            continue
+        epoch_seconds = 1.25 * train_images / candidate.train_images_per_second  # + validation
+        train_seconds = budget_seconds * (1 - BUDGET_RESERVE) - (time.perf_counter() - started)
+        candidate.epochs = int(train_seconds / epoch_seconds)
+        kind = "scratch" if candidate.weights == "scratch" else "imagenet"
+        if candidate.epochs < MIN_EPOCHS[kind]:
+            candidate.fits = False
+            candidate.why_not = f"only {candidate.epochs} epochs fit the budget"
+    chosen = max(candidates, key=lambda c: _preference(c, profile))
+    if not chosen.fits:
+        if max_latency_ms is not None and all(
+            c.why_not.endswith("max_latency_ms") for c in candidates
+        ):
+            fastest = min(c.latency_ms for c in candidates)
+            raise UserError(
+                f"no candidate model runs within max_latency_ms={max_latency_ms:g} on this "
+                f"machine (fastest: {fastest:.1f} ms at batch 1, ONNX Runtime)"
+            )
+        if budget_seconds is not None and "memory" not in chosen.why_not:
+            raise UserError(
+                f"a time_budget of {budget} is too small for any model on this data "
+                f"({len(candidates)} candidates measured; the fastest would get "
+                f"{max(c.epochs for c in candidates)} epochs): give a larger time_budget"
+            )
+        raise UserError("no candidate model fits this machine's free memory")
+
+    pretrained = chosen.weights != "scratch"
+    values: dict[str, Any] = {
+        "model": chosen.model,
+        "pretrained": pretrained,
+        "input_size": chosen.input_size,
+        "grayscale": grey,
+        "batch_size": chosen.batch_size,
+        "augment": "basic",
+        "hflip": not grey,
+        "lr": 0.01 if pretrained else 0.05,
+        "warmup_epochs": 1,
+    }
+    reasons = {
+        "model": f"{chosen.weights}; {chosen.train_images_per_second:.0f} training images/s here",
+        "input_size": f"images are about {profile.median_side} px on the shorter side",
+        "grayscale": "every sampled image is grey" if grey else "colour images",
+    }
+    if budget_seconds is not None:
+        values["time_budget"] = budget_seconds
+        values["schedule"] = "budget_linear"
+        values["max_epochs"] = 200
+        reasons["max_epochs"] = (
+            f"about {chosen.epochs} epochs fit {budget} at the measured speed; the LR decays to "
+            "zero at the end of the budget, re-planned from measured epoch times"
+        )
+        reasons["lr"] = "fixed: the budget leaves no room for an LR search"
+    else:
+        values["lr"] = "tpe"
+        values["sam"] = True
+        values["no_bias_decay"] = True
+        values["augment"] = "augmix"
+        values["mutual"] = "mobilenetv3" in chosen.model
+        reasons["lr"] = "no budget: the paper's full adaptive recipe"
+    if not pretrained:
+        notes.append("no ImageNet weights at hand for the chosen model: training from scratch")
+    user_keys = sorted(k for k in user if k in Config.__dataclass_fields__)
+    for key in user_keys:
+        values.pop(key, None)
+        reasons[key] = "yours"
+    values["eval_batch_size"] = _eval_batch(chosen, free_bytes)
+    return Plan(
+        values=values,
+        reasons=reasons,
+        user_keys=user_keys,
+        data=profile,
+        machine=machine,
+        budget_seconds=budget_seconds,
+        candidates=candidates,
+        notes=notes,
+        seconds=round(time.perf_counter() - started, 2),
+        chosen=candidates.index(chosen),
+    )
+
+
+def _eval_batch(candidate: Candidate, free_bytes: int) -> int:
+    """Evaluation keeps no activations for backward: a few times the training batch fits."""
+    per_image = max(1, candidate.memory_bytes // max(1, candidate.batch_size))
+    return int(max(16, min(256, 0.2 * free_bytes // per_image)))

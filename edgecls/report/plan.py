@@ -1,0 +1,63 @@
+"""The plan of a run as a table a person reads before training starts."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from edgecls.plan import Plan
+
+SHOWN = (
+    "model",
+    "pretrained",
+    "input_size",
+    "grayscale",
+    "batch_size",
+    "lr",
+    "schedule",
+    "max_epochs",
+    "time_budget",
+    "augment",
+    "eval_batch_size",
+)
+
+
+def plan_tables(plan: Plan) -> list[Table]:
+    data = plan.data
+    summary = Table(title="edgecls plan", show_header=False)
+    summary.add_row(
+        "data",
+        f"{data.images} images, {data.classes} classes, about {data.median_side} px, "
+        f"{'grey' if data.grayscale else 'colour'}, imbalance {data.imbalance:.1f}:1",
+    )
+    machine = plan.machine
+    summary.add_row(
+        "machine",
+        f"{machine['device']}, {machine['cores']} cores, {machine['free_memory_gb']} GB free",
+    )
+    if plan.budget_seconds is not None:
+        summary.add_row("time budget", f"{plan.budget_seconds / 60:.1f} min for the whole run")
+    values = {**plan.values, **dict.fromkeys(plan.user_keys, "(yours)")}
+    for key in SHOWN:
+        if key in values:
+            reason = plan.reasons.get(key, "")
+            summary.add_row(key, f"{values[key]}" + (f"  [dim]{reason}[/dim]" if reason else ""))
+    for note in plan.notes:
+        summary.add_row("note", note)
+    summary.add_row("planning took", f"{plan.seconds:.1f} s")
+
+    candidates = Table(title="candidates measured on this machine")
+    for column in ("model", "weights", "input", "batch", "img/s", "MB", "epochs", "ms", ""):
+        candidates.add_column(column, overflow="fold")
+    for index, c in enumerate(plan.candidates):
+        candidates.add_row(
+            c.model,
+            c.weights,
+            str(c.input_size),
+            str(c.batch_size),
+            f"{c.train_images_per_second:.0f}",
+            f"{c.memory_bytes / 2**20:.0f}",
+            str(c.epochs) if plan.budget_seconds is not None else "-",
+            "-" if c.latency_ms is None else f"{c.latency_ms:.1f}",
+            "[bold]chosen[/bold]" if index == plan.chosen else c.why_not,
+        )
+    return [summary, candidates]
