@@ -128,7 +128,7 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, **options)
             from edgecls.plan import make_plan
             from edgecls.report.plan import plan_tables
 
-            plan = make_plan(data, user_values)
+            plan = make_plan(data, user_values, started=started)
             planned = plan.values
             for table in plan_tables(plan):
                 err.print(table)

@@ -30,10 +30,12 @@ from PIL import Image
 from edgecls.config import Config, build_config, parse_duration
 from edgecls.errors import UserError
 from edgecls.models import create_model, packaged_weights
+from edgecls.runs import process_started
 
 DEFAULT_CPU_BUDGET = "10m"  # a CPU run with no time_budget stays interactive
 BUDGET_RESERVE = 0.03  # share of a time budget kept for the final evaluation
 EXPORT_RESERVE = 0.05  # and for exporting, when asked to
+DECODE_SECONDS_PER_IMAGE = 0.002  # reading and resizing one image file, 2 cores
 # Epochs a candidate must reach within the budget to be worth training.
 MIN_EPOCHS = {"imagenet": 8, "scratch": 20}
 # Images below this count favour ImageNet weights over a from-scratch model.
@@ -145,7 +147,7 @@ def describe_machine() -> dict[str, Any]:
     machine = {
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "cores": cores,
-        "free_memory_gb": round(psutil.virtual_memory().available / 2**30, 1),
+        "free_memory_bytes": psutil.virtual_memory().available,
     }
     if machine["device"] == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(0)
@@ -272,13 +274,20 @@ def _preference(candidate: Candidate, profile: DataProfile) -> tuple:
     )
 
 
-def make_plan(spec: str, user: dict[str, Any]) -> Plan:
-    """The run's settings for DATA (`spec`), given the user's own values (`user` wins)."""
-    started = time.perf_counter()
+def make_plan(
+    spec: str,
+    user: dict[str, Any],
+    machine: dict[str, Any] | None = None,
+    started: float | None = None,
+) -> Plan:
+    """The run's settings for DATA (`spec`), given the user's own values (`user` wins), on
+    `machine` (default: this one, as `describe_machine` sees it). A time budget counts from
+    `started` (time.monotonic(); default: when this process started)."""
+    planning_started = time.perf_counter()
     budget = user.get("time_budget")
     max_latency_ms = user.get("max_latency_ms")
     profile = profile_data(spec)
-    machine = describe_machine()
+    machine = machine or describe_machine()
     if not profile.images:  # nothing to plan for: loading the data names the problem
         return Plan({}, {}, [], profile, machine, None)
     notes: list[str] = []
@@ -289,11 +298,17 @@ def make_plan(spec: str, user: dict[str, Any]) -> Plan:
     grey = user.get("grayscale", profile.grayscale)
     channels = 1 if grey else 3
     train_images = max(1, round(profile.images * 0.8))
-    free_bytes = psutil.virtual_memory().available
+    free_bytes = machine["free_memory_bytes"]
 
     candidates = candidates_for(profile, user)
     for candidate in candidates:
         measure(candidate, channels, profile.classes)
+    # What is left for training once planning, start-up, decoding and the reserve are paid.
+    if budget_seconds is not None:
+        spent = time.monotonic() - (started if started is not None else process_started())
+        decoding = profile.images * DECODE_SECONDS_PER_IMAGE
+        train_seconds = budget_seconds * (1 - BUDGET_RESERVE) - spent - decoding
+    for candidate in candidates:
         data_bytes = profile.images * channels * candidate.input_size**2
         if data_bytes + candidate.memory_bytes > 0.7 * free_bytes:
             candidate.fits, candidate.why_not = False, "needs more memory than is free"
@@ -307,8 +322,7 @@ def make_plan(spec: str, user: dict[str, Any]) -> Plan:
         if budget_seconds is None:
             continue
         epoch_seconds = 1.25 * train_images / candidate.train_images_per_second  # + validation
-        train_seconds = budget_seconds * (1 - BUDGET_RESERVE) - (time.perf_counter() - started)
-        candidate.epochs = int(train_seconds / epoch_seconds)
+        candidate.epochs = max(0, int(train_seconds / epoch_seconds))
         kind = "scratch" if candidate.weights == "scratch" else "imagenet"
         if candidate.epochs < MIN_EPOCHS[kind]:
             candidate.fits = False
@@ -380,7 +394,7 @@ def make_plan(spec: str, user: dict[str, Any]) -> Plan:
         budget_seconds=budget_seconds,
         candidates=candidates,
         notes=notes,
-        seconds=round(time.perf_counter() - started, 2),
+        seconds=round(time.perf_counter() - planning_started, 2),
         chosen=candidates.index(chosen),
     )
 

@@ -32,7 +32,8 @@ def plan_tables(plan: Plan) -> list[Table]:
     machine = plan.machine
     summary.add_row(
         "machine",
-        f"{machine['device']}, {machine['cores']} cores, {machine['free_memory_gb']} GB free",
+        f"{machine['device']}, {machine['cores']} cores, "
+        f"{machine['free_memory_bytes'] / 2**30:.1f} GB free",
     )
     if plan.budget_seconds is not None:
         summary.add_row("time budget", f"{plan.budget_seconds / 60:.1f} min for the whole run")

@@ -145,16 +145,20 @@ class BudgetLinearSchedule(_SavedFields):
     warmup_epochs: int = 1
     spent: float = 0.0
     epochs_done: int = 0
+    last_epoch_seconds: float = 0.0
 
     @property
     def time_left(self) -> float:
         return max(0.0, self.seconds - self.spent)
 
+    def next_epoch_seconds(self) -> float:
+        """The mean epoch so far, or the last one if epochs got slower (another job started)."""
+        return max(self.spent / max(1, self.epochs_done), self.last_epoch_seconds)
+
     def estimated_epochs(self) -> int | None:
         if not self.epochs_done:
             return None
-        per_epoch = self.spent / self.epochs_done
-        return self.epochs_done + int(self.time_left / per_epoch)
+        return self.epochs_done + int(self.time_left / self.next_epoch_seconds())
 
     def lr(self, epoch: int) -> float:
         warm = warmup_lr(self.base_lr, epoch, self.warmup_epochs)
@@ -169,7 +173,8 @@ class BudgetLinearSchedule(_SavedFields):
     def step(self, epoch: int, train_loss: float, val_top1: float, seconds: float = 0.0) -> bool:
         self.spent += seconds
         self.epochs_done = epoch + 1
-        return self.time_left < self.spent / self.epochs_done
+        self.last_epoch_seconds = seconds
+        return self.time_left < self.next_epoch_seconds()
 
 
 Schedule = ReduceLROnPlateauV2 | CosineSchedule | ConstantSchedule | BudgetLinearSchedule

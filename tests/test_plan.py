@@ -1,0 +1,166 @@
+"""The plan step: choices from the data, the machine and the budget; the budget-aware schedule."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from edgecls.cli import main
+from edgecls.plan import describe_machine, input_sizes, make_plan, profile_data
+from edgecls.train.schedules import BudgetLinearSchedule
+
+ONE_MODEL = {"model": "mobilenetv3_small_100"}  # one candidate model keeps planning fast
+
+
+def make_folder(root, side, colour, per_class=6, classes=3):
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"class {c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            shape = (side, side + 4, 3) if colour else (side, side + 4)
+            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_grey(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("grey"), side=20, colour=False)
+
+
+@pytest.fixture(scope="module")
+def large_colour(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("colour"), side=200, colour=True)
+
+
+def test_the_data_profile_comes_from_the_files(small_grey, large_colour):
+    grey = profile_data(str(small_grey))
+    assert (grey.images, grey.classes, grey.median_side, grey.grayscale) == (18, 3, 20, True)
+    colour = profile_data(str(large_colour))
+    assert colour.median_side == 200 and not colour.grayscale
+
+
+def test_input_sizes_start_at_the_images_scale():
+    assert input_sizes(20) == [32]
+    assert input_sizes(100) == [128, 64, 32]
+    assert input_sizes(1000) == [224, 128, 64]
+
+
+def test_small_grey_images_get_a_small_grey_input(small_grey):
+    plan = make_plan(str(small_grey), {"time_budget": "10m"})
+    assert plan.values["input_size"] == 32 and plan.values["grayscale"] is True
+    assert plan.values["pretrained"] is True  # 18 images: ImageNet weights beat scratch
+    assert all(c.train_images_per_second > 0 and c.memory_bytes > 0 for c in plan.candidates)
+    assert plan.values["schedule"] == "budget_linear" and plan.budget_seconds == 600
+
+
+def test_large_colour_images_get_a_larger_input(large_colour):
+    plan = make_plan(str(large_colour), {**ONE_MODEL, "time_budget": "2h"})
+    assert plan.values["input_size"] == 224 and plan.values["grayscale"] is False
+    sizes = [c.input_size for c in plan.candidates]
+    assert sizes == [224, 128, 64]
+    memory = {c.input_size: c.memory_bytes for c in plan.candidates}
+    assert memory[224] > memory[128] > memory[64]  # activations grow with the input
+
+
+def test_explicit_options_win_and_are_named(small_grey):
+    user = {**ONE_MODEL, "input_size": 48, "batch_size": 4, "time_budget": "10m"}
+    plan = make_plan(str(small_grey), user)
+    assert not {"model", "input_size", "batch_size"} & set(plan.values)
+    assert {"model", "input_size", "batch_size", "time_budget"} <= set(plan.user_keys)
+    assert plan.reasons["input_size"] == "yours"
+    assert [(c.model, c.input_size, c.batch_size) for c in plan.candidates] == [
+        ("mobilenetv3_small_100", 48, 4)
+    ]
+
+
+def test_the_memory_estimate_keeps_out_what_does_not_fit(large_colour):
+    user = {**ONE_MODEL, "time_budget": "2h"}
+    need = {c.input_size: c.memory_bytes for c in make_plan(str(large_colour), user).candidates}
+    # Free memory between what a 128 px and a 224 px batch need (70% of it may be used).
+    machine = {**describe_machine(), "free_memory_bytes": (need[128] + need[224]) / 2 / 0.7}
+    plan = make_plan(str(large_colour), user, machine)
+    fits = {c.input_size: c.fits for c in plan.candidates}
+    assert fits[128] and not fits[224] and "memory" in plan.candidates[0].why_not
+    assert plan.values["input_size"] == 128
+    assert 16 <= plan.values["eval_batch_size"] <= 256
+
+
+def test_the_latency_limit_filters_candidates(small_grey):
+    plan = make_plan(str(small_grey), {**ONE_MODEL, "time_budget": "10m", "max_latency_ms": 1e4})
+    assert plan.candidates[0].latency_ms is not None and plan.candidates[0].latency_ms > 0
+    result = CliRunner().invoke(
+        main, ["train", str(small_grey), "--plan", *_args(ONE_MODEL), "max_latency_ms=0.0001"]
+    )
+    assert result.exit_code == 2 and "max_latency_ms" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def _args(values):
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def test_a_budget_too_small_for_any_model_is_one_line_exit_2(small_grey, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["train", str(small_grey), "time_budget=1s"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "too small" in errors[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_plan_prints_and_exits_without_training(small_grey, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["train", str(small_grey), "--plan", *_args(ONE_MODEL)])
+    assert result.exit_code == 0, result.output
+    assert "edgecls plan" in result.stderr and "chosen" in result.stderr
+    assert "time budget" in result.stderr  # the CPU default applies and says so
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_planned_run_saves_its_plan_and_keeps_the_budget(small_grey, tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        main,
+        ["train", str(small_grey), "--run-dir", str(run), "--quiet", "time_budget=40s"],
+    )
+    assert result.exit_code == 0, result.output
+    plan = json.loads((run / "plan.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert plan["budget_seconds"] == 40 and config["model"] == plan["values"]["model"]
+    assert config["schedule"] == "budget_linear"
+    assert metrics["train_seconds"] < 40
+
+
+# --- the budget-aware schedule, driven by a fake clock (the epoch times it is told) -------------
+
+
+def drive(schedule, epoch_seconds):
+    lrs = []
+    for epoch, seconds in enumerate(epoch_seconds):
+        lrs.append(schedule.lr(epoch))
+        if schedule.step(epoch, 1.0, 0.5, seconds):
+            return lrs, epoch + 1
+    return lrs, None
+
+
+def test_budget_schedule_decays_to_zero_when_the_budget_ends():
+    schedule = BudgetLinearSchedule(base_lr=0.1, seconds=100.0, warmup_epochs=1)
+    lrs, stopped_after = drive(schedule, [10.0] * 50)
+    assert stopped_after == 10  # ten 10-second epochs fill 100 s
+    assert lrs[0] == pytest.approx(0.1)  # one warmup epoch reaches the base LR
+    assert lrs[1:] == pytest.approx([0.1 * (10 - e) / 9 for e in range(1, 10)])
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:], strict=False))
+
+
+def test_budget_schedule_replans_when_epochs_get_slower():
+    schedule = BudgetLinearSchedule(base_lr=0.1, seconds=100.0, warmup_epochs=0)
+    lrs, stopped_after = drive(schedule, [10.0, 10.0, 30.0, 30.0, 30.0, 30.0])
+    assert stopped_after == 4  # 10 + 10 + 30 + 30 = 80 s; another 20 s epoch would not fit
+    assert lrs[3] < lrs[2] < lrs[1]
+    assert sum([10.0, 10.0, 30.0, 30.0]) <= 100.0
