@@ -102,6 +102,19 @@ def write_config(run_dir: Path, config: Config) -> None:
     write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+def check_folder_writable(folder: Path) -> None:
+    """Refuse, before any work, a folder that cannot be made or written in: one that is a file,
+    one under a file, or one whose nearest existing folder we may not write in."""
+    existing = folder
+    while not existing.exists():  # False too for a path under a file
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "it is not a folder" if existing == folder else f"{existing} is not a folder"
+        raise UserError(f"cannot make folder {folder}: {where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write in {existing}: permission denied")
+
+
 def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as handle:

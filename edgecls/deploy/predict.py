@@ -68,6 +68,7 @@ def predict_images(
 def write_predictions_csv(predictions: list[Prediction], path: Path) -> None:
     k = max((len(p.labels) for p in predictions), default=0)
     header = ["path"] + [f"{name}{i}" for i in range(1, k + 1) for name in ("label", "prob")]
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
