@@ -12,6 +12,8 @@ runs/<name>/
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import os
 import re
@@ -26,6 +28,8 @@ import yaml
 from edgecls.config import Config
 from edgecls.errors import UserError
 
+# errno values meaning "the disk, the quota or the file-size limit is full".
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 HISTORY_COLUMNS = (
     "epoch",
     "lr",
@@ -61,21 +65,44 @@ def check_run_dir_free(run_dir: Path, overwrite: bool) -> None:
         )
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write through a temporary file and rename, so an interrupted run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def atomic_write_bytes(path: Path, write, *, when_full: str = "") -> None:
+    """Write through a temporary file and rename, so an interrupted run never leaves half a file.
+
+    A full disk (or quota, or file-size limit) is the user's to fix: it ends with one line, the
+    old file untouched, plus `when_full` saying how to carry on.
+    """
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        raise UserError(f"no space left writing {path} ({error.strerror}){when_full}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    atomic_write_bytes(path, lambda tmp: torch.save(state, tmp))
+    """Serialised in memory and written by Python, so a full disk is an OSError that says so
+    (torch's own file writer turns it into a RuntimeError about positions in a zip file)."""
+    last = path.parent / "last.pt"
+    kept = f"the last good checkpoint {last} is intact" if last.is_file() else "no checkpoint yet"
+
+    def write(tmp: str) -> None:
+        serialised = io.BytesIO()
+        torch.save(state, serialised)
+        Path(tmp).write_bytes(serialised.getbuffer())
+
+    atomic_write_bytes(
+        path,
+        write,
+        when_full=f"; {kept}; free space and continue with: edgecls train --resume {path.parent}",
+    )
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
