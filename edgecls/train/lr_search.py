@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy.exc
 
 from edgecls.config import Config
 from edgecls.data import Dataset
+from edgecls.errors import UserError
 from edgecls.report.plots import plot_lr_range_test
 from edgecls.report.progress import console
 from edgecls.train.augment import training_batches
@@ -89,7 +91,7 @@ def _study(config: Config, method: str, run_dir: Path | None) -> optuna.Study:
     if storage is None and run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{(run_dir / 'lr_search.db').resolve()}"
-    return optuna.create_study(
+    return _create_study(
         study_name=f"edgecls-lr-{method}",
         storage=storage,
         load_if_exists=True,
@@ -97,6 +99,15 @@ def _study(config: Config, method: str, run_dir: Path | None) -> optuna.Study:
         sampler=sampler,
         pruner=pruner,
     )
+
+
+def _create_study(**options: Any) -> optuna.Study:
+    """optuna.create_study, with a storage that cannot be opened reported as the user's problem."""
+    try:
+        return optuna.create_study(**options)
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as error:  # no driver, bad URL, no server
+        reason = " ".join(str(error).split())
+        raise UserError(f"cannot open lr_search_storage {options['storage']}: {reason}") from None
 
 
 def trial_search(
