@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -21,13 +22,19 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 _WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 
 
+def printable_path(path: str | Path) -> str:
+    """The path as text that prints and saves as UTF-8: the bytes of a file name that are not
+    UTF-8 (which Python keeps as lone surrogates) are shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 class BadImageError(Exception):
     """A file that cannot be decoded as an image; callers skip it and record `reason`."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
+        self.path = printable_path(path)
         self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
 
 
 def load_image(

@@ -6,7 +6,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgecls.data.images import IMAGE_EXTENSIONS
+from edgecls.data.images import IMAGE_EXTENSIONS, printable_path
 from edgecls.data.splits import Problems
 from edgecls.errors import UserError
 
@@ -64,9 +64,10 @@ def scan_class_folders(folder: Path, problems: Problems) -> SplitFiles:
     """One sub-folder per class; images may sit in nested folders; other files are ignored."""
     files = SplitFiles(origin=f"{folder}/")
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p, folder)):
-        files.classes.append(class_dir.name)
+        name = printable_path(class_dir.name)
+        files.classes.append(name)
         images = sorted(p for p in class_dir.rglob("*") if _is_image(p) and _visible(p, folder))
-        files.items += [(p, class_dir.name) for p in images]
+        files.items += [(p, name) for p in images]
     loose = [p for p in folder.iterdir() if _is_image(p) and _visible(p, folder)]
     if loose:
         problems.warn(
