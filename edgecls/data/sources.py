@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from edgecls.errors import UserError
 
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 LIST_SUFFIXES = (".csv", ".txt")
+ALLOW_OUTSIDE_PATHS = "# edgecls: allow-outside-paths"
 
 
 @dataclass
@@ -77,12 +79,20 @@ def scan_class_folders(folder: Path, problems: Problems) -> SplitFiles:
 
 
 def read_list(path: Path, problems: Problems) -> SplitFiles:
-    """`path,label` rows (TXT may be whitespace-separated); paths are relative to the list file."""
+    """`path,label` rows (TXT may be whitespace-separated); paths are relative to the list file.
+
+    A row naming a file outside the list's folder (`../x.png`, `/abs/x.png`) is skipped and
+    reported, so a list cannot pull in files from elsewhere by accident, unless the list's first
+    line is ALLOW_OUTSIDE_PATHS.
+    """
     files = SplitFiles(origin=str(path))
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read list file {path}: {exc}") from None
+    folder = os.path.abspath(path.parent)
+    allow_outside = bool(lines) and lines[0].strip() == ALLOW_OUTSIDE_PATHS
+    outside = 0
     labels = set()
     first_row = True
     for number, line in enumerate(lines, 1):
@@ -102,9 +112,18 @@ def read_list(path: Path, problems: Problems) -> SplitFiles:
         first_row = False
         file, label = path.parent / fields[0], fields[1]
         labels.add(label)
-        if file.is_file():
+        listed = f"listed in {path.name} line {number}"
+        if not allow_outside and not Path(os.path.abspath(file)).is_relative_to(folder):
+            outside += 1
+            files.missing.append((str(file), f"{listed} but outside the list's folder"))
+        elif file.is_file():
             files.items.append((file, label))
         else:
-            files.missing.append((str(file), f"listed in {path.name} line {number} but not found"))
+            files.missing.append((str(file), f"{listed} but not found"))
+    if outside:
+        problems.warn(
+            f"{outside} row(s) of {path} name files outside the list's folder: skipped "
+            f"(to use them, make '{ALLOW_OUTSIDE_PATHS}' the list's first line)"
+        )
     files.classes = sorted(labels)
     return files
