@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgecls import config as cfg
@@ -18,6 +21,12 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+def fail(message: str) -> NoReturn:
+    """How every bad input ends: one line on stderr (as plain text, not markup), exit status 2."""
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
 def user_errors(command):
     """Turn a UserError into a one-line message and exit status 2, and Ctrl-C into status 130."""
 
@@ -26,8 +35,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-            sys.exit(2)
+            fail(str(error))
         except KeyboardInterrupt:
             err.print("interrupted")
             sys.exit(130)
@@ -35,13 +43,43 @@ def user_errors(command):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineUsageErrors(click.Group):
+    """A command's usage error (unknown option, value out of range) is one line and exit status 2,
+    like every other bad input, not click's usage block."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            message = error.format_message()
+            hint = f" (see {error.ctx.command_path} --help)" if error.ctx else ""
+            fail(f"{message[:1].lower()}{message[1:]}{hint}")
+
+
+@click.group(cls=_OneLineUsageErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgecls")
 def main() -> None:
     """Train, check, evaluate and use small image classifiers without hand-tuning."""
 
 
+def _config_range(key: str) -> click.ParamType:
+    """The click type of an option that sets config key `key`: the key's type and range."""
+    rule = cfg.RULES[key]
+    kind = click.IntRange if isinstance(getattr(cfg.Config(), key), int) else click.FloatRange
+    return kind(rule.low, rule.high, min_open=rule.open_low, max_open=rule.open_high)
+
+
 def _split_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """DATA and key=value pairs; anything else that looks like an option is a mistyped one
+    (`ignore_unknown_options`, needed to let key=value through, lets those through too)."""
+    unknown = next((a for a in args if a.startswith("-")), None)
+    if unknown is not None:
+        ctx = click.get_current_context()
+        name = unknown.partition("=")[0]
+        options = [o for p in ctx.command.params for o in p.opts + p.secondary_opts]
+        close = difflib.get_close_matches(name, [o for o in options if o.startswith("--")], n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise click.NoSuchOption(name, message=f"no such option: {name}{hint}", ctx=ctx)
     data = [a for a in args if "=" not in a]
     if len(data) > 1:
         raise UserError(f"expected at most one DATA argument, got {', '.join(data)}")
@@ -83,8 +121,10 @@ def _print_summary(metrics: dict, run_dir: Path) -> None:
 @click.option("--weights", type=click.Path(), help="Local state dict to start from.")
 @click.option("--data-root", type=click.Path(), help="Root folder for torchvision datasets.")
 @click.option("--lr", help="Initial learning rate, or a search: auto, tpe, range, grid.")
-@click.option("--epochs", "max_epochs", type=int, help="Maximum number of epochs.")
-@click.option("--seed", type=int)
+@click.option(
+    "--epochs", "max_epochs", type=_config_range("max_epochs"), help="Maximum number of epochs."
+)
+@click.option("--seed", type=_config_range("seed"))
 @click.option("--run-dir", type=click.Path(path_type=Path), help="Default: runs/<auto name>.")
 @click.option("--overwrite", is_flag=True, help="Reuse a run folder that already holds files.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this folder.")
@@ -182,6 +222,7 @@ def lr_find(args, recipe, model, method, out_dir, quiet) -> None:
     if config.data is None:
         raise UserError("lr-find needs DATA (or a recipe that names one)")
     out_dir = out_dir or runs.auto_run_dir(config, prefix="lr-find")
+    runs.check_folder_writable(out_dir)
     dataset = load_configured_dataset(config, progress=not quiet)
     result = search_lr(config, dataset, out_dir, progress=not quiet)
     runs.write_json(out_dir / "lr_search.json", result.to_dict())
@@ -202,11 +243,11 @@ def lr_find(args, recipe, model, method, out_dir, quiet) -> None:
 
 @main.command("check-data")
 @click.argument("data")
-@click.option("--input-size", type=int, default=64, show_default=True)
+@click.option("--input-size", type=_config_range("input_size"), default=64, show_default=True)
 @click.option("--grayscale", is_flag=True)
-@click.option("--val-fraction", type=float, default=0.2, show_default=True)
+@click.option("--val-fraction", type=_config_range("val_fraction"), default=0.2, show_default=True)
 @click.option("--data-root", type=click.Path())
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=_config_range("seed"), default=0)
 @user_errors
 def check_data(data, input_size, grayscale, val_fraction, data_root, seed) -> None:
     """Show what was found in DATA, per split and class, and every problem."""
@@ -244,26 +285,34 @@ def evaluate(model, data, split, out_dir, data_root) -> None:
     from edgecls.evaluate import format_metrics
     from edgecls.evaluate.checkpoint import evaluate_checkpoint
 
+    if out_dir:
+        runs.check_folder_writable(out_dir)
     split_name, metrics, saved = evaluate_checkpoint(
         model, data, split=split, out_dir=out_dir, data_root=data_root
     )
     out.print(
         format_metrics(metrics, title=f"{data} ({split_name})"), highlight=False, markup=False
     )
-    out.print(f"saved to {saved}", highlight=False)
+    out.print(f"saved to {saved}", highlight=False, markup=False)
 
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Also write a CSV.")
 @user_errors
 def predict(model, inputs, top_k, csv_path) -> None:
     """Top-k labels with probabilities for images or folders of images."""
     from edgecls.deploy.predict import predict_images, write_predictions_csv
 
+    if csv_path:
+        runs.check_folder_writable(csv_path.parent)
     predictions, skipped = predict_images(model, list(inputs), top_k)
+    if not predictions:
+        path, reason = skipped[0]
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        raise UserError(f"none of the given images could be read: {path}: {reason}{more}")
     for p in predictions:
         labels = ", ".join(
             f"{lab} {prob:.1%}" for lab, prob in zip(p.labels, p.probabilities, strict=True)
@@ -273,9 +322,7 @@ def predict(model, inputs, top_k, csv_path) -> None:
         err.print(f"skipped {path}: {reason}", highlight=False, markup=False)
     if csv_path:
         write_predictions_csv(predictions, csv_path)
-        out.print(f"wrote {csv_path}", highlight=False)
-    if not predictions:
-        raise UserError("none of the given images could be read")
+        out.print(f"wrote {csv_path}", highlight=False, markup=False)
 
 
 @main.command()
@@ -291,13 +338,15 @@ def predict(model, inputs, top_k, csv_path) -> None:
     help="Data for the checks and INT8 calibration (default: the training "
     "data named in the checkpoint).",
 )
-@click.option("--calibration-size", type=int, default=300, show_default=True)
-@click.option("--seed", type=int, default=0)
+@click.option("--calibration-size", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--seed", type=_config_range("seed"), default=0)
 @user_errors
 def export(model, fmt, precision, int8, out_dir, data, calibration_size, seed) -> None:
     """Export MODEL (run folder or .pt) to ONNX or OpenVINO IR, checked against the checkpoint."""
     from edgecls.deploy.export import export_model, report_lines
 
+    if out_dir:
+        runs.check_folder_writable(out_dir)
     report = export_model(
         model, fmt, "int8" if int8 else precision, out_dir, data, calibration_size, seed
     )
@@ -307,8 +356,8 @@ def export(model, fmt, precision, int8, out_dir, data, calibration_size, seed) -
 
 @main.command()
 @click.argument("models", nargs=-1, required=True)
-@click.option("--input-size", type=int, default=224, show_default=True)
-@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--input-size", type=_config_range("input_size"), default=224, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--backends", default="torch,onnxruntime,openvino", show_default=True)
 @click.option(
     "--precision",
@@ -317,11 +366,11 @@ def export(model, fmt, precision, int8, out_dir, data, calibration_size, seed) -
     show_default=True,
     help="Comma-separated: fp32, int8 (OpenVINO only).",
 )
-@click.option("--repeats", type=int, default=50, show_default=True)
-@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option(
     "--num-classes",
-    type=int,
+    type=click.IntRange(min=1),
     default=1000,
     show_default=True,
     help="Classifier size for timm names.",
@@ -337,11 +386,13 @@ def export(model, fmt, precision, int8, out_dir, data, calibration_size, seed) -
 @user_errors
 def bench(models, input_size, batch, backends, precisions, repeats, warmup, num_classes, out_path):
     """Parameters, GFLOPs, latency and FPS of MODELS (timm names, checkpoints, exported files)."""
-    from edgecls.deploy.bench import bench_model, format_table, save_rows
+    from edgecls.deploy.bench import bench_model, check_choices, format_table, save_rows
 
+    check_choices(backends.split(","), precisions.split(","))
+    runs.check_folder_writable(out_path.parent)
     rows = []
     for spec in models:
-        err.print(f"benchmarking {spec} ...", highlight=False)
+        err.print(f"benchmarking {spec} ...", highlight=False, markup=False)
         rows += bench_model(
             spec,
             backends.split(","),
@@ -354,4 +405,4 @@ def bench(models, input_size, batch, backends, precisions, repeats, warmup, num_
         )
     out.print(format_table(rows), highlight=False, markup=False)
     csv_path, json_path = save_rows(rows, out_path)
-    out.print(f"saved {csv_path} and {json_path}", highlight=False)
+    out.print(f"saved {csv_path} and {json_path}", highlight=False, markup=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -21,12 +22,6 @@ from edgecls.errors import UserError
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_DATA = "digits"
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "schedule": ("plateau_v2", "cosine", "constant", "budget_linear"),
-    "augment": ("augmix", "basic", "none"),
-    "device": ("auto", "cpu", "cuda"),
-    "head": ("linear", "am_softmax"),
-}
 LR_SEARCH_METHODS = ("auto", "tpe", "range", "grid")
 
 
@@ -91,6 +86,153 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number from `low` to `high`, both included unless `open_low`/`open_high` exclude them."""
+
+    low: float
+    high: float
+    open_low: bool = False
+    open_high: bool = False
+
+    def allows(self, value: float) -> bool:
+        above = self.low < value if self.open_low else self.low <= value
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below  # False for NaN too
+
+    def check(self, key: str, value: Any) -> None:
+        if _is_number(value) and not self.allows(value):
+            raise UserError(f"config key '{key}' must be {self.describe(key)}, got {value!r}")
+
+    def describe(self, key: str) -> str:
+        low, high = "<" if self.open_low else "<=", "<" if self.open_high else "<="
+        return f"{self.low} {low} {key} {high} {self.high}"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of a few names."""
+
+    choices: tuple[str, ...]
+
+    def check(self, key: str, value: Any) -> None:
+        if isinstance(value, str) and value not in self.choices:
+            raise UserError(
+                f"config key '{key}' must be one of {', '.join(self.choices)}, got {value!r}"
+            )
+
+
+@dataclass(frozen=True)
+class SomeOf:
+    """A comma-separated list of names, possibly empty."""
+
+    choices: tuple[str, ...]
+
+    def check(self, key: str, value: Any) -> None:
+        if isinstance(value, str) and set(value.split(",")) - {"", *self.choices}:
+            raise UserError(
+                f"config key '{key}' takes a comma-separated list of "
+                f"{' and/or '.join(self.choices)}, got {value!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Interval:
+    """[low, high] with low < high, both within `bounds`."""
+
+    bounds: Range
+
+    def check(self, key: str, value: Any) -> None:
+        if value is None:
+            return
+        numbers = len(value) == 2 and all(_is_number(v) and self.bounds.allows(v) for v in value)
+        if not numbers or value[0] >= value[1]:
+            raise UserError(
+                f"config key '{key}' must be [low, high] with low < high and "
+                f"{self.bounds.describe('each')}, got {value!r}"
+            )
+
+
+@dataclass(frozen=True)
+class CheckedWhenUsed:
+    """Anything of the key's type here; `where` says what checks it later, and when."""
+
+    where: str
+
+    def check(self, key: str, value: Any) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Duration:
+    """A positive duration: seconds, or text like 90s, 5m, 2h, 1h30m (null: none)."""
+
+    def check(self, key: str, value: Any) -> None:
+        if value is not None:
+            parse_duration(value)
+
+
+Rule = Range | OneOf | SomeOf | Interval | CheckedWhenUsed | Duration
+BOOL = CheckedWhenUsed("true or false: the type is the whole rule")
+
+# What each key's value must be, beyond its type (the same for defaults, recipes and overrides).
+# A tuple holds one rule per kind of value: lr is a positive number or a search method.
+RULES: dict[str, Rule | tuple[Rule, ...]] = {
+    "data": CheckedWhenUsed("a folder, list file or built-in name, when the data is loaded"),
+    "data_root": CheckedWhenUsed("a folder, when a torchvision dataset is loaded"),
+    "download": BOOL,
+    "val_fraction": Range(0, 1, open_low=True, open_high=True),
+    "input_size": Range(8, 2048),
+    "grayscale": BOOL,
+    "augment": OneOf(("augmix", "basic", "none")),
+    "hflip": BOOL,
+    "workers": Range(0, 256),
+    "model": CheckedWhenUsed("a timm model name, when the model is built"),
+    "pretrained": BOOL,
+    "weights": CheckedWhenUsed("a state dict file, when the model is built"),
+    "dropout": Range(0, 1, open_high=True),
+    "head": OneOf(("linear", "am_softmax")),
+    "am_scale": Range(0, 1000, open_low=True),  # null: from the number of classes
+    "am_margin": Range(0, 1),
+    "mutual": BOOL,
+    "batch_size": Range(1, 65536),
+    "lr": (Range(0, 10, open_low=True), OneOf(LR_SEARCH_METHODS)),
+    "lr_batch_scaling": BOOL,
+    "momentum": Range(0, 1, open_high=True),
+    "weight_decay": Range(0, 1, open_high=True),
+    "no_bias_decay": BOOL,
+    "bias_lr_factor": Range(0, 100, open_low=True),
+    "sam": BOOL,
+    "sam_rho": Range(0, 10, open_low=True),
+    "sam_adaptive": BOOL,
+    "amp": BOOL,
+    "max_epochs": Range(1, 100_000),
+    "schedule": OneOf(("plateau_v2", "cosine", "constant", "budget_linear")),
+    "warmup_epochs": Range(0, 100_000),
+    "lr_factor": Range(0, 1, open_low=True, open_high=True),
+    "patience": Range(0, 100_000),
+    "min_lr_ratio": Range(0, 1, open_low=True),
+    "forced_decay_at": Range(0, 1, open_low=True),
+    "lr_search_trials": Range(1, 10_000),
+    "lr_search_epochs": Range(1, 10_000),
+    "lr_search_range": Interval(Range(0, 10, open_low=True)),
+    "lr_search_step": Range(0, 1, open_low=True),
+    "lr_search_storage": CheckedWhenUsed("an Optuna storage URL, when the LR search starts"),
+    "seed": Range(0, 2**32 - 1),  # what numpy and scikit-learn accept
+    "device": OneOf(("auto", "cpu", "cuda")),
+    "channels_last": BOOL,
+    "eval_batch_size": Range(1, 65536),
+    "export": SomeOf(("onnx", "openvino")),
+    "max_rollbacks": Range(0, 100),
+    "time_budget": Duration(),
+    "max_latency_ms": Range(0, 1e6, open_low=True),
+}
+
+
 _FIELD_TYPES = typing.get_type_hints(Config)
 
 
@@ -116,10 +258,18 @@ def _check_value(key: str, value: Any) -> Any:
     if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
         names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
         raise UserError(f"config key '{key}' expects {names}, got {value!r}")
-    choices = LR_SEARCH_METHODS if key == "lr" and isinstance(value, str) else CHOICES.get(key)
-    if choices and value not in choices:
-        raise UserError(f"config key '{key}' must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that 1e-3 is a number (YAML 1.2), not a string (YAML 1.1)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def recipe_names() -> list[str]:
@@ -138,9 +288,11 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"recipe file not found: {path}")
     try:
-        content = yaml.safe_load(path.read_text()) or {}
+        content = yaml.load(path.read_text(), Loader=_YamlLoader) or {}
     except yaml.YAMLError as error:
-        raise UserError(f"recipe {path} is not valid YAML: {error}") from None
+        raise UserError(
+            f"recipe {path} is not valid YAML: {' '.join(str(error).split())}"
+        ) from None
     if not isinstance(content, dict):
         raise UserError(f"recipe {path} must be a mapping of key: value")
     return content
@@ -154,7 +306,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise UserError(f"expected key=value, got '{pair}'")
         try:
-            overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            overrides[key.strip()] = yaml.load(raw, Loader=_YamlLoader) if raw.strip() else None
         except yaml.YAMLError:
             overrides[key.strip()] = raw
     return overrides
@@ -167,22 +319,12 @@ def build_config(*layers: dict[str, Any]) -> Config:
         for key, value in layer.items():
             values[key] = _check_value(key, value)
     config = Config(**values)
-    if not 0.0 < config.val_fraction < 1.0:
-        raise UserError(f"val_fraction must be between 0 and 1, got {config.val_fraction}")
-    for key in ("batch_size", "max_epochs", "input_size", "eval_batch_size"):
-        if getattr(config, key) < 1:
-            raise UserError(f"config key '{key}' must be at least 1, got {getattr(config, key)}")
-    if isinstance(config.lr, float) and config.lr <= 0:
-        raise UserError(f"config key 'lr' must be positive, got {config.lr}")
-    unknown = set((config.export or "").split(",")) - {"", "onnx", "openvino"}
-    if unknown:
-        raise UserError(f"config key 'export' takes onnx and/or openvino, got {config.export!r}")
-    if config.lr_search_range is not None and (
-        len(config.lr_search_range) != 2
-        or not all(isinstance(v, (int, float)) and v > 0 for v in config.lr_search_range)
-        or config.lr_search_range[0] >= config.lr_search_range[1]
-    ):
-        raise UserError(f"lr_search_range must be [low, high], got {config.lr_search_range}")
+    for key, rules in RULES.items():
+        for rule in rules if isinstance(rules, tuple) else (rules,):
+            rule.check(key, getattr(config, key))
+    from edgecls.evaluate.inference import select_device  # torch loads slowly: only when needed
+
+    select_device(config.device)  # a device this machine lacks is refused before any work
     return config
 
 

@@ -13,7 +13,9 @@ runs/<name>/
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
+import io
 import itertools
 import json
 import os
@@ -34,6 +36,8 @@ import yaml
 from edgecls.config import Config
 from edgecls.errors import UserError
 
+# errno values meaning "the disk, the quota or the file-size limit is full".
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 LOCK_FILE = ".edgecls.lock"
 # Files only an edgecls run writes: a folder holding config.yaml and one of them is a run folder.
 RUN_FILES = ("history.csv", "last.pt", "best.pt", "metrics.json", "lr_search.db", LOCK_FILE)
@@ -193,13 +197,18 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path, write) -> None:
+def atomic_write_bytes(path: Path, write, *, when_full: str = "") -> None:
     """Write through a temporary file, fsync, rename, fsync the folder: a crash at any moment
-    leaves the old file or the new one, never half a file. Permissions follow the umask."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    leaves the old file or the new one, never half a file. Permissions follow the umask.
+
+    A full disk (or quota, or file-size limit) is the user's to fix: it ends with one line, the
+    old file untouched, plus `when_full` saying how to carry on.
+    """
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -210,13 +219,31 @@ def atomic_write_bytes(path: Path, write) -> None:
             os.fsync(directory)
         finally:
             os.close(directory)
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        raise UserError(f"no space left writing {path} ({error.strerror}){when_full}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    atomic_write_bytes(path, lambda tmp: torch.save(state, tmp))
+    """Serialised in memory and written by Python, so a full disk is an OSError that says so
+    (torch's own file writer turns it into a RuntimeError about positions in a zip file)."""
+    last = path.parent / "last.pt"
+    kept = f"the last good checkpoint {last} is intact" if last.is_file() else "no checkpoint yet"
+
+    def write(tmp: str) -> None:
+        serialised = io.BytesIO()
+        torch.save(state, serialised)
+        Path(tmp).write_bytes(serialised.getbuffer())
+
+    atomic_write_bytes(
+        path,
+        write,
+        when_full=f"; {kept}; free space and continue with: edgecls train --resume {path.parent}",
+    )
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -285,6 +312,19 @@ def redact_url(url: str | None) -> str | None:
     if not url:
         return url
     return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^@/]*@", rf"\1:{REDACTED}@", url)
+
+
+def check_folder_writable(folder: Path) -> None:
+    """Refuse, before any work, a folder that cannot be made or written in: one that is a file,
+    one under a file, or one whose nearest existing folder we may not write in."""
+    existing = folder
+    while not existing.exists():  # False too for a path under a file
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "it is not a folder" if existing == folder else f"{existing} is not a folder"
+        raise UserError(f"cannot make folder {folder}: {where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write in {existing}: permission denied")
 
 
 def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:

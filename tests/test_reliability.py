@@ -144,7 +144,7 @@ def test_a_run_that_keeps_diverging_stops_with_one_line(tmp_path):
         "--run-dir",
         tmp_path / "run",
         "--quiet",
-        "lr=10000",
+        "lr=10",
         "max_rollbacks=1",
         "warmup_epochs=0",
         *[f"{k}={v}" for k, v in SMALL.items()],

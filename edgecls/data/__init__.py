@@ -1,7 +1,14 @@
 """Loading labelled images (folders, list files, built-ins) into checked uint8 tensors."""
 
 from edgecls.data.builtin import BUILTIN_DATASETS
-from edgecls.data.images import IMAGE_EXTENSIONS, BadImageError, load_image, to_float, to_tensor
+from edgecls.data.images import (
+    IMAGE_EXTENSIONS,
+    BadImageError,
+    load_image,
+    printable_path,
+    to_float,
+    to_tensor,
+)
 from edgecls.data.loader import load_configured_dataset, load_dataset
 from edgecls.data.report import describe
 from edgecls.data.splits import Dataset, ImageSplit
@@ -16,6 +23,7 @@ __all__ = [
     "load_configured_dataset",
     "load_dataset",
     "load_image",
+    "printable_path",
     "to_float",
     "to_tensor",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +13,28 @@ from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
+# Larger images (or decompression bombs) are skipped unread: one would take hundreds of MB.
+MAX_PIXELS = 90_000_000
+# The size check is ours, from the header; PIL's own warning above ~89 megapixels would repeat it.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
 # Modes holding more than 8 bits per pixel; PIL's own convert("L") clips them instead of scaling.
 _WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def printable_path(path: str | Path) -> str:
+    """The path as text that prints and saves as UTF-8: the bytes of a file name that are not
+    UTF-8 (which Python keeps as lone surrogates) are shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 class BadImageError(Exception):
     """A file that cannot be decoded as an image; callers skip it and record `reason`."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
+        self.path = printable_path(path)
         self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
 
 
 def load_image(
@@ -29,10 +42,18 @@ def load_image(
 ) -> Image.Image:
     """Decode fully (so truncation is caught), upright (EXIF), as RGB or L whatever the source mode.
 
+    Images of more than MAX_PIXELS are refused from their header, before any decoding.
     `min_size` lets JPEG decoding skip detail finer than needed for a later resize to that size.
     """
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise BadImageError(
+                    path,
+                    f"{width}x{height} pixels ({width * height / 1e6:.0f} megapixels) is more than "
+                    f"the {MAX_PIXELS / 1e6:.0f} megapixels edgecls decodes",
+                )
             if min_size is not None:
                 img.draft("L" if grayscale else "RGB", (min_size, min_size))
             img.load()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from edgecls.data.builtin import BUILTIN_DATASETS, load_builtin
-from edgecls.data.images import BadImageError, load_image, to_tensor
+from edgecls.data.images import BadImageError, load_image, printable_path, to_tensor
 from edgecls.data.sources import SplitFiles, discover
 from edgecls.data.splits import Dataset, ImageSplit, Problems, split_off_val, warn_imbalance
 from edgecls.errors import UserError
@@ -101,7 +101,7 @@ def _load_files(
     images = _decode(all_files, input_size, grayscale, progress)
     decoded = dict(zip(all_files, images, strict=True))
     skipped = [missing for split in files.values() for missing in split.missing]
-    skipped += [(str(f), d.reason) for f, d in decoded.items() if isinstance(d, BadImageError)]
+    skipped += [(d.path, d.reason) for d in decoded.values() if isinstance(d, BadImageError)]
     _check_classes(path, files, decoded, problems)
 
     classes = files["train"].classes
@@ -117,11 +117,11 @@ def _load_files(
             splits[name] = ImageSplit(
                 torch.stack([decoded[file] for file, _ in kept]),
                 torch.tensor([index[label] for _, label in kept], dtype=torch.int64),
-                [str(file) for file, _ in kept],
+                [printable_path(file) for file, _ in kept],
             )
         else:
             splits[name] = ImageSplit.empty(1 if grayscale else 3, input_size)
-    return _finish(str(path), classes, splits, skipped, val_fraction, seed, problems)
+    return _finish(printable_path(path), classes, splits, skipped, val_fraction, seed, problems)
 
 
 def _decode(

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgecls.data.images import IMAGE_EXTENSIONS
+from edgecls.data.images import IMAGE_EXTENSIONS, printable_path
 from edgecls.data.splits import Problems
 from edgecls.errors import UserError
 from edgecls.runs import holds_run_folders
 
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 LIST_SUFFIXES = (".csv", ".txt")
+ALLOW_OUTSIDE_PATHS = "# edgecls: allow-outside-paths"
 
 
 @dataclass
@@ -68,9 +70,10 @@ def scan_class_folders(folder: Path, problems: Problems) -> SplitFiles:
         if holds_run_folders(class_dir):
             problems.warn(f"{class_dir}/ holds edgecls runs, not images of a class: ignored")
             continue
-        files.classes.append(class_dir.name)
+        name = printable_path(class_dir.name)
+        files.classes.append(name)
         images = sorted(p for p in class_dir.rglob("*") if _is_image(p) and _visible(p, folder))
-        files.items += [(p, class_dir.name) for p in images]
+        files.items += [(p, name) for p in images]
     loose = [p for p in folder.iterdir() if _is_image(p) and _visible(p, folder)]
     if loose:
         problems.warn(
@@ -80,12 +83,20 @@ def scan_class_folders(folder: Path, problems: Problems) -> SplitFiles:
 
 
 def read_list(path: Path, problems: Problems) -> SplitFiles:
-    """`path,label` rows (TXT may be whitespace-separated); paths are relative to the list file."""
+    """`path,label` rows (TXT may be whitespace-separated); paths are relative to the list file.
+
+    A row naming a file outside the list's folder (`../x.png`, `/abs/x.png`) is skipped and
+    reported, so a list cannot pull in files from elsewhere by accident, unless the list's first
+    line is ALLOW_OUTSIDE_PATHS.
+    """
     files = SplitFiles(origin=str(path))
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read list file {path}: {exc}") from None
+    folder = os.path.abspath(path.parent)
+    allow_outside = bool(lines) and lines[0].strip() == ALLOW_OUTSIDE_PATHS
+    outside = 0
     labels = set()
     first_row = True
     for number, line in enumerate(lines, 1):
@@ -105,9 +116,18 @@ def read_list(path: Path, problems: Problems) -> SplitFiles:
         first_row = False
         file, label = path.parent / fields[0], fields[1]
         labels.add(label)
-        if file.is_file():
+        listed = f"listed in {path.name} line {number}"
+        if not allow_outside and not Path(os.path.abspath(file)).is_relative_to(folder):
+            outside += 1
+            files.missing.append((str(file), f"{listed} but outside the list's folder"))
+        elif file.is_file():
             files.items.append((file, label))
         else:
-            files.missing.append((str(file), f"listed in {path.name} line {number} but not found"))
+            files.missing.append((str(file), f"{listed} but not found"))
+    if outside:
+        problems.warn(
+            f"{outside} row(s) of {path} name files outside the list's folder: skipped "
+            f"(to use them, make '{ALLOW_OUTSIDE_PATHS}' the list's first line)"
+        )
     files.classes = sorted(labels)
     return files

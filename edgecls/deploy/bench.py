@@ -28,6 +28,7 @@ from edgecls.deploy.runtime import ModelInfo, OnnxPredictor, OpenVINOPredictor, 
 from edgecls.errors import UserError
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass
@@ -107,6 +108,23 @@ class _Exports:
         return OpenVINOPredictor(self.path("int8" if precision == "int8" else "openvino"))
 
 
+def check_choices(backends: list[str], precisions: list[str]) -> None:
+    """Refuse names bench does not know, and INT8 without the one backend that runs it."""
+    unknown = set(backends) - set(BACKENDS)
+    if unknown:
+        raise UserError(
+            f"unknown backend(s) {', '.join(sorted(unknown))}: choose from {', '.join(BACKENDS)}"
+        )
+    unknown = set(precisions) - set(PRECISIONS)
+    if unknown:
+        raise UserError(
+            f"unknown precision(s) {', '.join(sorted(unknown))}: "
+            f"choose from {', '.join(PRECISIONS)}"
+        )
+    if "int8" in precisions and "openvino" not in backends:
+        raise UserError("INT8 is for OpenVINO only: add openvino to --backends")
+
+
 def bench_model(
     spec: str,
     backends: list[str],
@@ -118,9 +136,7 @@ def bench_model(
     num_classes: int = 1000,
 ) -> list[BenchRow]:
     """Time one model on each backend and precision (INT8 is OpenVINO's only)."""
-    unknown = set(backends) - set(BACKENDS)
-    if unknown:
-        raise UserError(f"unknown backend(s) {', '.join(sorted(unknown))}: choose from {BACKENDS}")
+    check_choices(backends, precisions)
     path = Path(spec)
     if path.suffix in (".onnx", ".xml"):
         predictor = OnnxPredictor(path) if path.suffix == ".onnx" else OpenVINOPredictor(path)

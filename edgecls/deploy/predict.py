@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from edgecls.data import IMAGE_EXTENSIONS, BadImageError, load_image, to_tensor
+from edgecls.data import IMAGE_EXTENSIONS, BadImageError, load_image, printable_path, to_tensor
 from edgecls.deploy.runtime import load_predictor
 from edgecls.errors import UserError
 
@@ -52,14 +52,14 @@ def predict_images(
             tensors.append(to_tensor(load_image(path, info.grayscale), info.input_size))
             readable.append(path)
         except BadImageError as error:
-            skipped.append((str(path), error.reason))
+            skipped.append((error.path, error.reason))
     if not tensors:
         return [], skipped
     probabilities = torch.from_numpy(predictor.predict_proba(torch.stack(tensors)))
     k = min(top_k, len(info.classes))
     values, indices = probabilities.topk(k, dim=1)
     predictions = [
-        Prediction(str(path), [info.classes[i] for i in idx.tolist()], val.tolist())
+        Prediction(printable_path(path), [info.classes[i] for i in idx.tolist()], val.tolist())
         for path, val, idx in zip(readable, values, indices, strict=True)
     ]
     return predictions, skipped
@@ -68,6 +68,7 @@ def predict_images(
 def write_predictions_csv(predictions: list[Prediction], path: Path) -> None:
     k = max((len(p.labels) for p in predictions), default=0)
     header = ["path"] + [f"{name}{i}" for i in range(1, k + 1) for name in ("label", "prob")]
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)

@@ -6,11 +6,15 @@ import torch
 from torch import nn
 
 from edgecls.data import to_float
+from edgecls.errors import UserError
 
 
 def select_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA when there is a GPU; asking for CUDA without one is a user error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name}, but this machine has no usable CUDA GPU: use device=cpu")
     return torch.device(name)
 
 
