@@ -170,8 +170,8 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, **options)
 
             plan = make_plan(data, user_values, started=started)
             planned = plan.values
-            for table in plan_tables(plan):
-                err.print(table)
+            for table in plan_tables(plan) if plan.candidates else []:
+                out.print(table)
         if plan_only:
             if plan is None:
                 raise UserError("--plan plans a run for DATA without a recipe")

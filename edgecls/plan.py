@@ -100,6 +100,8 @@ class Plan:
 
 def profile_data(spec: str) -> DataProfile:
     """Count, classes, typical size and colour of DATA, from file headers (nothing decoded)."""
+    from edgecls.data import BUILTIN_DATASETS
+    from edgecls.data.loader import no_such_data
     from edgecls.data.sources import discover
     from edgecls.data.splits import Problems
 
@@ -108,8 +110,13 @@ def profile_data(spec: str) -> DataProfile:
         return DataProfile(count, classes, side, grey, 1.0)
     path = Path(spec).expanduser()
     if not path.exists():
-        return DataProfile(0, 0, 224, False, 1.0)  # loading will name the problem
-    files = discover(path, Problems())
+        if spec.lower() in BUILTIN_DATASETS:  # a torchvision dataset: its root says more
+            return DataProfile(0, 0, 224, False, 1.0)
+        raise no_such_data(spec)
+    problems = Problems()
+    files = discover(path, problems)
+    if problems.errors:  # the same first problem loading the data would stop at
+        raise UserError(problems.errors[0])
     items = [item for split in files.values() for item in split.items]
     per_class = Counter(label for _, label in files["train"].items)
     step = max(1, len(items) // PROFILE_SAMPLE)
@@ -251,12 +258,23 @@ def _batch_size(images: int, input_size: int) -> int:
 def candidates_for(profile: DataProfile, user: dict[str, Any]) -> list[Candidate]:
     sizes = [user["input_size"]] if "input_size" in user else input_sizes(profile.median_side)
     models: list[tuple[str, str]] = []
+    pretrained = user.get("pretrained")
     if "model" in user:
-        source = weights_source(user["model"]) if user.get("pretrained", True) else None
-        models.append((user["model"], source or "scratch"))
+        if pretrained and "weights" not in user:
+            source = weights_source(user["model"]) or "imagenet: hub"
+        else:
+            source = "your weights" if "weights" in user else "scratch"
+        models.append((user["model"], source))
     else:
-        models += [(m, s) for m in PRETRAINED_MODELS if (s := weights_source(m))][:2]
-        models += [(m, "scratch") for m in SCRATCH_MODELS]
+        if pretrained is not False:
+            models += [(m, s) for m in PRETRAINED_MODELS if (s := weights_source(m))][:2]
+        if not pretrained:
+            models += [(m, "scratch") for m in SCRATCH_MODELS]
+    if not models:
+        raise UserError(
+            "no ImageNet weights are at hand for any candidate model: name one with --model "
+            "(weights come from the timm hub) or pass weights=FILE"
+        )
     return [
         Candidate(model, size, weights, user.get("batch_size") or _batch_size(profile.images, size))
         for model, weights in models
@@ -300,6 +318,8 @@ def make_plan(
     train_images = max(1, round(profile.images * 0.8))
     free_bytes = machine["free_memory_bytes"]
 
+    if "model" in user or "weights" in user:  # a wrong name or weights file fails here, first
+        create_model(build_config(user, {"input_size": 32}), max(2, profile.classes))
     candidates = candidates_for(profile, user)
     for candidate in candidates:
         measure(candidate, channels, profile.classes)

@@ -85,6 +85,8 @@ def test_pretrained_weights_offline_give_a_clear_message(tmp_path):
             "edgecls",
             "train",
             "digits",
+            "--model",
+            "mobilenetv3_large_100",
             "--pretrained",
             "--quiet",
             "--run-dir",

@@ -58,13 +58,17 @@ def load_dataset(
         )
         dataset = _finish(name, parts.classes, parts.splits, [], val_fraction, seed, problems)
     else:
-        raise UserError(
-            f"no such file, folder or built-in dataset {spec!r} "
-            f"(built-ins: {', '.join(BUILTIN_DATASETS)})"
-        )
+        raise no_such_data(spec)
     if strict and problems.errors:
         raise UserError(problems.errors[0])
     return dataset
+
+
+def no_such_data(spec: str) -> UserError:
+    return UserError(
+        f"no such file, folder or built-in dataset {spec!r} "
+        f"(built-ins: {', '.join(BUILTIN_DATASETS)})"
+    )
 
 
 def load_configured_dataset(

@@ -134,8 +134,7 @@ def _storage(config: Config, run_dir: Path | None) -> optuna.storages.BaseStorag
     except Exception as error:  # sqlalchemy and drivers raise their own types
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise UserError(
-            f"cannot open the LR-search storage {redact_url(url)}: "
-            f"{message or type(error).__name__}"
+            f"cannot open lr_search_storage {redact_url(url)}: {message or type(error).__name__}"
         ) from None
 
 

@@ -143,6 +143,7 @@ class BudgetLinearSchedule(_SavedFields):
     base_lr: float
     seconds: float  # the training time available
     warmup_epochs: int = 1
+    max_epochs: int = 200
     spent: float = 0.0
     epochs_done: int = 0
     last_epoch_seconds: float = 0.0
@@ -158,7 +159,8 @@ class BudgetLinearSchedule(_SavedFields):
     def estimated_epochs(self) -> int | None:
         if not self.epochs_done:
             return None
-        return self.epochs_done + int(self.time_left / self.next_epoch_seconds())
+        fit = self.epochs_done + int(self.time_left / self.next_epoch_seconds())
+        return min(self.max_epochs, fit)
 
     def lr(self, epoch: int) -> float:
         warm = warmup_lr(self.base_lr, epoch, self.warmup_epochs)
@@ -174,7 +176,7 @@ class BudgetLinearSchedule(_SavedFields):
         self.spent += seconds
         self.epochs_done = epoch + 1
         self.last_epoch_seconds = seconds
-        return self.time_left < self.next_epoch_seconds()
+        return self.time_left < self.next_epoch_seconds() or epoch + 1 >= self.max_epochs
 
 
 Schedule = ReduceLROnPlateauV2 | CosineSchedule | ConstantSchedule | BudgetLinearSchedule
@@ -189,7 +191,9 @@ def create_schedule(config: Config, train_seconds: float | None = None) -> Sched
             if config.time_budget is None:
                 raise UserError("schedule=budget_linear needs a time_budget (e.g. 5m)")
             train_seconds = parse_duration(config.time_budget)
-        return BudgetLinearSchedule(config.lr, train_seconds, config.warmup_epochs)
+        return BudgetLinearSchedule(
+            config.lr, train_seconds, config.warmup_epochs, config.max_epochs
+        )
     if config.schedule == "constant":
         return ConstantSchedule(config.lr, config.max_epochs)
     if config.schedule == "cosine":
