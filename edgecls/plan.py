@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import torch
 from PIL import Image
@@ -142,8 +143,8 @@ def _looks_grey(image: Image.Image) -> bool:
     """An RGB image whose channels agree (saved as colour, grey in fact), checked on a thumbnail."""
     if image.mode not in ("RGB", "RGBA", "P"):
         return False
-    small = image.convert("RGB").resize((16, 16))
-    return all(max(pixel) - min(pixel) <= 8 for pixel in small.getdata())
+    small = np.asarray(image.convert("RGB").resize((16, 16)), dtype=np.int16)
+    return bool((small.max(axis=2) - small.min(axis=2) <= 8).all())
 
 
 # --- the machine ------------------------------------------------------------------------------

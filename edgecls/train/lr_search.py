@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,9 @@ def _storage(config: Config, run_dir: Path | None) -> optuna.storages.BaseStorag
         )
     try:
         if url.startswith(("sqlite:", "postgresql", "mysql")):
-            return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
+            with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
         return optuna.storages.get_storage(url)
     except Exception as error:  # sqlalchemy and drivers raise their own types
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
