@@ -242,12 +242,13 @@ def measure_latency(candidate: Candidate, channels: int, classes: int) -> None:
 # --- choosing ---------------------------------------------------------------------------------
 
 
-def input_sizes(median_side: int) -> list[int]:
-    """The images' own scale rounded up to a multiple of 32 (at most 224), then halved to 32."""
-    top = min(224, max(32, math.ceil(median_side / 32) * 32))
+def input_sizes(median_side: int, smallest: int = 32) -> list[int]:
+    """The images' own scale rounded up to a multiple of 32 (at most 224), then halved down to
+    `smallest`."""
+    top = min(224, max(smallest, math.ceil(median_side / 32) * 32))
     sizes = [top]
-    while sizes[-1] > 32:
-        sizes.append(max(32, (sizes[-1] // 2 + 31) // 32 * 32))
+    while sizes[-1] > smallest:
+        sizes.append(max(smallest, (sizes[-1] // 2 + 31) // 32 * 32))
     return sorted(set(sizes), reverse=True)[:3]
 
 
@@ -257,7 +258,14 @@ def _batch_size(images: int, input_size: int) -> int:
 
 
 def candidates_for(profile: DataProfile, user: dict[str, Any]) -> list[Candidate]:
-    sizes = [user["input_size"]] if "input_size" in user else input_sizes(profile.median_side)
+    """Models to measure, each at its input sizes: ImageNet features need at least 64 px (the
+    last feature map of a 32 px input is a single pixel), a model from scratch does not."""
+
+    def sizes(weights: str) -> list[int]:
+        if "input_size" in user:
+            return [user["input_size"]]
+        return input_sizes(profile.median_side, 32 if weights == "scratch" else 64)
+
     models: list[tuple[str, str]] = []
     pretrained = user.get("pretrained")
     if "model" in user:
@@ -279,17 +287,18 @@ def candidates_for(profile: DataProfile, user: dict[str, Any]) -> list[Candidate
     return [
         Candidate(model, size, weights, user.get("batch_size") or _batch_size(profile.images, size))
         for model, weights in models
-        for size in sizes
+        for size in sizes(weights)
     ]
 
 
-def _preference(candidate: Candidate, profile: DataProfile) -> tuple:
+def _preference(candidate: Candidate, profile: DataProfile, order: int) -> tuple:
+    """Fits; ImageNet weights on small data, from scratch on large; larger input; listed first."""
     pretrained = candidate.weights != "scratch"
     return (
         candidate.fits,
         pretrained if profile.images < SMALL_DATA else not pretrained,
         candidate.input_size,
-        candidate.memory_bytes,
+        -order,
     )
 
 
@@ -348,7 +357,7 @@ def make_plan(
         if candidate.epochs < MIN_EPOCHS[kind]:
             candidate.fits = False
             candidate.why_not = f"only {candidate.epochs} epochs fit the budget"
-    chosen = max(candidates, key=lambda c: _preference(c, profile))
+    chosen = max(candidates, key=lambda c: _preference(c, profile, candidates.index(c)))
     if not chosen.fits:
         if max_latency_ms is not None and all(
             c.why_not.endswith("max_latency_ms") for c in candidates
@@ -401,11 +410,11 @@ def make_plan(
         reasons["lr"] = "no budget: the paper's full adaptive recipe"
     if not pretrained:
         notes.append("no ImageNet weights at hand for the chosen model: training from scratch")
+    values["eval_batch_size"] = _eval_batch(chosen, free_bytes)
     user_keys = sorted(k for k in user if k in Config.__dataclass_fields__)
     for key in user_keys:
         values.pop(key, None)
         reasons[key] = "yours"
-    values["eval_batch_size"] = _eval_batch(chosen, free_bytes)
     return Plan(
         values=values,
         reasons=reasons,

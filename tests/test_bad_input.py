@@ -178,6 +178,30 @@ def text_file(tmp: Path) -> None:
     (tmp / "note.png").write_text("not an image")
 
 
+def saved_run(config_text: str) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        (tmp / "r").mkdir()
+        (tmp / "r" / "config.yaml").write_text(config_text)
+
+    return write
+
+
+class CodeOnLoad:
+    """A pickle that would create a file when loaded blindly."""
+
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/edgecls-test-pwned",))
+
+
+def crafted_checkpoint(tmp: Path) -> None:
+    torch.save({"model": CodeOnLoad(), "classes": ["0", "1"]}, tmp / "crafted.pt")
+
+
+def a_folder_of_mine(tmp: Path) -> None:
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("precious")
+
+
 def corrupt_checkpoint(tmp: Path) -> None:
     (tmp / "corrupt.pt").write_bytes(b"\x00" * 100)
 
@@ -468,6 +492,52 @@ CASES = [
         then=nothing_created,
     ),
     Case("resume nothing", "train --resume {tmp}", 2, "nothing to resume"),
+    Case("resume, empty config.yaml", "train --resume {tmp}/r", 2, "empty", saved_run("")),
+    Case(
+        "resume, invalid config.yaml",
+        "train --resume {tmp}/r",
+        2,
+        "not valid YAML",
+        saved_run("model: [unclosed\n"),
+    ),
+    Case(
+        "resume changing the model",
+        "train --resume {tmp}/r model=resnet18",
+        2,
+        "cannot change model",
+        saved_run("data: digits\nmodel: mobilenetv3_small_100\n"),
+    ),
+    Case(
+        "resume with an LR search",
+        "train --resume {tmp}/r lr=tpe",
+        2,
+        "takes a number for lr",
+        saved_run("data: digits\nmodel: mobilenetv3_small_100\n"),
+    ),
+    Case(
+        "checkpoint that runs code",
+        "eval {tmp}/crafted.pt {data}",
+        2,
+        "refusing to load",
+        crafted_checkpoint,
+        then=lambda tmp: not Path("/tmp/edgecls-test-pwned").exists() or pytest.fail("ran"),
+    ),
+    Case(
+        "overwrite a folder that is no run",
+        "train {data} --recipe digits --quiet --overwrite --run-dir {tmp}/mine",
+        2,
+        "refusing to empty",
+        a_folder_of_mine,
+        then=lambda tmp: (tmp / "mine" / "notes.txt").read_text() == "precious" or pytest.fail(),
+    ),
+    Case(
+        "storage password never shown",
+        "train {data} lr=tpe lr_search_storage=postgresql://bob:s3cret@127.0.0.1:1/x " + TRAIN,
+        2,
+        "postgresql://bob:***@127.0.0.1:1/x",
+    ),
+    Case("time_budget not a duration", "train {data} time_budget=soon", 2, "time_budget"),
+    Case("time_budget too small", "train {data} time_budget=1s --quiet", 2, "too small"),
     Case("corrupt images listed", "check-data {data}", 0, "truncated.png", corrupt_files),
     Case(
         "class of corrupt images",

@@ -50,12 +50,16 @@ def test_input_sizes_start_at_the_images_scale():
     assert input_sizes(20) == [32]
     assert input_sizes(100) == [128, 64, 32]
     assert input_sizes(1000) == [224, 128, 64]
+    assert input_sizes(20, smallest=64) == [64]  # ImageNet features need 64 px or more
 
 
 def test_small_grey_images_get_a_small_grey_input(small_grey):
     plan = make_plan(str(small_grey), {"time_budget": "10m"})
-    assert plan.values["input_size"] == 32 and plan.values["grayscale"] is True
+    assert plan.values["grayscale"] is True
     assert plan.values["pretrained"] is True  # 18 images: ImageNet weights beat scratch
+    assert plan.values["input_size"] == 64  # the smallest an ImageNet model is given
+    scratch = [c.input_size for c in plan.candidates if c.weights == "scratch"]
+    assert set(scratch) == {32}  # from scratch: the images' own scale, rounded up
     assert all(c.train_images_per_second > 0 and c.memory_bytes > 0 for c in plan.candidates)
     assert plan.values["schedule"] == "budget_linear" and plan.budget_seconds == 600
 
