@@ -39,6 +39,7 @@ EXPORT_RESERVE = 0.05  # and for exporting, when asked to
 DECODE_SECONDS_PER_IMAGE = 0.002  # reading and resizing one image file, 2 cores
 # Epochs a candidate must reach within the budget to be worth training.
 MIN_EPOCHS = {"imagenet": 8, "scratch": 20}
+MIN_SHORT_EPOCHS = 3  # when nothing reaches its minimum, the most epochs, if at least this many
 # Images below this count favour ImageNet weights over a from-scratch model.
 SMALL_DATA = 20_000
 SCRATCH_MODELS = ("mobilenetv3_small_100", "mobilenetv3_large_100")
@@ -54,15 +55,18 @@ BUILTIN_PROFILES = {
     "svhn": (73257, 10, 32, False),
 }
 PROFILE_SAMPLE = 300  # image headers read to learn sizes and colour
+VAL_FRACTION = Config.val_fraction  # what is split off for validation when DATA has no val/
 
 
 @dataclass
 class DataProfile:
-    images: int
+    images: int  # in every split
     classes: int
     median_side: int  # the shorter side of a typical image, in pixels
     grayscale: bool
     imbalance: float  # largest class / smallest class
+    training_images: int = 0  # what an epoch trains on (the train split less its validation part)
+    validation_images: int = 0
 
 
 @dataclass
@@ -108,7 +112,8 @@ def profile_data(spec: str) -> DataProfile:
 
     if spec.lower() in BUILTIN_PROFILES and not Path(spec).exists():
         count, classes, side, grey = BUILTIN_PROFILES[spec.lower()]
-        return DataProfile(count, classes, side, grey, 1.0)
+        validation = round(VAL_FRACTION * count)
+        return DataProfile(count, classes, side, grey, 1.0, count - validation, validation)
     path = Path(spec).expanduser()
     if not path.exists():
         if spec.lower() in BUILTIN_DATASETS:  # a torchvision dataset: its root says more
@@ -130,7 +135,11 @@ def profile_data(spec: str) -> DataProfile:
         except (OSError, ValueError, Image.DecompressionBombError):
             continue
     sides.sort()
+    train = len(files["train"].items)
+    validation = len(files["val"].items) if "val" in files else round(VAL_FRACTION * train)
     return DataProfile(
+        training_images=train if "val" in files else train - validation,
+        validation_images=validation,
         images=len(items),
         classes=len(per_class),
         median_side=sides[len(sides) // 2] if sides else 224,
@@ -285,7 +294,12 @@ def candidates_for(profile: DataProfile, user: dict[str, Any]) -> list[Candidate
             "(weights come from the timm hub) or pass weights=FILE"
         )
     return [
-        Candidate(model, size, weights, user.get("batch_size") or _batch_size(profile.images, size))
+        Candidate(
+            model,
+            size,
+            weights,
+            user.get("batch_size") or _batch_size(profile.training_images, size),
+        )
         for model, weights in models
         for size in sizes(weights)
     ]
@@ -296,7 +310,7 @@ def _preference(candidate: Candidate, profile: DataProfile, order: int) -> tuple
     pretrained = candidate.weights != "scratch"
     return (
         candidate.fits,
-        pretrained if profile.images < SMALL_DATA else not pretrained,
+        pretrained if profile.training_images < SMALL_DATA else not pretrained,
         candidate.input_size,
         -order,
     )
@@ -316,7 +330,7 @@ def make_plan(
     max_latency_ms = user.get("max_latency_ms")
     profile = profile_data(spec)
     machine = machine or describe_machine()
-    if not profile.images:  # nothing to plan for: loading the data names the problem
+    if not profile.training_images:  # nothing to plan for: loading the data names the problem
         return Plan({}, {}, [], profile, machine, None)
     notes: list[str] = []
     if budget is None and machine["device"] == "cpu":
@@ -325,7 +339,6 @@ def make_plan(
     budget_seconds = parse_duration(budget) if budget is not None else None
     grey = user.get("grayscale", profile.grayscale)
     channels = 1 if grey else 3
-    train_images = max(1, round(profile.images * 0.8))
     free_bytes = machine["free_memory_bytes"]
 
     if "model" in user or "weights" in user:  # a wrong name or weights file fails here, first
@@ -351,12 +364,19 @@ def make_plan(
                 continue
         if budget_seconds is None:
             continue
-        epoch_seconds = 1.25 * train_images / candidate.train_images_per_second  # + validation
+        speed = candidate.train_images_per_second  # evaluation runs about 3x faster
+        epoch_seconds = (profile.training_images + profile.validation_images / 3) / speed
         candidate.epochs = max(0, int(train_seconds / epoch_seconds))
         kind = "scratch" if candidate.weights == "scratch" else "imagenet"
         if candidate.epochs < MIN_EPOCHS[kind]:
             candidate.fits = False
             candidate.why_not = f"only {candidate.epochs} epochs fit the budget"
+    short = [c for c in candidates if c.why_not.endswith("fit the budget")]
+    if short and not any(c.fits for c in candidates):
+        longest = max(short, key=lambda c: c.epochs)
+        if longest.epochs >= MIN_SHORT_EPOCHS:  # a short budget: the most epochs it allows
+            longest.fits, longest.why_not = True, ""
+            notes.append(f"a short budget: {longest.epochs} epochs, fewer than a model wants")
     chosen = max(candidates, key=lambda c: _preference(c, profile, candidates.index(c)))
     if not chosen.fits:
         if max_latency_ms is not None and all(

@@ -42,6 +42,7 @@ def large_colour(tmp_path_factory):
 def test_the_data_profile_comes_from_the_files(small_grey, large_colour):
     grey = profile_data(str(small_grey))
     assert (grey.images, grey.classes, grey.median_side, grey.grayscale) == (18, 3, 20, True)
+    assert (grey.training_images, grey.validation_images) == (14, 4)  # 20% split off
     colour = profile_data(str(large_colour))
     assert colour.median_side == 200 and not colour.grayscale
 
