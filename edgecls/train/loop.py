@@ -63,6 +63,7 @@ class Diverged(Exception):
 
 # A non-finite batch loss skips that update; this many in a row count as divergence.
 MAX_NONFINITE_BATCHES = 3
+FINAL_WRITE_SECONDS = 3.0  # metrics, plots and the summary after training
 
 
 def seed_everything(seed: int) -> None:
@@ -293,7 +294,9 @@ class Trainer:
                 set_lr(self.optimizer, lr)
                 try:
                     train_loss = self.train_one_epoch(epoch, bars, batch_task)
+                    evaluated = time.perf_counter()
                     val = self.evaluate(self.dataset.val)
+                    self.expect_final_evaluation(time.perf_counter() - evaluated)
                     if not math.isfinite(val.loss):
                         raise Diverged("non-finite validation outputs")
                 except Diverged as why:
@@ -333,6 +336,14 @@ class Trainer:
                     f"(best {state.best_top1:.1%} @ {state.best_epoch}){self.budget_status()}",
                 )
         return self.state
+
+    def expect_final_evaluation(self, val_seconds: float) -> None:
+        """A budgeted schedule keeps time for evaluating the best checkpoint on val and test
+        (and plotting), as long as this epoch's validation took, scaled to those images."""
+        if hasattr(self.schedule, "final_seconds"):
+            test = len(self.dataset.test) if self.dataset.test is not None else 0
+            scale = (len(self.dataset.val) + test) / max(1, len(self.dataset.val))
+            self.schedule.final_seconds = val_seconds * scale + FINAL_WRITE_SECONDS
 
     def budget_status(self) -> str:
         left = getattr(self.schedule, "time_left", None)

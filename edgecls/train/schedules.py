@@ -147,10 +147,11 @@ class BudgetLinearSchedule(_SavedFields):
     spent: float = 0.0
     epochs_done: int = 0
     last_epoch_seconds: float = 0.0
+    final_seconds: float = 0.0  # what the final evaluation after training will take
 
     @property
     def time_left(self) -> float:
-        return max(0.0, self.seconds - self.spent)
+        return max(0.0, self.seconds - self.spent - self.final_seconds)
 
     def next_epoch_seconds(self) -> float:
         """The mean epoch so far, or the last one if epochs got slower (another job started)."""
