@@ -106,23 +106,17 @@ def test_a_non_finite_loss_skips_the_update(small_digits):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def train_small_at_lr_10(run: Path, *settings: str):
+    """lr=10 diverges at once on the small model; lr=1 within an epoch or two; lr=0.1 trains."""
+    small = [f"{k}={v}" for k, v in SMALL.items()]
+    arguments = ["--recipe", "digits", "--run-dir", run, "--quiet", "lr=10", "warmup_epochs=0"]
+    return invoke("train", "digits", *arguments, *small, *settings)
+
+
 @pytest.mark.slow
 def test_divergence_rolls_back_at_a_lower_lr_and_is_recorded(tmp_path):
     run = tmp_path / "run"
-    # lr=10 diverges at once on this model, lr=1 within an epoch or two, lr=0.1 trains.
-    result = invoke(
-        "train",
-        "digits",
-        "--recipe",
-        "digits",
-        "--run-dir",
-        run,
-        "--quiet",
-        "lr=10",
-        "max_epochs=3",
-        "warmup_epochs=0",
-        *[f"{k}={v}" for k, v in SMALL.items()],
-    )
+    result = train_small_at_lr_10(run, "max_epochs=3")
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
     scales = [r["lr_scale"] for r in metrics["rollbacks"]]
@@ -136,19 +130,7 @@ def test_divergence_rolls_back_at_a_lower_lr_and_is_recorded(tmp_path):
 
 
 def test_a_run_that_keeps_diverging_stops_with_one_line(tmp_path):
-    result = invoke(
-        "train",
-        "digits",
-        "--recipe",
-        "digits",
-        "--run-dir",
-        tmp_path / "run",
-        "--quiet",
-        "lr=10",
-        "max_rollbacks=1",
-        "warmup_epochs=0",
-        *[f"{k}={v}" for k, v in SMALL.items()],
-    )
+    result = train_small_at_lr_10(tmp_path / "run", "max_rollbacks=1")
     message = fails_cleanly(result, contains="diverged")
     assert "after 1 rollback" in message and "lower lr" in message
 
