@@ -141,6 +141,9 @@ def main() -> None:
     parser.add_argument("--budget", default="5m", help="time_budget of the full datasets")
     parser.add_argument("--small-budget", default="2m", help="time_budget of the 200-image ones")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--options", default="", help="key=value settings for the planned runs, comma-separated"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -150,14 +153,16 @@ def main() -> None:
             for label, data in make_tasks(name, Path(folder) / "data", args.seed):
                 budget = args.small_budget if label.endswith("200") else args.budget
                 runs = Path(folder) / "runs" / label.replace(" ", "-")
-                auto = run_edgecls(data, runs / "auto", [f"time_budget={budget}"])
+                options = [f"time_budget={budget}", *filter(None, args.options.split(","))]
+                auto = run_edgecls(data, runs / "auto", options)
                 recipe = run_edgecls(data, runs / "recipe", ["--recipe", "digits"])
                 svc = run_svc(data, 8 if name == "digits" else 28)
                 row = {"data": label, "budget": budget, "auto": auto, "recipe": recipe, "svc": svc}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     lines = [
-        "`edgecls train DATA time_budget=B` (nothing else) vs `--recipe digits` "
+        f"`edgecls train DATA time_budget=B {args.options.replace(',', ' ')}`".replace(" `", "`")
+        + " vs `--recipe digits` "
         "(MobileNetV3-small from scratch, 32x32, at most 60 epochs) vs scikit-learn `SVC()` on raw "
         "pixels (8x8 digits, 28x28 others), "
         f"same training images, same evaluation images, seed {args.seed}, 2-core CPU.",

@@ -15,6 +15,7 @@ Every value the user gave wins; the plan says which choices were the user's.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -38,8 +39,23 @@ BUDGET_RESERVE = 0.03  # share of a time budget kept for the final evaluation
 EXPORT_RESERVE = 0.05  # and for exporting, when asked to
 DECODE_SECONDS_PER_IMAGE = 0.002  # reading and resizing one image file, 2 cores
 # Epochs a candidate must reach within the budget to be worth training.
-MIN_EPOCHS = {"imagenet": 8, "scratch": 20}
+MIN_EPOCHS = {"imagenet": 10, "scratch": 15}
 MIN_SHORT_EPOCHS = 3  # when nothing reaches its minimum, the most epochs, if at least this many
+# Epochs the paper's full recipe (SAM, mutual learning, AugMix) must still reach within the
+# budget, at its measured cost; below that its costliest ingredients are dropped first.
+FULL_RECIPE_EPOCHS = {"imagenet": 30, "scratch": 60}
+LR_SEARCH_SHARE = 0.1  # of the budget's epochs, at most, spent on the LR search
+LR_SEARCH_MIN_TRIALS, LR_SEARCH_MIN_EPOCHS = 5, 2  # a smaller search is not worth it
+# Fewer planned epochs than this get `light` augmentation (compare on Fashion-MNIST with
+# `benchmarks/auto_plan.py --datasets fashion-mnist --options augment=basic`).
+LIGHT_AUGMENT_EPOCHS = 60
+INGREDIENTS = {"sam": "SAM", "mutual": "mutual learning", "augmix": "AugMix"}
+BUDGET_SCHEDULE = "budget_linear"  # measured against plateau_v2: benchmarks/budget_schedule.py
+SCHEDULE_REASONS = {
+    "budget_linear": "the LR decays linearly to zero at the end of the budget, re-planned from "
+    "measured epoch times",
+    "plateau_v2": "the paper's plateau schedule, with its forced decay at 75% of the time",
+}
 # Images below this count favour ImageNet weights over a from-scratch model.
 SMALL_DATA = 20_000
 SCRATCH_MODELS = ("mobilenetv3_small_100", "mobilenetv3_large_100")
@@ -227,6 +243,51 @@ def measure(candidate: Candidate, channels: int, classes: int, steps: int = 2) -
     candidate.memory_bytes = activations + 4 * parameters  # weights, grads, momentum, copy
 
 
+def measure_ingredients(
+    candidate: Candidate, channels: int, classes: int, config: Config
+) -> dict[str, float]:
+    """How many times a plain training step each ingredient of the paper's recipe costs, timed
+    on this machine: SAM's second pass, mutual learning's second model, per-image AugMix."""
+    from edgecls.data import Dataset, ImageSplit
+    from edgecls.data.augmix import augmix_transform
+    from edgecls.train.loop import Trainer
+
+    size, batch = candidate.input_size, candidate.batch_size
+    images = torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8)
+    labels = torch.arange(batch) % max(2, classes)
+    split = ImageSplit(images, labels, [""] * batch)
+    names = [str(i) for i in range(max(2, classes))]
+    dataset = Dataset("planning", names, split, split, None, [], [], False)
+    pixels = images.float() / 255
+
+    def step_seconds(**change: Any) -> float:
+        trial = dataclasses.replace(config, lr=0.0, schedule="constant", **change)
+        trainer = Trainer(trial, None, dataset, progress=False)
+        batch_pixels = pixels.to(trainer.device).contiguous(memory_format=trainer.memory_format)
+        batch_labels = labels.to(trainer.device)
+        trainer.step(batch_pixels, batch_labels)  # warm-up
+        started = time.perf_counter()
+        trainer.step(batch_pixels, batch_labels)
+        return time.perf_counter() - started
+
+    plain = step_seconds(sam=False, mutual=False)
+    costs = {
+        "sam": step_seconds(sam=True, mutual=False) / plain,
+        "mutual": step_seconds(sam=False, mutual=True) / plain,
+    }
+    transform = augmix_transform(size, channels == 1, hflip=config.hflip)
+    pictures = [Image.fromarray(i.permute(1, 2, 0).squeeze(-1).numpy()) for i in images[:16]]
+    started = time.perf_counter()
+    for picture in pictures:
+        transform(picture)
+    augmix_seconds = (time.perf_counter() - started) / len(pictures) * batch
+    if torch.cuda.is_available():  # loader processes work beside the GPU
+        costs["augmix"] = max(1.0, augmix_seconds / max(1, config.workers) / plain)
+    else:  # they take the cores the training step uses
+        costs["augmix"] = 1 + augmix_seconds / plain
+    return {name: round(cost, 2) for name, cost in costs.items()}
+
+
 def measure_latency(candidate: Candidate, channels: int, classes: int) -> None:
     """Batch-1 latency of the candidate exported to ONNX Runtime, as it would be deployed."""
     import tempfile
@@ -268,12 +329,17 @@ def _batch_size(images: int, input_size: int) -> int:
 
 def candidates_for(profile: DataProfile, user: dict[str, Any]) -> list[Candidate]:
     """Models to measure, each at its input sizes: ImageNet features need at least 64 px (the
-    last feature map of a 32 px input is a single pixel), a model from scratch does not."""
+    last feature map of a 32 px input is a single pixel); a model from scratch is also measured
+    at 32 px, for budgets too short for 64."""
 
     def sizes(weights: str) -> list[int]:
         if "input_size" in user:
             return [user["input_size"]]
-        return input_sizes(profile.median_side, 32 if weights == "scratch" else 64)
+        if weights != "scratch":
+            return input_sizes(profile.median_side, 64)
+        # Tiny images also at 64 px, upscaled: the model then keeps a 2x2 last feature map, and
+        # trains better per second than at 32 px when the budget gives it enough epochs.
+        return sorted({*input_sizes(profile.median_side, 32), 64}, reverse=True)[:3]
 
     models: list[tuple[str, str]] = []
     pretrained = user.get("pretrained")
@@ -412,22 +478,60 @@ def make_plan(
         "input_size": f"images are about {profile.median_side} px on the shorter side",
         "grayscale": "every sampled image is grey" if grey else "colour images",
     }
-    if budget_seconds is not None:
-        values["time_budget"] = budget_seconds
-        values["schedule"] = "budget_linear"
-        values["max_epochs"] = 200
-        reasons["max_epochs"] = (
-            f"about {chosen.epochs} epochs fit {budget} at the measured speed; the LR decays to "
-            "zero at the end of the budget, re-planned from measured epoch times"
-        )
-        reasons["lr"] = "fixed: the budget leaves no room for an LR search"
-    else:
-        values["lr"] = "tpe"
-        values["sam"] = True
-        values["no_bias_decay"] = True
-        values["augment"] = "augmix"
-        values["mutual"] = "mobilenetv3" in chosen.model
+    full_recipe = {
+        "sam": True,
+        "mutual": "mobilenetv3" in chosen.model,  # the paper pairs its MobileNetV3s
+        "augment": "augmix",
+        "no_bias_decay": True,
+    }
+    if budget_seconds is None:
+        values.update(full_recipe, lr="tpe")
         reasons["lr"] = "no budget: the paper's full adaptive recipe"
+    else:
+        values.update(time_budget=budget_seconds, schedule=BUDGET_SCHEDULE, max_epochs=200)
+        config = build_config({**user, **values, "lr": 0.01})
+        costs = measure_ingredients(chosen, channels, profile.classes, config)
+        kind = "scratch" if not pretrained else "imagenet"
+        wanted = [name for name in ("sam", "mutual", "augmix") if full_recipe.get(name, True)]
+        kept, dropped = affordable_ingredients(
+            costs, wanted, chosen.epochs, FULL_RECIPE_EPOCHS[kind]
+        )
+        values.update(
+            sam="sam" in kept,
+            mutual="mutual" in kept,
+            augment="augmix" if "augmix" in kept else _batch_augment(chosen.epochs),
+            no_bias_decay=True,
+        )
+        epochs = chosen.epochs / math.prod(costs[n] for n in kept)
+        if values["augment"] == "light":
+            reasons["augment"] = "a short run: no rotation or colour jitter, which it underfits"
+        described = ", ".join(f"{INGREDIENTS[n]} x{costs[n]:.1f}" for n in dropped)
+        if dropped:
+            notes.append(f"dropped for the budget, costliest first: {described}")
+        if kept:
+            notes.append(
+                "kept from the paper's recipe: "
+                + ", ".join(f"{INGREDIENTS[n]} x{costs[n]:.1f}" for n in kept)
+            )
+        search = _lr_search_size(chosen.epochs / (costs["augmix"] if "augmix" in kept else 1))
+        if search is not None:
+            trials, trial_epochs = search
+            values.update(lr="tpe", lr_search_trials=trials, lr_search_epochs=trial_epochs)
+            epochs *= 1 - LR_SEARCH_SHARE
+            reasons["lr"] = (
+                f"TPE search, {trials} trials of {trial_epochs} epochs: about "
+                f"{LR_SEARCH_SHARE:.0%} of the budget"
+            )
+        else:
+            reasons["lr"] = (
+                f"fixed: an LR search of {LR_SEARCH_MIN_TRIALS} trials of "
+                f"{LR_SEARCH_MIN_EPOCHS} epochs would take more than {LR_SEARCH_SHARE:.0%} "
+                "of the budget"
+            )
+        reasons["max_epochs"] = (
+            f"about {int(epochs)} epochs fit {budget} at the measured speed; "
+            + SCHEDULE_REASONS[BUDGET_SCHEDULE]
+        )
     if not pretrained:
         notes.append("no ImageNet weights at hand for the chosen model: training from scratch")
     values["eval_batch_size"] = _eval_batch(chosen, free_bytes)
@@ -447,6 +551,33 @@ def make_plan(
         seconds=round(time.perf_counter() - planning_started, 2),
         chosen=candidates.index(chosen),
     )
+
+
+def affordable_ingredients(
+    costs: dict[str, float], wanted: list[str], plain_epochs: float, needed_epochs: float
+) -> tuple[list[str], list[str]]:
+    """(kept, dropped): drop the costliest ingredient until the rest still leave `needed_epochs`
+    of the `plain_epochs` a budget fits without any."""
+    kept, dropped = list(wanted), []
+    while kept and plain_epochs / math.prod(costs[name] for name in kept) < needed_epochs:
+        dropped.append(max(kept, key=costs.__getitem__))
+        kept.remove(dropped[-1])
+    return kept, dropped
+
+
+def _batch_augment(epochs: int) -> str:
+    """A short run underfits under strong augmentation: `light` below LIGHT_AUGMENT_EPOCHS."""
+    return "light" if epochs < LIGHT_AUGMENT_EPOCHS else "basic"
+
+
+def _lr_search_size(epochs: float) -> tuple[int, int] | None:
+    """(trials, epochs per trial) of an LR search that takes about LR_SEARCH_SHARE of the
+    budget's `epochs`, or None when that share is too small for a useful search."""
+    share = LR_SEARCH_SHARE * epochs
+    trial_epochs = min(Config.lr_search_epochs, int(share // LR_SEARCH_MIN_TRIALS))
+    if trial_epochs < LR_SEARCH_MIN_EPOCHS:
+        return None
+    return min(Config.lr_search_trials, int(share // trial_epochs)), trial_epochs
 
 
 def _eval_batch(candidate: Candidate, free_bytes: int) -> int:

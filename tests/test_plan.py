@@ -12,8 +12,15 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgecls.cli import main
-from edgecls.plan import describe_machine, input_sizes, make_plan, profile_data
-from edgecls.train.schedules import BudgetLinearSchedule
+from edgecls.plan import (
+    BUDGET_SCHEDULE,
+    affordable_ingredients,
+    describe_machine,
+    input_sizes,
+    make_plan,
+    profile_data,
+)
+from edgecls.train.schedules import BudgetLinearSchedule, ReduceLROnPlateauV2, TimeBudget
 
 ONE_MODEL = {"model": "mobilenetv3_small_100"}  # one candidate model keeps planning fast
 
@@ -60,9 +67,9 @@ def test_small_grey_images_get_a_small_grey_input(small_grey):
     assert plan.values["pretrained"] is True  # 18 images: ImageNet weights beat scratch
     assert plan.values["input_size"] == 64  # the smallest an ImageNet model is given
     scratch = [c.input_size for c in plan.candidates if c.weights == "scratch"]
-    assert set(scratch) == {32}  # from scratch: the images' own scale, rounded up
+    assert set(scratch) == {64, 32}  # from scratch: the images' own scale rounded up, and 64
     assert all(c.train_images_per_second > 0 and c.memory_bytes > 0 for c in plan.candidates)
-    assert plan.values["schedule"] == "budget_linear" and plan.budget_seconds == 600
+    assert plan.values["schedule"] == BUDGET_SCHEDULE and plan.budget_seconds == 600
 
 
 def test_large_colour_images_get_a_larger_input(large_colour):
@@ -140,7 +147,7 @@ def test_a_planned_run_saves_its_plan_and_keeps_the_budget(small_grey, tmp_path)
     plan = json.loads((run / "plan.json").read_text())
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert plan["budget_seconds"] == 40 and config["model"] == plan["values"]["model"]
-    assert config["schedule"] == "budget_linear"
+    assert config["schedule"] == BUDGET_SCHEDULE
     assert wall <= 40 * 1.05, f"the 40 s budget took {wall:.1f} s"
     assert (run / "best.pt").is_file() and (run / "metrics.json").is_file()
 
@@ -148,18 +155,23 @@ def test_a_planned_run_saves_its_plan_and_keeps_the_budget(small_grey, tmp_path)
 # --- the budget-aware schedule, driven by a fake clock (the epoch times it is told) -------------
 
 
-def drive(schedule, epoch_seconds):
+def drive(schedule, budget, epoch_seconds, losses=None):
+    """Run epochs of the given durations as the trainer does: the budget records each epoch,
+    the run stops when the schedule says so or another epoch would not fit."""
     lrs = []
     for epoch, seconds in enumerate(epoch_seconds):
         lrs.append(schedule.lr(epoch))
-        if schedule.step(epoch, 1.0, 0.5, seconds):
+        budget.record(epoch, seconds)
+        stop = schedule.step(epoch, losses[epoch] if losses else 1.0, 0.5)
+        if stop or not budget.another_epoch_fits():
             return lrs, epoch + 1
     return lrs, None
 
 
 def test_budget_schedule_decays_to_zero_when_the_budget_ends():
-    schedule = BudgetLinearSchedule(base_lr=0.1, seconds=100.0, warmup_epochs=1)
-    lrs, stopped_after = drive(schedule, [10.0] * 50)
+    budget = TimeBudget(100.0)
+    schedule = BudgetLinearSchedule(base_lr=0.1, budget=budget, warmup_epochs=1)
+    lrs, stopped_after = drive(schedule, budget, [10.0] * 50)
     assert stopped_after == 10  # ten 10-second epochs fill 100 s
     assert lrs[0] == pytest.approx(0.1)  # one warmup epoch reaches the base LR
     assert lrs[1:] == pytest.approx([0.1 * (10 - e) / 9 for e in range(1, 10)])
@@ -167,15 +179,69 @@ def test_budget_schedule_decays_to_zero_when_the_budget_ends():
 
 
 def test_budget_schedule_ends_its_decay_at_max_epochs_when_those_come_first():
-    schedule = BudgetLinearSchedule(base_lr=0.1, seconds=100.0, warmup_epochs=0, max_epochs=4)
-    lrs, stopped_after = drive(schedule, [1.0] * 10)
+    budget = TimeBudget(100.0)
+    schedule = BudgetLinearSchedule(0.1, budget, warmup_epochs=0, max_epochs=4)
+    lrs, stopped_after = drive(schedule, budget, [1.0] * 10)
     assert stopped_after == 4
     assert lrs[1:] == pytest.approx([0.1 * 3 / 4, 0.1 * 2 / 4, 0.1 * 1 / 4])
 
 
 def test_budget_schedule_replans_when_epochs_get_slower():
-    schedule = BudgetLinearSchedule(base_lr=0.1, seconds=100.0, warmup_epochs=0)
-    lrs, stopped_after = drive(schedule, [10.0, 10.0, 30.0, 30.0, 30.0, 30.0])
+    budget = TimeBudget(100.0)
+    schedule = BudgetLinearSchedule(base_lr=0.1, budget=budget, warmup_epochs=0)
+    lrs, stopped_after = drive(schedule, budget, [10.0, 10.0, 30.0, 30.0, 30.0, 30.0])
     assert stopped_after == 4  # 10 + 10 + 30 + 30 = 80 s; another 20 s epoch would not fit
     assert lrs[3] < lrs[2] < lrs[1]
     assert sum([10.0, 10.0, 30.0, 30.0]) <= 100.0
+
+
+def test_budgeted_plateau_forces_its_decay_at_75_percent_of_the_time_and_stops_at_the_budget():
+    budget = TimeBudget(100.0)
+    schedule = ReduceLROnPlateauV2(base_lr=0.1, max_epochs=200, warmup_epochs=1, budget=budget)
+    losses = [1 / (e + 1) for e in range(50)]  # always improving: no plateau reduction
+    lrs, stopped_after = drive(schedule, budget, [5.0] * 50, losses)
+    assert stopped_after == 20  # twenty 5-second epochs fill 100 s, far below max_epochs
+    assert lrs[:15] == pytest.approx([0.1] * 15)
+    assert lrs[15:] == pytest.approx([0.01] * 5)  # forced after epoch 15: 75 s of 100 s
+
+
+def test_the_final_evaluation_and_rollbacks_count_against_the_budget():
+    budget = TimeBudget(100.0, final_seconds=30.0)
+    schedule = BudgetLinearSchedule(base_lr=0.1, budget=budget, warmup_epochs=0)
+    _, stopped_after = drive(schedule, budget, [10.0] * 50)
+    assert stopped_after == 7  # 70 s of epochs, 30 s kept for evaluating best.pt on val and test
+    assert "budget" not in schedule.state_dict()  # restored by the trainer, not by a rollback
+
+
+# --- the paper's recipe within a budget -------------------------------------------------------
+
+
+def test_the_costliest_ingredients_are_dropped_first_until_the_budget_fits():
+    costs = {"sam": 2.0, "mutual": 1.9, "augmix": 1.3}
+    wanted = ["sam", "mutual", "augmix"]
+    assert affordable_ingredients(costs, wanted, 500, 60) == (wanted, [])  # 500 / 4.94 >= 60
+    assert affordable_ingredients(costs, wanted, 200, 60) == (["mutual", "augmix"], ["sam"])
+    assert affordable_ingredients(costs, wanted, 100, 60) == (["augmix"], ["sam", "mutual"])
+    assert affordable_ingredients(costs, wanted, 50, 60) == ([], ["sam", "mutual", "augmix"])
+    cheap_sam = {**costs, "sam": 1.1}  # measured, not assumed: the order follows the costs
+    assert affordable_ingredients(cheap_sam, wanted, 100, 60) == (["sam", "augmix"], ["mutual"])
+
+
+def test_a_generous_budget_keeps_the_full_recipe_and_a_tight_one_drops_it(small_grey, tmp_path):
+    generous = make_plan(str(small_grey), {**ONE_MODEL, "time_budget": "2h"})
+    assert generous.values["sam"] and generous.values["mutual"]
+    assert generous.values["augment"] == "augmix"
+    assert generous.values["lr"] == "tpe"  # a search of ~10% of the budget fits
+    trials, trial_epochs = generous.values["lr_search_trials"], generous.values["lr_search_epochs"]
+    assert trials >= 5 and trial_epochs >= 2
+    assert any("kept from the paper's recipe" in note for note in generous.notes)
+
+    # 96 training images at 224 px: a few dozen epochs in 40 s, far from the full recipe's 60
+    larger = make_folder(tmp_path / "data", side=200, colour=True, per_class=40)
+    user = {**ONE_MODEL, "input_size": 224, "time_budget": "40s"}
+    tight = make_plan(str(larger), user, started=time.monotonic())
+    assert 0 < tight.candidates[0].epochs < 60
+    assert not tight.values["sam"] and not tight.values["mutual"]
+    assert tight.values["augment"] == "light" and isinstance(tight.values["lr"], float)
+    dropped = next(note for note in tight.notes if note.startswith("dropped for the budget"))
+    assert "SAM x" in dropped and "mutual learning x" in dropped and "AugMix x" in dropped

@@ -10,6 +10,7 @@ from torch import nn
 from edgecls.config import build_config, load_recipe
 from edgecls.models import create_model
 from edgecls.models.heads import CosineHead, am_softmax_scale
+from edgecls.train.augment import LIGHT, basic_augment
 from edgecls.train.loop import set_lr
 from edgecls.train.losses import kl_to, margin_cross_entropy, mutual_objective
 from edgecls.train.optim import SAM, create_optimizer, parameter_groups, sam_update, scaled_lr
@@ -226,3 +227,16 @@ def test_every_ingredient_can_be_switched_off():
     )
     assert not (config.sam or config.mutual or config.no_bias_decay)
     assert config.augment == "basic" and config.lr == 0.01
+
+
+def test_light_augmentation_moves_pixels_but_keeps_their_values():
+    """`light` shifts and scales only: a flat image stays as it is, and a pattern's pixel
+    values are interpolated, never brightened or contrasted; `basic` changes both."""
+    generator = torch.Generator().manual_seed(0)
+    flat = torch.full((8, 1, 32, 32), 0.5)
+    assert torch.allclose(basic_augment(flat, generator, hflip=False, **LIGHT), flat)
+    assert not torch.allclose(basic_augment(flat, generator, hflip=False), flat)
+    stripes = torch.zeros(8, 1, 32, 32)
+    stripes[..., ::4] = 1.0
+    moved = basic_augment(stripes, generator, hflip=False, **LIGHT)
+    assert not torch.allclose(moved, stripes) and moved.min() >= 0 and moved.max() <= 1

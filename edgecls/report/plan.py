@@ -17,6 +17,8 @@ SHOWN = (
     "max_epochs",
     "time_budget",
     "augment",
+    "sam",
+    "mutual",
     "eval_batch_size",
 )
 
@@ -37,11 +39,13 @@ def plan_tables(plan: Plan) -> list[Table]:
     )
     if plan.budget_seconds is not None:
         summary.add_row("time budget", f"{plan.budget_seconds / 60:.1f} min for the whole run")
-    values = {**plan.values, **dict.fromkeys(plan.user_keys, "(yours)")}
     for key in SHOWN:
-        if key in values:
+        if key in plan.user_keys:
+            summary.add_row(key, "yours")
+        elif key in plan.values:
             reason = plan.reasons.get(key, "")
-            summary.add_row(key, f"{values[key]}" + (f"  [dim]{reason}[/dim]" if reason else ""))
+            text = f"{plan.values[key]}" + (f"  [dim]{reason}[/dim]" if reason else "")
+            summary.add_row(key, text)
     for note in plan.notes:
         summary.add_row("note", note)
     summary.add_row("planning took", f"{plan.seconds:.1f} s")

@@ -1,9 +1,9 @@
 """Training batches with augmentation.
 
-`basic` and `none` work on whole batches of in-memory tensors: on a 2-core CPU a per-image PIL
-pipeline in worker processes competes with the model for the same cores, while one random affine
-`grid_sample` per batch costs a small fraction of a training step. `augmix` (the paper's recipe)
-is per-image work by nature and goes through timm's AugMix in a DataLoader.
+`basic`, `light` and `none` work on whole batches of in-memory tensors: on a 2-core CPU a
+per-image PIL pipeline in worker processes competes with the model for the same cores, while one
+random affine `grid_sample` per batch costs a small fraction of a training step. `augmix` (the
+paper's recipe) is per-image work by nature and goes through timm's AugMix in a DataLoader.
 """
 
 from __future__ import annotations
@@ -59,6 +59,10 @@ def basic_augment(
     return ((warped - mean) * contrast + mean * brightness).clamp_(0.0, 1.0)
 
 
+# A short run underfits under `basic`: the same warp without rotation or colour jitter.
+LIGHT = {"max_rotation": 0.0, "scale": (0.95, 1.05), "max_shift": 0.08, "jitter": 0.0}
+
+
 def index_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     """Shuffled index batches; the last short batch is dropped (batch norm needs > 1 sample)."""
     order = torch.randperm(n, generator=generator)
@@ -92,4 +96,6 @@ def training_batches(
         images = to_float(split.images[index]).to(device)
         if config.augment == "basic":
             images = basic_augment(images, generator, hflip=config.hflip)
+        elif config.augment == "light":
+            images = basic_augment(images, generator, hflip=config.hflip, **LIGHT)
         yield images, split.labels[index].to(device)

@@ -39,7 +39,7 @@ from edgecls.report.progress import console, progress_bars
 from edgecls.train.augment import num_batches, training_batches
 from edgecls.train.losses import Objective, mutual_objective, single_objective
 from edgecls.train.optim import SAM, create_optimizer, sam_update, scaled_lr
-from edgecls.train.schedules import Schedule, create_schedule
+from edgecls.train.schedules import Schedule, TimeBudget, create_schedule
 
 
 @dataclass
@@ -114,7 +114,7 @@ class Trainer:
     """Owns the models, optimizer and schedule of one run; `fit` is the epoch loop.
 
     `run_dir=None` trains without writing anything (LR-search trials); `train_seconds` is the
-    training time of a budgeted run (schedule=budget_linear).
+    training time of a budgeted run: training stops when another epoch would not fit.
     """
 
     def __init__(
@@ -152,7 +152,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=config.amp and self.device.type == "cuda"
         )
-        self.schedule: Schedule = create_schedule(config, train_seconds)
+        self.budget = TimeBudget(train_seconds) if train_seconds is not None else None
+        self.schedule: Schedule = create_schedule(config, self.budget)
         self.state = RunState()
         self.start: dict[str, Any] = {}  # where a divergence before the first checkpoint returns
 
@@ -197,19 +198,23 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "schedule": self.schedule.state_dict(),
+            "budget": self.budget.state_dict() if self.budget is not None else None,
             "rng": rng_states(),
             "config": runs.saved_config(self.config),
             "classes": self.dataset.classes,
             "state": vars(self.state),
         }
 
-    def restore(self, checkpoint: dict[str, Any]) -> None:
+    def restore(self, checkpoint: dict[str, Any], with_budget: bool = True) -> None:
+        """Continue from `checkpoint`; a rollback (`with_budget=False`) keeps the time spent."""
         self.model.load_state_dict(checkpoint["model"])
         for model, state in zip(self.models[1:], checkpoint["partners"], strict=True):
             model.load_state_dict(state)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.schedule.load_state_dict(checkpoint["schedule"])
+        if with_budget and self.budget is not None and checkpoint.get("budget"):
+            self.budget.load_state_dict(checkpoint["budget"])
         restore_rng(checkpoint["rng"])
         self.state = RunState(**checkpoint["state"])
 
@@ -258,7 +263,10 @@ class Trainer:
             tried = f" after {len(previous.rollbacks)} rollback(s)" if previous.rollbacks else ""
             raise Diverged(f"training diverged at epoch {epoch + 1} ({reason}){tried}")
         last = self.run_dir / "last.pt" if self.run_dir is not None else None
-        self.restore(runs.load_checkpoint(last) if last and last.is_file() else self.start)
+        self.restore(
+            runs.load_checkpoint(last) if last and last.is_file() else self.start,
+            with_budget=False,
+        )
         self.state.lr_scale = previous.lr_scale * self.config.lr_factor
         self.state.rollbacks = [
             *previous.rollbacks,
@@ -286,6 +294,7 @@ class Trainer:
             epochs_task = bars.add_task("epochs", total=config.max_epochs, status="")
             batch_task = bars.add_task("batches", total=1, status="")
             bars.update(epochs_task, completed=self.state.epoch)
+            budget_task = self._add_budget_bar(bars)
             while not self.state.stopped and self.state.epoch < config.max_epochs:
                 state = self.state
                 epoch = state.epoch
@@ -317,7 +326,11 @@ class Trainer:
                     }
                 )
                 state.train_seconds += seconds
-                state.stopped = self.schedule.step(epoch, train_loss, val.top1, seconds)
+                if self.budget is not None:
+                    self.budget.record(epoch, seconds)
+                state.stopped = self.schedule.step(epoch, train_loss, val.top1) or (
+                    self.budget is not None and not self.budget.another_epoch_fits()
+                )
                 state.epoch = epoch + 1
                 improved = val.top1 > state.best_top1
                 if improved:
@@ -333,23 +346,37 @@ class Trainer:
                     epochs_task,
                     completed=state.epoch,
                     status=f"loss {train_loss:.4f}  lr {lr:.2e}  top-1 {val.top1:.1%} "
-                    f"(best {state.best_top1:.1%} @ {state.best_epoch}){self.budget_status()}",
+                    f"(best {state.best_top1:.1%} @ {state.best_epoch})",
                 )
+                self._update_budget_bar(bars, budget_task, epochs_task)
         return self.state
+
+    def _add_budget_bar(self, bars) -> Any:
+        if self.budget is None:
+            return None
+        return bars.add_task("time budget", total=round(self.budget.seconds), status="s")
+
+    def _update_budget_bar(self, bars, budget_task, epochs_task) -> None:
+        """Seconds spent of the budget and left; the epochs bar counts the epochs that fit."""
+        if self.budget is None:
+            return
+        left = self.budget.time_left
+        bars.update(
+            budget_task,
+            completed=round(self.budget.spent),
+            status=f"s  {int(left // 60)}:{int(left % 60):02d} left",
+        )
+        total = self.budget.fitting_epochs()
+        if total is not None:
+            bars.update(epochs_task, total=min(self.config.max_epochs, total))
 
     def expect_final_evaluation(self, val_seconds: float) -> None:
         """A budgeted schedule keeps time for evaluating the best checkpoint on val and test
         (and plotting), as long as this epoch's validation took, scaled to those images."""
-        if hasattr(self.schedule, "final_seconds"):
+        if self.budget is not None:
             test = len(self.dataset.test) if self.dataset.test is not None else 0
             scale = (len(self.dataset.val) + test) / max(1, len(self.dataset.val))
-            self.schedule.final_seconds = val_seconds * scale + FINAL_WRITE_SECONDS
-
-    def budget_status(self) -> str:
-        left = getattr(self.schedule, "time_left", None)
-        if left is None:
-            return ""
-        return f"  budget left {int(left // 60)}:{int(left % 60):02d}"
+            self.budget.final_seconds = val_seconds * scale + FINAL_WRITE_SECONDS
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Evaluate the best checkpoint; write metrics.json (with `extra`) and the plots."""

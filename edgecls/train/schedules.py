@@ -8,7 +8,8 @@ ReduceLROnPlateauV2 (paper 000, section 3.2) is written here because no library 
 - warmup: epoch e (0-based) of `warmup_epochs` uses lr * (e + 1) / warmup_epochs;
 - after warmup, if the average training loss has not improved (relative threshold 1e-4) for
   `patience` consecutive epochs, the LR is multiplied by `factor`, never below min_lr;
-- if no reduction has happened once `forced_decay_at` of `max_epochs` have run, one is forced;
+- if no reduction has happened once `forced_decay_at` of `max_epochs` have run (of the training
+  time, in a budgeted run), one is forced;
 - once the LR is at min_lr (= lr * min_lr_ratio) and validation top-1 has not beaten its best for
   `patience` consecutive epochs, training stops; it also stops at `max_epochs`.
 """
@@ -16,18 +17,19 @@ ReduceLROnPlateauV2 (paper 000, section 3.2) is written here because no library 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from edgecls.config import Config, parse_duration
+from edgecls.config import Config
 from edgecls.errors import UserError
 
 
 class _SavedFields:
-    """Schedules are dataclasses: their fields are their whole state."""
+    """Schedules are dataclasses: their fields are their state, except a shared TimeBudget,
+    which the trainer owns and saves (a rollback must not give back the time it spent)."""
 
     def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "budget"}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
@@ -39,6 +41,42 @@ def warmup_lr(base_lr: float, epoch: int, warmup_epochs: int) -> float | None:
     if epoch < warmup_epochs:
         return base_lr * (epoch + 1) / warmup_epochs
     return None
+
+
+@dataclass
+class TimeBudget(_SavedFields):
+    """The training time a budgeted run has, and what its epochs have spent of it.
+
+    The trainer records each epoch's measured time; schedules read it to place their decay, so a
+    plan re-estimated after every epoch follows the machine: the next epoch is expected to take
+    the mean so far, or the last one if epochs got slower (another job started)."""
+
+    seconds: float  # the training time available
+    spent: float = 0.0
+    epochs_done: int = 0
+    last_epoch_seconds: float = 0.0
+    final_seconds: float = 0.0  # what the final evaluation after training will take
+
+    @property
+    def time_left(self) -> float:
+        return max(0.0, self.seconds - self.spent - self.final_seconds)
+
+    def next_epoch_seconds(self) -> float:
+        return max(self.spent / max(1, self.epochs_done), self.last_epoch_seconds)
+
+    def record(self, epoch: int, seconds: float) -> None:
+        self.spent += seconds
+        self.epochs_done = epoch + 1
+        self.last_epoch_seconds = seconds
+
+    def fitting_epochs(self) -> int | None:
+        """Epochs in all, done and still fitting; None before the first epoch is timed."""
+        if not self.epochs_done:
+            return None
+        return self.epochs_done + int(self.time_left / self.next_epoch_seconds())
+
+    def another_epoch_fits(self) -> bool:
+        return self.time_left >= self.next_epoch_seconds()
 
 
 @dataclass
@@ -57,6 +95,7 @@ class ReduceLROnPlateauV2(_SavedFields):
     reductions: int = 0
     best_top1: float = -math.inf
     top1_bad_epochs_at_min: int = 0
+    budget: TimeBudget | None = None  # a budgeted run: forced decay and stop by time
 
     def __post_init__(self) -> None:
         if not self.current_lr:
@@ -75,7 +114,7 @@ class ReduceLROnPlateauV2(_SavedFields):
         self.reductions += 1
         self.loss_bad_epochs = 0
 
-    def step(self, epoch: int, train_loss: float, val_top1: float, seconds: float = 0.0) -> bool:
+    def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
         """Record the finished epoch; return True when training should stop."""
         at_min_before = math.isclose(self.current_lr, self.min_lr) and epoch >= self.warmup_epochs
         if val_top1 > self.best_top1:
@@ -91,11 +130,17 @@ class ReduceLROnPlateauV2(_SavedFields):
                 self.loss_bad_epochs += 1
             if self.loss_bad_epochs >= self.patience and self.current_lr > self.min_lr:
                 self._reduce()
-            elif self.reductions == 0 and epoch + 1 >= self.forced_decay_at * self.max_epochs:
+            elif self.reductions == 0 and self._forced_decay_due(epoch):
                 self._reduce()
         if at_min_before and self.top1_bad_epochs_at_min >= self.patience:
             return True
         return epoch + 1 >= self.max_epochs
+
+    def _forced_decay_due(self, epoch: int) -> bool:
+        """At `forced_decay_at` of the epochs, or of the training time when there is a budget."""
+        if self.budget is not None:
+            return self.budget.spent >= self.forced_decay_at * self.budget.seconds
+        return epoch + 1 >= self.forced_decay_at * self.max_epochs
 
 
 @dataclass
@@ -113,7 +158,7 @@ class CosineSchedule(_SavedFields):
         progress = (epoch - self.warmup_epochs) / max(1, self.max_epochs - self.warmup_epochs)
         return 0.5 * self.base_lr * (1 + math.cos(math.pi * progress))
 
-    def step(self, epoch: int, train_loss: float, val_top1: float, seconds: float = 0.0) -> bool:
+    def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
         return epoch + 1 >= self.max_epochs
 
 
@@ -127,7 +172,7 @@ class ConstantSchedule(_SavedFields):
     def lr(self, epoch: int) -> float:
         return self.base_lr
 
-    def step(self, epoch: int, train_loss: float, val_top1: float, seconds: float = 0.0) -> bool:
+    def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
         return epoch + 1 >= self.max_epochs
 
 
@@ -141,27 +186,13 @@ class BudgetLinearSchedule(_SavedFields):
     """
 
     base_lr: float
-    seconds: float  # the training time available
+    budget: TimeBudget
     warmup_epochs: int = 1
     max_epochs: int = 200
-    spent: float = 0.0
-    epochs_done: int = 0
-    last_epoch_seconds: float = 0.0
-    final_seconds: float = 0.0  # what the final evaluation after training will take
-
-    @property
-    def time_left(self) -> float:
-        return max(0.0, self.seconds - self.spent - self.final_seconds)
-
-    def next_epoch_seconds(self) -> float:
-        """The mean epoch so far, or the last one if epochs got slower (another job started)."""
-        return max(self.spent / max(1, self.epochs_done), self.last_epoch_seconds)
 
     def estimated_epochs(self) -> int | None:
-        if not self.epochs_done:
-            return None
-        fit = self.epochs_done + int(self.time_left / self.next_epoch_seconds())
-        return min(self.max_epochs, fit)
+        fit = self.budget.fitting_epochs()
+        return None if fit is None else min(self.max_epochs, fit)
 
     def lr(self, epoch: int) -> float:
         warm = warmup_lr(self.base_lr, epoch, self.warmup_epochs)
@@ -173,28 +204,22 @@ class BudgetLinearSchedule(_SavedFields):
         remaining = max(1, total - epoch)
         return self.base_lr * remaining / max(1, total - self.warmup_epochs)
 
-    def step(self, epoch: int, train_loss: float, val_top1: float, seconds: float = 0.0) -> bool:
-        self.spent += seconds
-        self.epochs_done = epoch + 1
-        self.last_epoch_seconds = seconds
-        return self.time_left < self.next_epoch_seconds() or epoch + 1 >= self.max_epochs
+    def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
+        return epoch + 1 >= self.max_epochs  # the trainer stops when the budget is spent
 
 
 Schedule = ReduceLROnPlateauV2 | CosineSchedule | ConstantSchedule | BudgetLinearSchedule
 
 
-def create_schedule(config: Config, train_seconds: float | None = None) -> Schedule:
-    """The configured schedule; `train_seconds` is the time a budgeted run may train."""
+def create_schedule(config: Config, budget: TimeBudget | None = None) -> Schedule:
+    """The configured schedule; `budget` is the training time of a budgeted run, which the
+    plateau schedule's forced decay and the linear decay follow."""
     if not isinstance(config.lr, float):
         raise ValueError(f"resolve the initial LR before scheduling, got {config.lr!r}")
     if config.schedule == "budget_linear":
-        if train_seconds is None:
-            if config.time_budget is None:
-                raise UserError("schedule=budget_linear needs a time_budget (e.g. 5m)")
-            train_seconds = parse_duration(config.time_budget)
-        return BudgetLinearSchedule(
-            config.lr, train_seconds, config.warmup_epochs, config.max_epochs
-        )
+        if budget is None:
+            raise UserError("schedule=budget_linear needs a time_budget (e.g. 5m)")
+        return BudgetLinearSchedule(config.lr, budget, config.warmup_epochs, config.max_epochs)
     if config.schedule == "constant":
         return ConstantSchedule(config.lr, config.max_epochs)
     if config.schedule == "cosine":
@@ -207,4 +232,5 @@ def create_schedule(config: Config, train_seconds: float | None = None) -> Sched
         patience=config.patience,
         min_lr_ratio=config.min_lr_ratio,
         forced_decay_at=config.forced_decay_at,
+        budget=budget,
     )
