@@ -7,11 +7,14 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 from PIL import Image
 
 from edgecls.cli import main
+from edgecls.config import build_config
+from edgecls.data import Dataset, ImageSplit
 from edgecls.plan import (
     BUDGET_SCHEDULE,
     affordable_ingredients,
@@ -20,6 +23,7 @@ from edgecls.plan import (
     make_plan,
     profile_data,
 )
+from edgecls.train.loop import Trainer
 from edgecls.train.schedules import BudgetLinearSchedule, ReduceLROnPlateauV2, TimeBudget
 
 ONE_MODEL = {"model": "mobilenetv3_small_100"}  # one candidate model keeps planning fast
@@ -205,12 +209,26 @@ def test_budgeted_plateau_forces_its_decay_at_75_percent_of_the_time_and_stops_a
     assert lrs[15:] == pytest.approx([0.01] * 5)  # forced after epoch 15: 75 s of 100 s
 
 
-def test_the_final_evaluation_and_rollbacks_count_against_the_budget():
+def test_the_final_evaluation_counts_against_the_budget():
     budget = TimeBudget(100.0, final_seconds=30.0)
     schedule = BudgetLinearSchedule(base_lr=0.1, budget=budget, warmup_epochs=0)
     _, stopped_after = drive(schedule, budget, [10.0] * 50)
     assert stopped_after == 7  # 70 s of epochs, 30 s kept for evaluating best.pt on val and test
-    assert "budget" not in schedule.state_dict()  # restored by the trainer, not by a rollback
+
+
+def test_a_rollback_keeps_the_time_it_spent_and_a_resume_restores_it():
+    images = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8)
+    split = ImageSplit(images, torch.arange(8) % 2, [""] * 8)
+    dataset = Dataset("tiny", ["a", "b"], split, split, None, [], [], False)
+    config = build_config({**ONE_MODEL, "input_size": 32, "grayscale": True, "lr": 0.01})
+    trainer = Trainer(config, None, dataset, progress=False, train_seconds=100.0)
+    trainer.budget.record(0, 10.0)
+    saved = trainer.checkpoint()
+    trainer.budget.record(1, 10.0)
+    trainer.restore(saved, with_budget=False)  # a rollback: the 20 s are gone all the same
+    assert trainer.budget.spent == 20.0
+    trainer.restore(saved)  # a resume: the budget as it was saved
+    assert trainer.budget.spent == 10.0
 
 
 # --- the paper's recipe within a budget -------------------------------------------------------
