@@ -262,7 +262,7 @@ def measure_ingredients(
 
     def step_seconds(**change: Any) -> float:
         trial = dataclasses.replace(config, lr=0.0, schedule="constant", **change)
-        trainer = Trainer(trial, None, dataset, progress=False)
+        trainer = Trainer(trial, dataset)
         batch_pixels = pixels.to(trainer.device).contiguous(memory_format=trainer.memory_format)
         batch_labels = labels.to(trainer.device)
         trainer.step(batch_pixels, batch_labels)  # warm-up

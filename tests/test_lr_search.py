@@ -45,7 +45,7 @@ def test_valley_is_the_middle_of_the_longest_falling_stretch():
 
 def test_range_test_restores_model_optimizer_and_rng(small_digits):
     config = build_config({**SMALL, "lr": 0.01})
-    trainer = Trainer(config, None, small_digits, progress=False)
+    trainer = Trainer(config, small_digits)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     rng_before = torch.get_rng_state()
     suggestion, curve = lr_range_test(trainer, finetune_lr=0.005, iterations=30)

@@ -98,7 +98,7 @@ def test_no_command_runs_code_from_a_crafted_checkpoint(tmp_path, digit_folder):
 
 
 def test_a_non_finite_loss_skips_the_update(small_digits):
-    trainer = Trainer(build_config(SMALL), None, small_digits, progress=False)
+    trainer = Trainer(build_config(SMALL), small_digits)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     images = torch.full((8, 1, 16, 16), float("nan"))
     assert np.isnan(trainer.step(images, torch.zeros(8, dtype=torch.int64)))
@@ -136,7 +136,7 @@ def test_a_run_that_keeps_diverging_stops_with_one_line(tmp_path):
 
 
 def test_non_finite_validation_never_improves(small_digits):
-    trainer = Trainer(build_config(SMALL, {"max_epochs": 1}), None, small_digits, progress=False)
+    trainer = Trainer(build_config(SMALL, {"max_epochs": 1}), small_digits)
     with torch.no_grad():
         for parameter in trainer.model.parameters():
             parameter.fill_(float("nan"))

@@ -5,8 +5,10 @@
         set the epoch's LR (warmup, plateau reductions)
         train one epoch              (the `step` hook does forward/backward/update)
         evaluate on validation       (top-1 picks the best checkpoint)
-        save last.pt; history.csv
-    evaluate the best checkpoint; write metrics.json and plots
+        callbacks: best.pt, last.pt, history.csv, progress
+
+The pieces a trick plugs into: the objective (`build_objective`), the update strategy (plain or
+SAM, `create_update`), the schedule, and callbacks around epochs and steps.
 
 Every epoch draws its randomness from a generator seeded by (seed, epoch), and the checkpoint
 holds the optimizer, schedule and RNG states, so a resumed run repeats an uninterrupted one.
@@ -19,7 +21,7 @@ import dataclasses
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,14 +33,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from edgecls import runs
 from edgecls.config import Config
 from edgecls.data import Dataset, ImageSplit
-from edgecls.evaluate import Metrics, compute_metrics
+from edgecls.evaluate import compute_metrics
 from edgecls.evaluate.inference import predict_logits, select_device
 from edgecls.models import Classifier, create_model
-from edgecls.report import plot_confusion_matrix, plot_history
-from edgecls.report.progress import console, progress_bars
+from edgecls.report.progress import console
 from edgecls.train.augment import num_batches, training_batches
-from edgecls.train.losses import Objective, mutual_objective, single_objective
-from edgecls.train.optim import SAM, create_optimizer, sam_update, scaled_lr
+from edgecls.train.callbacks import Callback
+from edgecls.train.losses import Objective, build_objective
+from edgecls.train.optim import UpdateStrategy, create_optimizer, create_update, scaled_lr
 from edgecls.train.schedules import Schedule, TimeBudget, create_schedule
 
 
@@ -111,24 +113,27 @@ def create_models(config: Config, num_classes: int) -> list[Classifier]:
 
 
 class Trainer:
-    """Owns the models, optimizer and schedule of one run; `fit` is the epoch loop.
+    """Owns the models, objective, optimizer, update strategy and schedule of one run; `fit` is
+    the epoch loop. Everything beside training (checkpoints, history, progress) is a callback.
 
-    `run_dir=None` trains without writing anything (LR-search trials); `train_seconds` is the
-    training time of a budgeted run: training stops when another epoch would not fit.
+    `run_dir` is where a diverging run rolls back from (its last.pt; None: the start);
+    `train_seconds` is the training time of a budgeted run: training stops when another epoch
+    would not fit.
     """
 
     def __init__(
         self,
         config: Config,
-        run_dir: Path | None,
         dataset: Dataset,
-        progress: bool = True,
+        *,
+        run_dir: Path | None = None,
         train_seconds: float | None = None,
+        callbacks: Sequence[Callback] = (),
     ):
         self.config = config
         self.run_dir = run_dir
         self.dataset = dataset
-        self.progress = progress
+        self.callbacks = list(callbacks)
         self.device = select_device(config.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         seed_everything(config.seed)
@@ -145,13 +150,12 @@ class Trainer:
             for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
             if buffer is not None
         ]
-        self.objective: Objective = (
-            mutual_objective(*self.models) if config.mutual else single_objective(self.model)
-        )
+        self.objective: Objective = build_objective(config, self.models)
         self.optimizer = create_optimizer(self.models, config)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=config.amp and self.device.type == "cuda"
         )
+        self.update: UpdateStrategy = create_update(self.optimizer, self.scaler, self.models)
         self.budget = TimeBudget(train_seconds) if train_seconds is not None else None
         self.schedule: Schedule = create_schedule(config, self.budget)
         self.state = RunState()
@@ -175,19 +179,7 @@ class Trainer:
             for buffer, saved in zip(self.statistics, statistics, strict=True):
                 buffer.copy_(saved)
             return loss.item()
-        if isinstance(self.optimizer, SAM):
-            sam_update(
-                self.optimizer,
-                self.scaler,
-                loss,
-                lambda: self.compute_loss(images, labels),
-                self.models,
-            )
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        self.update(loss, lambda: self.compute_loss(images, labels))
         return loss.item()
 
     # checkpoints ---------------------------------------------------------------------------
@@ -219,14 +211,14 @@ class Trainer:
         self.state = RunState(**checkpoint["state"])
 
     # one epoch -----------------------------------------------------------------------------
-    def train_one_epoch(self, epoch: int, bars, task) -> float:
+    def train_one_epoch(self, epoch: int) -> float:
         for model in self.models:
             model.train()
         generator = epoch_generator(self.config.seed, epoch)
         torch.manual_seed(self.config.seed * 100_003 + epoch)
         split = self.dataset.train
         total_loss, seen = 0.0, 0
-        bars.reset(task, total=num_batches(len(split), self.config.batch_size), status="")
+        self._call("on_epoch_start", epoch, num_batches(len(split), self.config.batch_size))
         nonfinite_in_a_row = 0
         for images, labels in training_batches(split, self.config, generator, self.device):
             images = images.contiguous(memory_format=self.memory_format)
@@ -239,7 +231,7 @@ class Trainer:
             nonfinite_in_a_row = 0
             total_loss += loss * len(labels)
             seen += len(labels)
-            bars.update(task, advance=1, status=f"loss {total_loss / seen:.4f}")
+            self._call("on_step_end", total_loss / seen)
         if not seen:
             raise Diverged("no finite loss in the epoch")
         return total_loss / seen
@@ -284,17 +276,14 @@ class Trainer:
             highlight=False,
         )
 
-    def fit(self, on_epoch: Callable[[int, Metrics], None] | None = None) -> RunState:
-        """Train until the schedule stops; `on_epoch(epoch, val_metrics)` may raise to abort.
+    def fit(self) -> RunState:
+        """Train until the schedule stops or the budget is spent.
 
         Divergence rolls back (see `roll_back`); a run that keeps diverging raises Diverged."""
         config = self.config
         self.start = copy.deepcopy(self.checkpoint())
-        with progress_bars(self.progress) as bars:
-            epochs_task = bars.add_task("epochs", total=config.max_epochs, status="")
-            batch_task = bars.add_task("batches", total=1, status="")
-            bars.update(epochs_task, completed=self.state.epoch)
-            budget_task = self._add_budget_bar(bars)
+        self._call("on_fit_start")
+        try:
             while not self.state.stopped and self.state.epoch < config.max_epochs:
                 state = self.state
                 epoch = state.epoch
@@ -302,7 +291,7 @@ class Trainer:
                 lr = scaled_lr(config, self.schedule.lr(epoch)) * state.lr_scale
                 set_lr(self.optimizer, lr)
                 try:
-                    train_loss = self.train_one_epoch(epoch, bars, batch_task)
+                    train_loss = self.train_one_epoch(epoch)
                     evaluated = time.perf_counter()
                     val = self.evaluate(self.dataset.val)
                     self.expect_final_evaluation(time.perf_counter() - evaluated)
@@ -335,40 +324,14 @@ class Trainer:
                 improved = val.top1 > state.best_top1
                 if improved:
                     state.best_top1, state.best_epoch = val.top1, epoch + 1
-                if self.run_dir is not None:
-                    if improved:
-                        runs.save_checkpoint(self.checkpoint(), self.run_dir / "best.pt")
-                    runs.save_checkpoint(self.checkpoint(), self.run_dir / "last.pt")
-                    runs.write_history(self.run_dir, state.history)
-                if on_epoch is not None:
-                    on_epoch(epoch, val)
-                bars.update(
-                    epochs_task,
-                    completed=state.epoch,
-                    status=f"loss {train_loss:.4f}  lr {lr:.2e}  top-1 {val.top1:.1%} "
-                    f"(best {state.best_top1:.1%} @ {state.best_epoch})",
-                )
-                self._update_budget_bar(bars, budget_task, epochs_task)
+                self._call("on_epoch_end", epoch, val, improved)
+        finally:
+            self._call("on_fit_end")
         return self.state
 
-    def _add_budget_bar(self, bars) -> Any:
-        if self.budget is None:
-            return None
-        return bars.add_task("time budget", total=round(self.budget.seconds), status="s")
-
-    def _update_budget_bar(self, bars, budget_task, epochs_task) -> None:
-        """Seconds spent of the budget and left; the epochs bar counts the epochs that fit."""
-        if self.budget is None:
-            return
-        left = self.budget.time_left
-        bars.update(
-            budget_task,
-            completed=round(self.budget.spent),
-            status=f"s  {int(left // 60)}:{int(left % 60):02d} left",
-        )
-        total = self.budget.fitting_epochs()
-        if total is not None:
-            bars.update(epochs_task, total=min(self.config.max_epochs, total))
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
 
     def expect_final_evaluation(self, val_seconds: float) -> None:
         """A budgeted schedule keeps time for evaluating the best checkpoint on val and test
@@ -377,41 +340,3 @@ class Trainer:
             test = len(self.dataset.test) if self.dataset.test is not None else 0
             scale = (len(self.dataset.val) + test) / max(1, len(self.dataset.val))
             self.budget.final_seconds = val_seconds * scale + FINAL_WRITE_SECONDS
-
-    def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Evaluate the best checkpoint; write metrics.json (with `extra`) and the plots."""
-        best = runs.load_checkpoint(self.run_dir / "best.pt")
-        self.model.load_state_dict(best["model"])
-        val = self.evaluate(self.dataset.val)
-        state = self.state
-        metrics: dict[str, Any] = {
-            "val_top1": val.top1,
-            "val_top5": val.top5,
-            "val_map": val.map,
-            "val_loss": val.loss,
-            "best_epoch": state.best_epoch,
-            "epochs_trained": state.epoch,
-            "stopped_early": state.epoch < self.config.max_epochs,
-            "train_seconds": round(state.train_seconds, 2),
-            "num_classes": len(self.dataset.classes),
-            "num_train": len(self.dataset.train.labels),
-            "num_val": len(self.dataset.val.labels),
-            "skipped_files": len(self.dataset.skipped),
-            "rollbacks": state.rollbacks,
-            "resumes": state.resumes,
-            **(extra or {}),
-            "val": val.to_dict(),
-        }
-        plot_confusion_matrix(
-            val.confusion, self.dataset.classes, self.run_dir / "confusion_val.png"
-        )
-        if self.dataset.test is not None and len(self.dataset.test.labels):
-            test = self.evaluate(self.dataset.test)
-            metrics.update(test_top1=test.top1, test_top5=test.top5, test_map=test.map)
-            metrics["test"] = test.to_dict()
-            plot_confusion_matrix(
-                test.confusion, self.dataset.classes, self.run_dir / "confusion_test.png"
-            )
-        runs.write_json(self.run_dir / "metrics.json", metrics)
-        plot_history(state.history, self.run_dir)
-        return metrics

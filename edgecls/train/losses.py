@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from edgecls.config import Config
 from edgecls.models import Classifier
 
 Objective = Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
@@ -50,3 +51,10 @@ def mutual_objective(fast: Classifier, slow: Classifier) -> Objective:
         return fast_loss + slow_loss
 
     return objective
+
+
+def build_objective(config: Config, models: list[Classifier]) -> Objective:
+    """The loss the trained models minimise together, as the config asks for it."""
+    if config.mutual:
+        return mutual_objective(*models)
+    return single_objective(models[0])

@@ -30,10 +30,12 @@ from optuna.trial import TrialState
 from edgecls.config import Config
 from edgecls.data import Dataset
 from edgecls.errors import UserError
+from edgecls.evaluate import Metrics
 from edgecls.report.plots import plot_lr_range_test
 from edgecls.report.progress import console, progress_bars
 from edgecls.runs import REDACTED, redact_url
 from edgecls.train.augment import training_batches
+from edgecls.train.callbacks import Callback
 from edgecls.train.loop import (
     Diverged,
     Trainer,
@@ -58,6 +60,18 @@ class LRSearchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+class ReportToTrial(Callback):
+    """Each epoch's validation top-1 goes to the Optuna trial, which may prune it."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, val: Metrics, improved: bool) -> None:
+        self.trial.report(val.top1, epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned()
 
 
 def lr_range_for(config: Config) -> tuple[float, float]:
@@ -180,15 +194,9 @@ def trial_search(
 
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", low, high, step=config.lr_search_step)
-        trainer = Trainer(trial_config(config, lr), None, dataset, progress=False)
-
-        def report(epoch: int, val) -> None:
-            trial.report(val.top1, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-
+        trainer = Trainer(trial_config(config, lr), dataset, callbacks=[ReportToTrial(trial)])
         try:
-            state = trainer.fit(on_epoch=report)
+            state = trainer.fit()
         except Diverged as why:
             raise optuna.TrialPruned(str(why)) from None
         return state.best_top1
@@ -325,7 +333,7 @@ def valley_lr(lrs: list[float], losses: list[float]) -> float:
 def range_search(config: Config, dataset: Dataset, run_dir: Path | None) -> LRSearchResult:
     started = time.perf_counter()
     low, _ = lr_range_for(config)
-    trainer = Trainer(trial_config(config, low), None, dataset, progress=False)
+    trainer = Trainer(trial_config(config, low), dataset)
     console.print("LR range test: 1 epoch of fine-tuning, then an exponential sweep")
     lr, curve = lr_range_test(trainer, finetune_lr=low)
     if run_dir is not None:

@@ -1,4 +1,5 @@
-"""Optimizers: parameter groups with no bias decay, the timm optimizer factory, and SAM.
+"""Optimizers and update strategies: parameter groups with no bias decay, the timm optimizer
+factory, SAM, and the plain or two-pass update one training step makes.
 
 SAM (Foret et al., sharpness-aware minimization) is written here because timm has none. One
 update takes two forward/backward passes: the first gradient g moves the weights to the nearby
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 import timm.optim
 import torch
@@ -180,3 +182,39 @@ def sam_update(
     scaler.step(sam.base)
     scaler.update()
     return True
+
+
+class UpdateStrategy(Protocol):
+    """How one batch's loss becomes a parameter update; `recompute` evaluates the loss again at
+    the current weights (SAM's second pass)."""
+
+    def __call__(self, loss: torch.Tensor, recompute: Callable[[], torch.Tensor]) -> None: ...
+
+
+class PlainUpdate:
+    def __init__(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        self.optimizer, self.scaler = optimizer, scaler
+
+    def __call__(self, loss: torch.Tensor, recompute: Callable[[], torch.Tensor]) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+
+class SAMUpdate:
+    """Two passes: ascend to the sharpest nearby weights, descend with the gradient there."""
+
+    def __init__(self, sam: SAM, scaler: torch.amp.GradScaler, models: list[nn.Module]) -> None:
+        self.sam, self.scaler, self.models = sam, scaler, models
+
+    def __call__(self, loss: torch.Tensor, recompute: Callable[[], torch.Tensor]) -> None:
+        sam_update(self.sam, self.scaler, loss, recompute, self.models)
+
+
+def create_update(
+    optimizer: torch.optim.Optimizer | SAM, scaler: torch.amp.GradScaler, models: list[nn.Module]
+) -> UpdateStrategy:
+    if isinstance(optimizer, SAM):
+        return SAMUpdate(optimizer, scaler, models)
+    return PlainUpdate(optimizer, scaler)

@@ -1,4 +1,5 @@
-"""The whole `edgecls train` job: data, initial LR, the training loop, final evaluation."""
+"""The whole `edgecls train` job: data, initial LR, the training loop, then the best checkpoint
+evaluated and reported (metrics.json, plots)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from edgecls.data import Dataset, load_configured_dataset
 from edgecls.errors import UserError
 from edgecls.models import create_model
 from edgecls.plan import BUDGET_RESERVE, EXPORT_RESERVE
+from edgecls.report import plot_confusion_matrix, plot_history
 from edgecls.report.progress import console
+from edgecls.train.callbacks import CheckpointWriter, ProgressBars
 from edgecls.train.loop import Diverged, Trainer
 from edgecls.train.lr_search import search_lr
 
@@ -143,15 +146,56 @@ def _train_in(
             "seconds": round(search_summary["seconds"], 2),
             "trials": len(search_summary["trials"]),
         }
-    trainer = Trainer(config, run_dir, dataset, progress, _training_seconds(config, started))
+    trainer = Trainer(
+        config,
+        dataset,
+        run_dir=run_dir,
+        train_seconds=_training_seconds(config, started),
+        callbacks=[CheckpointWriter(run_dir), ProgressBars(progress)],
+    )
     if checkpoint is not None:
         trainer.restore(checkpoint)
         _record_resume(trainer, checkpoint["config"]["lr"], resume_overrides)
     trainer.fit()
-    metrics = trainer.finish({"lr": config.lr, **extra})
+    metrics = evaluate_best(trainer, run_dir, {"lr": config.lr, **extra})
     if config.export:
         from edgecls.deploy.export import export_after_training  # onnx/openvino load slowly
 
         metrics["exports"] = export_after_training(run_dir, config.export.split(","))
         runs.write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def evaluate_best(trainer: Trainer, run_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate best.pt on validation (and test); write metrics.json (with `extra`) and plots."""
+    best = runs.load_checkpoint(run_dir / "best.pt")
+    trainer.model.load_state_dict(best["model"])
+    dataset, state = trainer.dataset, trainer.state
+    val = trainer.evaluate(dataset.val)
+    metrics: dict[str, Any] = {
+        "val_top1": val.top1,
+        "val_top5": val.top5,
+        "val_map": val.map,
+        "val_loss": val.loss,
+        "best_epoch": state.best_epoch,
+        "epochs_trained": state.epoch,
+        "stopped_early": state.epoch < trainer.config.max_epochs,
+        "train_seconds": round(state.train_seconds, 2),
+        "num_classes": len(dataset.classes),
+        "num_train": len(dataset.train.labels),
+        "num_val": len(dataset.val.labels),
+        "skipped_files": len(dataset.skipped),
+        "rollbacks": state.rollbacks,
+        "resumes": state.resumes,
+        **extra,
+        "val": val.to_dict(),
+    }
+    plot_confusion_matrix(val.confusion, dataset.classes, run_dir / "confusion_val.png")
+    if dataset.test is not None and len(dataset.test.labels):
+        test = trainer.evaluate(dataset.test)
+        metrics.update(test_top1=test.top1, test_top5=test.top5, test_map=test.map)
+        metrics["test"] = test.to_dict()
+        plot_confusion_matrix(test.confusion, dataset.classes, run_dir / "confusion_test.png")
+    runs.write_json(run_dir / "metrics.json", metrics)
+    plot_history(state.history, run_dir)
     return metrics
