@@ -23,6 +23,7 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_DATA = "digits"
 
 LR_SEARCH_METHODS = ("auto", "tpe", "range", "grid")
+OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "nadam", "rmsprop", "adadelta")
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Config:
     sam_rho: float = 0.05
     sam_adaptive: bool = False
     amp: bool = False
+    optimizer: str = "sgd"  # SGD with momentum; or nesterov, adam, adamw, nadam, rmsprop, adadelta
     max_epochs: int = 200
     schedule: str = "plateau_v2"
     warmup_epochs: int = 5
@@ -65,6 +67,19 @@ class Config:
     patience: int = 5
     min_lr_ratio: float = 1 / 200
     forced_decay_at: float = 0.75
+    lr_gamma: float = 0.1  # step, multistep: per drop; exp: per epoch
+    lr_step_epochs: int = 30  # step: epochs between drops
+    lr_milestones: list | None = None  # multistep: the epochs where the LR drops
+    lr_power: float = 2.0  # poly: (1 - progress) ** power
+    early_stopping: str = "none"  # or val_loss, val_top1: stop when it stops improving
+    early_stopping_patience: int = 10
+    # tricks (papers 001-004)
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0: off
+    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; 0: off (both on: one or the other)
+    mix_prob: float = 1.0  # share of batches mixed
+    mix_off_first: int = 0  # epochs without mixing at the start
+    mix_off_last: int = 0  # and at the end (of max_epochs)
     max_rollbacks: int = 3  # divergence: back to the last good checkpoint at lr * lr_factor
     # initial-LR search (lr=tpe|grid|range|auto)
     lr_search_trials: int = 15
@@ -210,13 +225,28 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "sam_rho": Range(0, 10, open_low=True),
     "sam_adaptive": BOOL,
     "amp": BOOL,
+    "optimizer": OneOf(OPTIMIZERS),
     "max_epochs": Range(1, 100_000),
-    "schedule": OneOf(("plateau_v2", "cosine", "constant", "budget_linear")),
+    "schedule": OneOf(
+        ("plateau_v2", "cosine", "constant", "budget_linear", "step", "multistep", "poly", "exp")
+    ),
     "warmup_epochs": Range(0, 100_000),
     "lr_factor": Range(0, 1, open_low=True, open_high=True),
     "patience": Range(0, 100_000),
     "min_lr_ratio": Range(0, 1, open_low=True),
     "forced_decay_at": Range(0, 1, open_low=True),
+    "lr_gamma": Range(0, 1, open_low=True),
+    "lr_step_epochs": Range(1, 100_000),
+    "lr_milestones": CheckedWhenUsed("a list of increasing epochs, when the schedule is built"),
+    "lr_power": Range(0, 100, open_low=True),
+    "early_stopping": OneOf(("none", "val_loss", "val_top1")),
+    "early_stopping_patience": Range(1, 100_000),
+    "label_smoothing": Range(0, 1, open_high=True),
+    "mixup": Range(0, 100),
+    "cutmix": Range(0, 100),
+    "mix_prob": Range(0, 1),
+    "mix_off_first": Range(0, 100_000),
+    "mix_off_last": Range(0, 100_000),
     "lr_search_trials": Range(1, 10_000),
     "lr_search_epochs": Range(1, 10_000),
     "lr_search_range": Interval(Range(0, 10, open_low=True)),

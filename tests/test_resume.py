@@ -1,5 +1,6 @@
 """A run killed with SIGKILL at any moment and resumed ends exactly as an uninterrupted one, for
-every shipped recipe and ingredient (SAM, ASAM, mutual learning, AM-Softmax, AugMix, AMP)."""
+every shipped recipe and ingredient (SAM, ASAM, mutual learning, AM-Softmax, AugMix, AMP, mixup
+and CutMix, label smoothing, AdamW, a step schedule, early stopping)."""
 
 import csv
 import json
@@ -36,6 +37,12 @@ CASES = [
     ("mobilenetv3_large_075", [], "checkpoint"),
     ("mobilenetv3_large_100", [], "step"),
     ("efficientnet_b0", [], "trial-step"),
+    (
+        "digits",
+        ["mixup=0.4", "cutmix=1.0", "label_smoothing=0.1", "optimizer=adamw", "lr=0.002"]
+        + ["schedule=step", "lr_step_epochs=1", "early_stopping=val_loss"],
+        "step",
+    ),
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

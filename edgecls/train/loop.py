@@ -39,7 +39,9 @@ from edgecls.models import Classifier, create_model
 from edgecls.report.progress import console
 from edgecls.train.augment import num_batches, training_batches
 from edgecls.train.callbacks import Callback
+from edgecls.train.early_stopping import create_early_stopping
 from edgecls.train.losses import Objective, build_objective
+from edgecls.train.mixing import BatchTransform, create_batch_transform
 from edgecls.train.optim import UpdateStrategy, create_optimizer, create_update, scaled_lr
 from edgecls.train.schedules import Schedule, TimeBudget, create_schedule
 
@@ -156,30 +158,32 @@ class Trainer:
             self.device.type, enabled=config.amp and self.device.type == "cuda"
         )
         self.update: UpdateStrategy = create_update(self.optimizer, self.scaler, self.models)
+        self.batch_transform: BatchTransform = create_batch_transform(config, len(dataset.classes))
         self.budget = TimeBudget(train_seconds) if train_seconds is not None else None
         self.schedule: Schedule = create_schedule(config, self.budget)
+        self.early_stopping = create_early_stopping(config)
         self.state = RunState()
         self.start: dict[str, Any] = {}  # where a divergence before the first checkpoint returns
 
     # one update ----------------------------------------------------------------------------
-    def compute_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         with torch.autocast(self.device.type, dtype=dtype, enabled=self.config.amp):
-            return self.objective([model(images) for model in self.models], labels)
+            return self.objective([model(images) for model in self.models], targets)
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+    def step(self, images: torch.Tensor, targets: torch.Tensor) -> float:
         """One optimizer update on a batch (two passes under SAM); returns the batch loss.
 
-        A non-finite loss leaves the weights and batch-norm statistics untouched and is returned
-        as it is."""
+        `targets` are class indices, or class probabilities for a mixed batch. A non-finite loss
+        leaves the weights and batch-norm statistics untouched and is returned as it is."""
         statistics = [buffer.clone() for buffer in self.statistics]
-        loss = self.compute_loss(images, labels)
+        loss = self.compute_loss(images, targets)
         if not torch.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
             for buffer, saved in zip(self.statistics, statistics, strict=True):
                 buffer.copy_(saved)
             return loss.item()
-        self.update(loss, lambda: self.compute_loss(images, labels))
+        self.update(loss, lambda: self.compute_loss(images, targets))
         return loss.item()
 
     # checkpoints ---------------------------------------------------------------------------
@@ -191,6 +195,9 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "schedule": self.schedule.state_dict(),
             "budget": self.budget.state_dict() if self.budget is not None else None,
+            "early_stopping": (
+                self.early_stopping.state_dict() if self.early_stopping is not None else None
+            ),
             "rng": rng_states(),
             "config": runs.saved_config(self.config),
             "classes": self.dataset.classes,
@@ -207,6 +214,8 @@ class Trainer:
         self.schedule.load_state_dict(checkpoint["schedule"])
         if with_budget and self.budget is not None and checkpoint.get("budget"):
             self.budget.load_state_dict(checkpoint["budget"])
+        if self.early_stopping is not None and checkpoint.get("early_stopping"):
+            self.early_stopping.load_state_dict(checkpoint["early_stopping"])
         restore_rng(checkpoint["rng"])
         self.state = RunState(**checkpoint["state"])
 
@@ -221,8 +230,8 @@ class Trainer:
         self._call("on_epoch_start", epoch, num_batches(len(split), self.config.batch_size))
         nonfinite_in_a_row = 0
         for images, labels in training_batches(split, self.config, generator, self.device):
-            images = images.contiguous(memory_format=self.memory_format)
-            loss = self.step(images, labels)
+            images, targets = self.batch_transform(images, labels, epoch)
+            loss = self.step(images.contiguous(memory_format=self.memory_format), targets)
             if not math.isfinite(loss):
                 nonfinite_in_a_row += 1
                 if nonfinite_in_a_row >= MAX_NONFINITE_BATCHES:
@@ -317,9 +326,12 @@ class Trainer:
                 state.train_seconds += seconds
                 if self.budget is not None:
                     self.budget.record(epoch, seconds)
-                state.stopped = self.schedule.step(epoch, train_loss, val.top1) or (
-                    self.budget is not None and not self.budget.another_epoch_fits()
+                schedule_ends = self.schedule.step(epoch, train_loss, val.top1)
+                stops_early = self.early_stopping is not None and self.early_stopping.step(
+                    val.loss, val.top1
                 )
+                out_of_time = self.budget is not None and not self.budget.another_epoch_fits()
+                state.stopped = schedule_ends or stops_early or out_of_time
                 state.epoch = epoch + 1
                 improved = val.top1 > state.best_top1
                 if improved:

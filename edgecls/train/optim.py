@@ -20,6 +20,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from edgecls.config import Config
 
+# Our names -> timm's: timm's own "sgd" is Nesterov; ours is the paper's plain momentum SGD.
+TIMM_OPTIMIZERS = {
+    "sgd": "momentum",
+    "nesterov": "nesterov",
+    "adam": "adam",
+    "adamw": "adamw",
+    "nadam": "nadam",
+    "rmsprop": "rmsprop",
+    "adadelta": "adadelta",
+}
+
 
 def parameter_groups(
     models: Iterable[nn.Module], weight_decay: float, no_bias_decay: bool, bias_lr_factor: float
@@ -112,13 +123,14 @@ class SAM:
 
 
 def create_optimizer(models: list[nn.Module], config: Config) -> torch.optim.Optimizer | SAM:
-    """SGD with momentum over every trained model's parameters, wrapped by SAM when configured."""
+    """The configured optimizer (timm's factory) over every trained model's parameters, wrapped
+    by SAM when configured. AdamW's weight decay is decoupled (timm passes it to AdamW as is)."""
     groups = parameter_groups(
         models, config.weight_decay, config.no_bias_decay, config.bias_lr_factor
     )
     base = timm.optim.create_optimizer_v2(
         groups,
-        opt="momentum",
+        opt=TIMM_OPTIMIZERS[config.optimizer],
         lr=scaled_lr(config, config.lr),
         momentum=config.momentum,
         weight_decay=config.weight_decay,

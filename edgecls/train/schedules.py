@@ -17,7 +17,7 @@ ReduceLROnPlateauV2 (paper 000, section 3.2) is written here because no library 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from edgecls.config import Config
@@ -208,7 +208,58 @@ class BudgetLinearSchedule(_SavedFields):
         return epoch + 1 >= self.max_epochs  # the trainer stops when the budget is spent
 
 
-Schedule = ReduceLROnPlateauV2 | CosineSchedule | ConstantSchedule | BudgetLinearSchedule
+@dataclass
+class FormulaSchedule(_SavedFields):
+    """Warmup, then a closed-form decay (papers 001, 002, 004):
+    - step: lr * gamma ** ((epoch - warmup) // step_epochs)
+    - multistep: lr * gamma ** (number of milestones <= epoch)
+    - poly: lr * (1 - (epoch - warmup) / (max_epochs - warmup)) ** power
+    - exp: lr * gamma ** (epoch - warmup)
+    """
+
+    kind: str
+    base_lr: float
+    max_epochs: int
+    warmup_epochs: int = 5
+    gamma: float = 0.1
+    step_epochs: int = 30
+    milestones: list[int] = field(default_factory=list)
+    power: float = 2.0
+
+    def lr(self, epoch: int) -> float:
+        warm = warmup_lr(self.base_lr, epoch, self.warmup_epochs)
+        if warm is not None:
+            return warm
+        done = epoch - self.warmup_epochs
+        if self.kind == "step":
+            return self.base_lr * self.gamma ** (done // self.step_epochs)
+        if self.kind == "multistep":
+            return self.base_lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+        if self.kind == "poly":
+            progress = done / max(1, self.max_epochs - self.warmup_epochs)
+            return self.base_lr * max(0.0, 1 - progress) ** self.power
+        return self.base_lr * self.gamma**done
+
+    def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
+        return epoch + 1 >= self.max_epochs
+
+
+Schedule = (
+    ReduceLROnPlateauV2 | CosineSchedule | ConstantSchedule | BudgetLinearSchedule | FormulaSchedule
+)
+
+
+def _milestones(config: Config) -> list[int]:
+    milestones = config.lr_milestones or []
+    if not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in milestones) or (
+        milestones != sorted(set(milestones))
+    ):
+        raise UserError(
+            f"config key 'lr_milestones' must be a list of increasing epochs, got {milestones!r}"
+        )
+    if config.schedule == "multistep" and not milestones:
+        raise UserError("schedule=multistep needs lr_milestones, e.g. lr_milestones=[30,60,90]")
+    return milestones
 
 
 def create_schedule(config: Config, budget: TimeBudget | None = None) -> Schedule:
@@ -222,6 +273,17 @@ def create_schedule(config: Config, budget: TimeBudget | None = None) -> Schedul
         return BudgetLinearSchedule(config.lr, budget, config.warmup_epochs, config.max_epochs)
     if config.schedule == "constant":
         return ConstantSchedule(config.lr, config.max_epochs)
+    if config.schedule in ("step", "multistep", "poly", "exp"):
+        return FormulaSchedule(
+            config.schedule,
+            config.lr,
+            config.max_epochs,
+            config.warmup_epochs,
+            gamma=config.lr_gamma,
+            step_epochs=config.lr_step_epochs,
+            milestones=_milestones(config),
+            power=config.lr_power,
+        )
     if config.schedule == "cosine":
         return CosineSchedule(config.lr, config.max_epochs, config.warmup_epochs)
     return ReduceLROnPlateauV2(

@@ -1,0 +1,159 @@
+"""The tricks of papers 001-004, each checked for what defines it."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgecls.config import build_config
+from edgecls.errors import UserError
+from edgecls.train.early_stopping import EarlyStopping, create_early_stopping
+from edgecls.train.losses import margin_cross_entropy
+from edgecls.train.mixing import MixBatches, create_batch_transform, no_mixing
+from edgecls.train.optim import create_optimizer
+from edgecls.train.schedules import FormulaSchedule, create_schedule
+
+
+def test_label_smoothing_is_cross_entropy_against_the_smoothed_distribution():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    labels = torch.tensor([0, 2])
+    smoothed = F.one_hot(labels, 3).float() * 0.9 + 0.1 / 3
+    expected = -(smoothed * F.log_softmax(logits, dim=1)).sum(1).mean()
+    assert margin_cross_entropy(logits, labels, 0.0, 0.1) == pytest.approx(expected.item())
+    plain = margin_cross_entropy(logits, labels, 0.0)
+    assert plain == pytest.approx(F.cross_entropy(logits, labels).item())
+
+
+def test_soft_targets_get_the_margin_in_proportion():
+    logits = torch.zeros(1, 2)
+    soft = torch.tensor([[0.75, 0.25]])
+    shifted = torch.tensor([[-0.75, -0.25]])  # margin 1 times the target probabilities
+    expected = -(soft * F.log_softmax(shifted, dim=1)).sum()
+    assert margin_cross_entropy(logits, soft, 1.0) == pytest.approx(expected.item())
+
+
+def mixer(**settings):
+    return MixBatches(build_config({"max_epochs": 10, **settings}), num_classes=4)
+
+
+def test_mixup_interpolates_each_image_with_its_mirror_in_the_batch_and_their_labels():
+    np.random.seed(0)
+    images = torch.rand(4, 1, 8, 8)
+    labels = torch.tensor([0, 1, 2, 3])
+    mixed, targets = mixer(mixup=0.4)(images.clone(), labels, epoch=0)
+    lam = targets[0, 0].item()  # image 0 is mixed with image 3: lam of class 0
+    assert 0 < lam < 1
+    assert torch.allclose(mixed, lam * images + (1 - lam) * images.flip(0), atol=1e-6)
+    expected = lam * F.one_hot(labels, 4) + (1 - lam) * F.one_hot(labels.flip(0), 4)
+    assert torch.allclose(targets, expected.float(), atol=1e-6)
+
+
+def test_cutmix_pastes_a_box_and_labels_by_area():
+    np.random.seed(1)
+    images = torch.stack([torch.zeros(1, 16, 16), torch.ones(1, 16, 16)])
+    mixed, targets = mixer(cutmix=1.0)(images.clone(), torch.tensor([0, 1]), epoch=0)
+    pasted = mixed[0].mean().item()  # share of image 0 now covered by image 1's ones
+    assert 0 < pasted < 1 and set(mixed[0].unique().tolist()) <= {0.0, 1.0}
+    assert targets[0].tolist() == pytest.approx([1 - pasted, pasted, 0.0, 0.0])
+
+
+def test_mixing_is_switched_off_for_the_first_and_last_epochs_and_odd_batches():
+    mix = mixer(mixup=1.0, mix_off_first=2, mix_off_last=3)
+    images, labels = torch.rand(4, 1, 8, 8), torch.arange(4)
+    for epoch, mixes in [(0, False), (1, False), (2, True), (6, True), (7, False), (9, False)]:
+        _, targets = mix(images.clone(), labels, epoch)
+        assert targets.is_floating_point() == mixes, epoch
+    _, targets = mix(images[:3].clone(), labels[:3], 4)
+    assert not targets.is_floating_point()  # an odd batch has no pairs
+    assert create_batch_transform(build_config({}), 4) is no_mixing
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "nesterov"),
+    [
+        ("sgd", torch.optim.SGD, False),
+        ("nesterov", torch.optim.SGD, True),
+        ("adam", torch.optim.Adam, None),
+        ("adamw", torch.optim.AdamW, None),
+        ("nadam", torch.optim.NAdam, None),
+        ("rmsprop", torch.optim.RMSprop, None),
+        ("adadelta", torch.optim.Adadelta, None),
+    ],
+)
+def test_each_optimizer_name_builds_that_optimizer(name, kind, nesterov):
+    model = torch.nn.Linear(3, 2)
+    optimizer = create_optimizer([model], build_config({"optimizer": name, "lr": 0.1}))
+    assert type(optimizer) is kind
+    if nesterov is not None:
+        assert optimizer.param_groups[0]["nesterov"] is nesterov
+
+
+def test_adamw_decays_the_weights_apart_from_the_gradient():
+    weight = torch.nn.Parameter(torch.ones(1))
+    model = torch.nn.Module()
+    model.weight = weight
+    config = build_config({"optimizer": "adamw", "lr": 0.1, "weight_decay": 0.6})
+    optimizer = create_optimizer([model], config)
+    weight.grad = torch.zeros(1)  # no gradient: only the decoupled decay moves the weight
+    optimizer.step()
+    assert weight.item() == pytest.approx(1 - 0.1 * 0.6)
+
+
+def lrs(schedule, epochs):
+    return [schedule.lr(e) for e in range(epochs)]
+
+
+def test_formula_schedules_follow_their_formulas_after_warmup():
+    step = FormulaSchedule("step", 0.1, 10, warmup_epochs=2, gamma=0.5, step_epochs=3)
+    assert lrs(step, 8) == pytest.approx([0.05, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05])
+    multi = FormulaSchedule("multistep", 0.1, 10, warmup_epochs=0, gamma=0.1, milestones=[2, 4])
+    assert lrs(multi, 5) == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+    poly = FormulaSchedule("poly", 0.1, 10, warmup_epochs=0, power=2.0)
+    assert lrs(poly, 3) == pytest.approx([0.1, 0.1 * 0.9**2, 0.1 * 0.8**2])
+    exp = FormulaSchedule("exp", 0.1, 10, warmup_epochs=1, gamma=0.9)
+    assert lrs(exp, 3) == pytest.approx([0.1, 0.1, 0.09])
+    assert not step.step(8, 1.0, 0.5) and step.step(9, 1.0, 0.5)
+
+
+def test_multistep_needs_increasing_milestones():
+    with pytest.raises(UserError, match="lr_milestones"):
+        create_schedule(build_config({"schedule": "multistep", "lr": 0.1}))
+    with pytest.raises(UserError, match="increasing"):
+        create_schedule(build_config({"schedule": "multistep", "lr": 0.1, "lr_milestones": [5, 3]}))
+
+
+def test_early_stopping_is_its_own_switch_on_loss_or_top1():
+    assert create_early_stopping(build_config({})) is None
+    on_loss = EarlyStopping("val_loss", patience=2)
+    assert [on_loss.step(loss, 0.5) for loss in [1.0, 0.9, 0.95, 0.91]] == [
+        False,
+        False,
+        False,
+        True,
+    ]
+    on_top1 = EarlyStopping("val_top1", patience=1)
+    assert [on_top1.step(1.0, top1) for top1 in [0.5, 0.6, 0.6]] == [False, False, True]
+    assert on_top1.best == -0.6 and not math.isinf(on_loss.best)
+
+
+def test_a_run_with_early_stopping_stops_when_validation_stops_improving():
+    from edgecls.data import load_dataset
+    from edgecls.train.loop import Trainer
+
+    dataset = load_dataset("digits", input_size=16, grayscale=True, progress=False)
+    settings = {"model": "mobilenetv3_small_100", "input_size": 16, "grayscale": True}
+    config = build_config(
+        {
+            **settings,
+            "lr": 1e-9,  # nothing is learned: validation top-1 never beats the first epoch
+            "schedule": "constant",
+            "max_epochs": 20,
+            "early_stopping": "val_top1",
+            "early_stopping_patience": 2,
+            "workers": 0,
+        }
+    )
+    state = Trainer(config, dataset).fit()
+    assert state.epoch == 3 and state.stopped
