@@ -43,6 +43,7 @@ class Config:
     pretrained: bool = False
     weights: str | None = None
     dropout: float = 0.0
+    drop_path: float = 0.0  # stochastic depth rate, for timm models that have it
     head: str = "linear"
     am_scale: float | None = None
     am_margin: float = 0.35
@@ -210,6 +211,7 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "pretrained": BOOL,
     "weights": CheckedWhenUsed("a state dict file, when the model is built"),
     "dropout": Range(0, 1, open_high=True),
+    "drop_path": Range(0, 1, open_high=True),
     "head": OneOf(("linear", "am_softmax")),
     "am_scale": Range(0, 1000, open_low=True),  # null: from the number of classes
     "am_margin": Range(0, 1),

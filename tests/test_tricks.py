@@ -159,3 +159,16 @@ def test_a_run_with_early_stopping_stops_when_validation_stops_improving():
     state = trainer.fit()
     assert state.stopped and state.epoch < 20  # the constant schedule alone runs all 20
     assert trainer.early_stopping.bad_epochs == 2
+
+
+def test_drop_path_sets_stochastic_depth_in_the_timm_model():
+    from timm.layers import DropPath
+
+    from edgecls.models import create_model
+
+    settings = {"model": "mobilenetv3_small_100", "input_size": 32, "drop_path": 0.2}
+    model = create_model(build_config(settings), 3)
+    rates = [m.drop_prob for m in model.modules() if isinstance(m, DropPath)]
+    assert rates and max(rates) == pytest.approx(0.2) and min(rates) > 0
+    plain = create_model(build_config({**settings, "drop_path": 0.0}), 3)
+    assert not any(isinstance(m, DropPath) and m.drop_prob for m in plain.modules())

@@ -86,7 +86,10 @@ def create_model(config: Config, num_classes: int) -> Classifier:
             num_classes=num_classes,
             in_chans=channels,
             drop_rate=config.dropout,
+            **({"drop_path_rate": config.drop_path} if config.drop_path else {}),
         )
+    except TypeError as error:  # an architecture without stochastic depth
+        raise UserError(f"model '{config.model}' does not take drop_path ({error})") from None
     except (OSError, RuntimeError, ValueError) as error:
         if not config.pretrained:
             raise
