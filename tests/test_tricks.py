@@ -169,6 +169,6 @@ def test_drop_path_sets_stochastic_depth_in_the_timm_model():
     settings = {"model": "mobilenetv3_small_100", "input_size": 32, "drop_path": 0.2}
     model = create_model(build_config(settings), 3)
     rates = [m.drop_prob for m in model.modules() if isinstance(m, DropPath)]
-    assert rates and max(rates) == pytest.approx(0.2) and min(rates) > 0
+    assert rates and 0.1 < max(rates) <= 0.2  # timm ramps the rate up block by block
     plain = create_model(build_config({**settings, "drop_path": 0.0}), 3)
     assert not any(isinstance(m, DropPath) and m.drop_prob for m in plain.modules())
