@@ -144,8 +144,15 @@ def main() -> None:
     parser.add_argument(
         "--options", default="", help="key=value settings for the planned runs, comma-separated"
     )
+    parser.add_argument(
+        "--schedules",
+        default="",
+        help="one planned run per schedule named here (comma-separated), instead of the plan's",
+    )
+    parser.add_argument("--no-recipe", action="store_true", help="skip the --recipe digits runs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    schedules = [s for s in args.schedules.split(",") if s] or ["plan"]
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -154,29 +161,47 @@ def main() -> None:
                 budget = args.small_budget if label.endswith("200") else args.budget
                 runs = Path(folder) / "runs" / label.replace(" ", "-")
                 options = [f"time_budget={budget}", *filter(None, args.options.split(","))]
-                auto = run_edgecls(data, runs / "auto", options)
-                recipe = run_edgecls(data, runs / "recipe", ["--recipe", "digits"])
+                auto = {
+                    schedule: run_edgecls(
+                        data,
+                        runs / schedule,
+                        options + ([f"schedule={schedule}"] if schedule != "plan" else []),
+                    )
+                    for schedule in schedules
+                }
+                recipe = None
+                if not args.no_recipe:
+                    recipe = run_edgecls(data, runs / "recipe", ["--recipe", "digits"])
                 svc = run_svc(data, 8 if name == "digits" else 28)
                 row = {"data": label, "budget": budget, "auto": auto, "recipe": recipe, "svc": svc}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+    settings = " ".join(["time_budget=B", *filter(None, args.options.split(","))])
+    columns = [f"{s} top-1 % (epochs, wall s)" for s in schedules]
     lines = [
-        f"`edgecls train DATA time_budget=B {args.options.replace(',', ' ')}`".replace(" `", "`")
-        + " vs `--recipe digits` "
-        "(MobileNetV3-small from scratch, 32x32, at most 60 epochs) vs scikit-learn `SVC()` on raw "
-        "pixels (8x8 digits, 28x28 others), "
-        f"same training images, same evaluation images, seed {args.seed}, 2-core CPU.",
+        f"`edgecls train DATA {settings}`"
+        + (f" with schedule={' / '.join(schedules)}" if schedules != ["plan"] else "")
+        + ("" if args.no_recipe else " vs `--recipe digits` (MobileNetV3-small, scratch, 32x32)")
+        + " vs scikit-learn `SVC()` on raw pixels (8x8 digits, 28x28 others), same training "
+        f"images, same evaluation images, seed {args.seed}, 2-core CPU.",
         "",
-        "| data | split | budget | auto: model, input | auto top-1 % | auto epochs | auto wall s"
-        " | recipe top-1 % | recipe wall s | SVC top-1 % |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| data | split | budget | planned model, input | "
+        + " | ".join(columns)
+        + ("" if args.no_recipe else " | recipe top-1 % (wall s)")
+        + " | SVC top-1 % |",
+        "|---|---|---|---|" + "---|" * (len(columns) + (not args.no_recipe) + 1),
     ]
     for r in rows:
-        a, rc, s = r["auto"], r["recipe"], r["svc"]
+        first = next(iter(r["auto"].values()))
+        cells = [
+            f"{100 * a['top1']:.2f} ({a['epochs']}, {a['wall']:.0f})" for a in r["auto"].values()
+        ]
+        if r["recipe"] is not None:
+            cells.append(f"{100 * r['recipe']['top1']:.2f} ({r['recipe']['wall']:.0f})")
+        cells.append(f"{100 * r['svc']['top1']:.2f}")
         lines.append(
-            f"| {r['data']} | {a['split']} | {r['budget']} | {a['model']}, {a['input']} | "
-            f"{100 * a['top1']:.2f} | {a['epochs']} | {a['wall']:.0f} | "
-            f"{100 * rc['top1']:.2f} | {rc['wall']:.0f} | {100 * s['top1']:.2f} |"
+            f"| {r['data']} | {first['split']} | {r['budget']} | {first['model']}, "
+            f"{first['input']} | " + " | ".join(cells) + " |"
         )
     table = "\n".join(lines)
     args.out.parent.mkdir(parents=True, exist_ok=True)
