@@ -13,6 +13,7 @@ import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,24 +129,37 @@ class OnnxPredictor(Predictor):
 
 
 class OpenVINOPredictor(Predictor):
+    """Compiled once per batch size, at a static shape: OpenVINO's CPU plugin (2025.4 to 2026.4)
+    crashes running NNCF's INT8 models at a dynamic batch size."""
+
     backend = "openvino"
 
     def __init__(self, path: Path, precision_hint: str = "f32") -> None:
         self.info = ModelInfo.load(metadata_path(path))
-        core = openvino_core()
-        try:
-            model = core.read_model(str(path))
-        except Exception as error:  # openvino raises RuntimeError subclasses of its own
-            raise UserError(f"cannot load OpenVINO model {path}: {error}") from None
-        # OpenVINO picks bf16 on CPUs that have it; FP32 must be asked for to mean FP32.
-        self.compiled = core.compile_model(
-            model,
-            "CPU",
-            {"INFERENCE_PRECISION_HINT": precision_hint, "PERFORMANCE_HINT": "LATENCY"},
-        )
+        self.path, self.precision_hint = path, precision_hint
+        self.compiled_for_batch: dict[int, Any] = {}
+        self._compile(1)  # reads and checks the file now, not at the first prediction
+
+    def _compile(self, batch: int) -> Any:
+        if batch not in self.compiled_for_batch:
+            core = openvino_core()
+            try:
+                model = core.read_model(str(self.path))
+                shape = model.input(0).get_partial_shape()
+                shape[0] = batch
+                model.reshape(shape)
+            except Exception as error:  # openvino raises RuntimeError subclasses of its own
+                raise UserError(f"cannot load OpenVINO model {self.path}: {error}") from None
+            # OpenVINO picks bf16 on CPUs that have it; FP32 must be asked for to mean FP32.
+            self.compiled_for_batch[batch] = core.compile_model(
+                model,
+                "CPU",
+                {"INFERENCE_PRECISION_HINT": self.precision_hint, "PERFORMANCE_HINT": "LATENCY"},
+            )
+        return self.compiled_for_batch[batch]
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        return self.compiled(pixels.astype(np.float32))[0]
+        return self._compile(len(pixels))(pixels.astype(np.float32))[0]
 
 
 def load_predictor(path: Path) -> Predictor:
