@@ -150,6 +150,7 @@ def main() -> None:
         help="one planned run per schedule named here (comma-separated), instead of the plan's",
     )
     parser.add_argument("--no-recipe", action="store_true", help="skip the --recipe digits runs")
+    parser.add_argument("--subsets-only", action="store_true", help="only the 200-image subsets")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     schedules = [s for s in args.schedules.split(",") if s] or ["plan"]
@@ -158,6 +159,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in args.datasets.split(","):
             for label, data in make_tasks(name, Path(folder) / "data", args.seed):
+                if args.subsets_only and not label.endswith("200"):
+                    continue
                 budget = args.small_budget if label.endswith("200") else args.budget
                 runs = Path(folder) / "runs" / label.replace(" ", "-")
                 options = [f"time_budget={budget}", *filter(None, args.options.split(","))]
