@@ -62,3 +62,16 @@ def test_timm_state_dict_loads_by_name_and_wrong_architecture_is_refused(tmp_pat
 def test_normalization_lives_in_the_model():
     model = create_model(build_config({"model": "mobilenetv3_small_050", "grayscale": True}), 2)
     assert model.mean.shape == (1, 1, 1, 1) and 0.4 < float(model.mean) < 0.5
+
+
+@pytest.mark.parametrize(("name", "blocks"), [("resnet20_cifar", 9), ("resnet56_cifar", 27)])
+def test_cifar_resnets_are_timm_models_that_keep_small_inputs_whole(name, blocks):
+    from edgecls.models.cifar_resnet import BasicBlock
+
+    model = create_model(build_config({"model": name, "grayscale": True}), num_classes=10)
+    backbone = model.backbone
+    assert sum(isinstance(m, BasicBlock) for m in backbone.modules()) == blocks  # 3 stages
+    assert backbone.forward_features(torch.rand(2, 1, 32, 32)).shape == (2, 64, 8, 8)
+    assert model.eval()(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    # zero-gamma: every residual branch starts at zero, so each block starts as the identity
+    assert all(m.bn2.weight.abs().sum() == 0 for m in backbone.modules() if type(m) is BasicBlock)

@@ -17,6 +17,7 @@ from edgecls.config import build_config
 from edgecls.data import Dataset, ImageSplit
 from edgecls.plan import (
     BUDGET_SCHEDULE,
+    TINY_SMALL_DATA,
     affordable_ingredients,
     describe_machine,
     input_sizes,
@@ -74,6 +75,16 @@ def test_small_grey_images_get_a_small_grey_input(small_grey):
     assert set(scratch) == {64, 32}  # from scratch: the images' own scale rounded up, and 64
     assert all(c.train_images_per_second > 0 and c.memory_bytes > 0 for c in plan.candidates)
     assert plan.values["schedule"] == BUDGET_SCHEDULE and plan.budget_seconds == 600
+
+
+def test_enough_tiny_images_get_a_cifar_resnet_at_their_own_scale(tmp_path):
+    folder = make_folder(tmp_path / "tiny", side=20, colour=False, per_class=900)
+    plan = make_plan(str(folder), {"time_budget": "10m"})
+    assert plan.data.training_images >= TINY_SMALL_DATA
+    assert (plan.values["model"], plan.values["input_size"]) == ("resnet20_cifar", 32)
+    assert plan.values["pretrained"] is False and plan.values["grayscale"] is True
+    assert any("CIFAR ResNet" in note for note in plan.notes)
+    assert any(c.weights != "scratch" for c in plan.candidates)  # measured, and passed over
 
 
 def test_large_colour_images_get_a_larger_input(large_colour):

