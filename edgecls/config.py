@@ -81,6 +81,11 @@ class Config:
     mix_prob: float = 1.0  # share of batches mixed
     mix_off_first: int = 0  # epochs without mixing at the start
     mix_off_last: int = 0  # and at the end (of max_epochs)
+    stitch_mixup: str = "none"  # or horizontal, vertical: two images cut and joined (paper 002)
+    stitch_alpha: float = 0.2  # Beta(alpha, alpha) of the cut's position
+    teacher: str | None = None  # knowledge distillation from a run folder or checkpoint
+    kd_temperature: float = 1.0  # paper 002 uses 20, paper 003 uses 1
+    kd_alpha: float = 0.5  # weight of the teacher's soft targets; 1 - kd_alpha on the labels
     max_rollbacks: int = 3  # divergence: back to the last good checkpoint at lr * lr_factor
     # initial-LR search (lr=tpe|grid|range|auto)
     lr_search_trials: int = 15
@@ -249,6 +254,11 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "mix_prob": Range(0, 1),
     "mix_off_first": Range(0, 100_000),
     "mix_off_last": Range(0, 100_000),
+    "stitch_mixup": OneOf(("none", "horizontal", "vertical")),
+    "stitch_alpha": Range(0, 100, open_low=True),
+    "teacher": CheckedWhenUsed("a run folder or checkpoint, when training starts"),
+    "kd_temperature": Range(0, 1000, open_low=True),
+    "kd_alpha": Range(0, 1),
     "lr_search_trials": Range(1, 10_000),
     "lr_search_epochs": Range(1, 10_000),
     "lr_search_range": Interval(Range(0, 10, open_low=True)),

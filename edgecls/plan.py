@@ -100,6 +100,7 @@ class Candidate:
     batch_size: int
     train_images_per_second: float = 0.0
     memory_bytes: int = 0
+    parameters: int = 0  # the deployed model's size
     epochs: int = 0
     latency_ms: float | None = None
     fits: bool = True
@@ -246,8 +247,9 @@ def measure(candidate: Candidate, channels: int, classes: int, steps: int = 2) -
         train_step()
     seconds = (time.perf_counter() - started) / steps
     candidate.train_images_per_second = candidate.batch_size / seconds
-    parameters = sum(p.numel() for p in model.parameters()) * 4
-    candidate.memory_bytes = activations + 4 * parameters  # weights, grads, momentum, copy
+    candidate.parameters = sum(p.numel() for p in model.parameters())
+    # weights, gradients, momentum and a copy, 4 bytes each
+    candidate.memory_bytes = activations + 4 * 4 * candidate.parameters
 
 
 def measure_ingredients(

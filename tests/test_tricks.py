@@ -177,3 +177,82 @@ def test_drop_path_sets_stochastic_depth_in_the_timm_model():
     assert rates and 0.1 < max(rates) <= 0.2  # timm ramps the rate up block by block
     plain = create_model(build_config({**settings, "drop_path": 0.0}), 3)
     assert not any(isinstance(m, DropPath) and m.drop_prob for m in plain.modules())
+
+
+@pytest.mark.parametrize("direction", ["horizontal", "vertical"])
+def test_stitch_mixup_joins_two_images_and_labels_them_by_area(direction):
+    np.random.seed(0)
+    stitch = create_batch_transform(
+        build_config({"stitch_mixup": direction, "stitch_alpha": 1.0}), num_classes=2
+    )
+    images = torch.stack([torch.zeros(1, 16, 16), torch.ones(1, 16, 16)])
+    shares = []
+    for _ in range(5):
+        stitched, targets = stitch(images.clone(), torch.tensor([0, 1]), epoch=0)
+        along = stitched[0, 0, 0] if direction == "horizontal" else stitched[0, 0, :, 0]
+        cut = int((along == 0).sum())  # image 0 up to the cut, its partner (ones) after it
+        assert torch.equal(along, torch.cat([torch.zeros(cut), torch.ones(16 - cut)]))
+        across = (
+            stitched[0, 0, :, cut - 1] if direction == "horizontal" else stitched[0, 0, cut - 1]
+        )
+        assert cut == 0 or (across == 0).all()  # the cut runs straight across the image
+        assert torch.allclose(targets[0], torch.tensor([cut / 16, 1 - cut / 16]))
+        assert torch.allclose(targets[1], torch.tensor([1 - cut / 16, cut / 16]))
+        shares.append(cut / 16)
+    assert any(0 < share < 1 for share in shares)
+
+
+def test_distillation_at_t1_alpha1_is_cross_entropy_on_the_teachers_probabilities():
+    from edgecls.models import create_model
+    from edgecls.train.losses import build_objective
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    student = create_model(build_config({"model": "resnet20_cifar", "grayscale": True}), 3)
+    images, labels = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    logits = torch.randn(4, 3)
+    teacher_probabilities = F.softmax(teacher(images), dim=1).detach()
+    settings = {"teacher": "unused here", "kd_temperature": 1.0, "kd_alpha": 1.0}
+    kd = build_objective(build_config(settings), [student], teacher)
+    expected = -(teacher_probabilities * F.log_softmax(logits, dim=1)).sum(1).mean()
+    assert kd([logits], labels, images).item() == pytest.approx(expected.item(), rel=1e-5)
+    # T = 20 (paper 002): T^2 times the same at the softened distributions
+    hot = build_objective(build_config({**settings, "kd_temperature": 20.0}), [student], teacher)
+    soft = F.softmax(teacher(images) / 20, dim=1).detach()
+    expected = -(soft * F.log_softmax(logits / 20, dim=1)).sum(1).mean() * 400
+    assert hot([logits], labels, images).item() == pytest.approx(expected.item(), rel=1e-5)
+    # alpha = 0: the labels alone
+    plain = build_objective(build_config({**settings, "kd_alpha": 0.0}), [student], teacher)
+    assert plain([logits], labels, images).item() == pytest.approx(
+        F.cross_entropy(logits, labels).item(), rel=1e-5
+    )
+
+
+def test_a_teacher_is_frozen_in_eval_mode_and_never_checkpointed(tmp_path):
+    from edgecls import runs
+    from edgecls.data import load_dataset
+    from edgecls.train.loop import Trainer
+
+    dataset = load_dataset("digits", input_size=16, grayscale=True, progress=False)
+    settings = {
+        "model": "mobilenetv3_small_050",
+        "input_size": 16,
+        "grayscale": True,
+        "max_epochs": 1,
+        "workers": 0,
+    }
+    teacher_file = tmp_path / "teacher.pt"
+    runs.save_checkpoint(Trainer(build_config(settings), dataset).checkpoint(), teacher_file)
+    student = Trainer(build_config({**settings, "teacher": str(teacher_file)}), dataset)
+    before = [p.clone() for p in student.teacher.parameters()]
+    student.fit()
+    assert not student.teacher.training
+    assert all(torch.equal(a, b) for a, b in zip(before, student.teacher.parameters(), strict=True))
+    optimised = {id(p) for group in student.optimizer.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in student.teacher.parameters()}
+    checkpoint = student.checkpoint()
+    assert checkpoint["partners"] == [] and "teacher" not in checkpoint
+    with pytest.raises(UserError, match="other classes"):
+        other = load_dataset("digits", input_size=16, grayscale=True, progress=False)
+        other.classes = [f"c{i}" for i in range(10)]
+        Trainer(build_config({**settings, "teacher": str(teacher_file)}), other)

@@ -51,8 +51,12 @@ def plan_tables(plan: Plan) -> list[Table]:
     summary.add_row("planning took", f"{plan.seconds:.1f} s")
 
     candidates = Table(title="candidates measured on this machine")
-    for column in ("model", "weights", "input", "batch", "img/s", "MB", "epochs", "ms", ""):
+    candidates.add_column("model", no_wrap=True)
+    for column in ("weights", "input", "batch", "train img/s", "memory MB", "epochs"):
         candidates.add_column(column, overflow="fold")
+    candidates.add_column("params M")
+    candidates.add_column("latency ms", overflow="fold")
+    candidates.add_column("", overflow="fold")
     for index, c in enumerate(plan.candidates):
         candidates.add_row(
             c.model,
@@ -62,6 +66,7 @@ def plan_tables(plan: Plan) -> list[Table]:
             f"{c.train_images_per_second:.0f}",
             f"{c.memory_bytes / 2**20:.0f}",
             str(c.epochs) if plan.budget_seconds is not None else "-",
+            f"{c.parameters / 1e6:.2f}",
             "-" if c.latency_ms is None else f"{c.latency_ms:.1f}",
             "[bold]chosen[/bold]" if index == plan.chosen else c.why_not,
         )

@@ -40,7 +40,7 @@ from edgecls.report.progress import console
 from edgecls.train.augment import num_batches, training_batches
 from edgecls.train.callbacks import Callback
 from edgecls.train.early_stopping import create_early_stopping
-from edgecls.train.losses import Objective, build_objective
+from edgecls.train.losses import Objective, build_objective, load_teacher
 from edgecls.train.mixing import BatchTransform, create_batch_transform
 from edgecls.train.optim import UpdateStrategy, create_optimizer, create_update, scaled_lr
 from edgecls.train.schedules import Schedule, TimeBudget, create_schedule
@@ -152,7 +152,8 @@ class Trainer:
             for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
             if buffer is not None
         ]
-        self.objective: Objective = build_objective(config, self.models)
+        self.teacher = load_teacher(config, dataset.classes, self.device)
+        self.objective: Objective = build_objective(config, self.models, self.teacher)
         self.optimizer = create_optimizer(self.models, config)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=config.amp and self.device.type == "cuda"
@@ -169,7 +170,7 @@ class Trainer:
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         with torch.autocast(self.device.type, dtype=dtype, enabled=self.config.amp):
-            return self.objective([model(images) for model in self.models], targets)
+            return self.objective([model(images) for model in self.models], targets, images)
 
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> float:
         """One optimizer update on a batch (two passes under SAM); returns the batch loss.

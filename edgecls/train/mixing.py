@@ -1,13 +1,15 @@
 """Batch transforms that mix pairs of images and their labels: mixup and CutMix (papers 002-004),
-through timm's `Mixup`. A mixed batch has soft targets (class probabilities), which every
-objective accepts; an unmixed one keeps its class indices.
+through timm's `Mixup`, and stitch-mixup (paper 002). A mixed batch has soft targets (class
+probabilities), which every objective accepts; an unmixed one keeps its class indices.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from timm.data import Mixup
 
 from edgecls.config import Config
@@ -43,7 +45,36 @@ class MixBatches:
         return self.mix(images, labels)
 
 
+class StitchBatches:
+    """Stitch-mixup (paper 002, section III.D): the first share lambda ~ Beta(alpha, alpha) of
+    each image's width (`horizontal`) or height (`vertical`) joined to the rest of its partner,
+    the image at the other end of the batch; the label is weighted by the area each one covers.
+    Same epochs and share of batches as MixBatches; draws from numpy's global RNG."""
+
+    def __init__(self, config: Config, num_classes: int) -> None:
+        self.axis = 3 if config.stitch_mixup == "horizontal" else 2
+        self.alpha, self.prob, self.num_classes = config.stitch_alpha, config.mix_prob, num_classes
+        self.first_epoch = config.mix_off_first
+        self.end_epoch = config.max_epochs - config.mix_off_last
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, epoch: int):
+        if not self.first_epoch <= epoch < self.end_epoch or np.random.rand() >= self.prob:
+            return images, labels
+        length = images.shape[self.axis]
+        cut = int(round(np.random.beta(self.alpha, self.alpha) * length))
+        partner = images.flip(0)
+        stitched = torch.cat(
+            [images.narrow(self.axis, 0, cut), partner.narrow(self.axis, cut, length - cut)],
+            dim=self.axis,
+        )
+        share = cut / length
+        hot = F.one_hot(labels, self.num_classes).float()
+        return stitched, share * hot + (1 - share) * hot.flip(0)
+
+
 def create_batch_transform(config: Config, num_classes: int) -> BatchTransform:
+    if config.stitch_mixup != "none":
+        return StitchBatches(config, num_classes)
     if config.mixup or config.cutmix:
         return MixBatches(config, num_classes)
     return no_mixing

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from edgecls import runs
 from edgecls.config import Config, parse_duration
 from edgecls.data import Dataset, load_configured_dataset
@@ -19,6 +21,7 @@ from edgecls.report import plot_confusion_matrix, plot_history
 from edgecls.report.progress import console
 from edgecls.train.callbacks import CheckpointWriter, ProgressBars
 from edgecls.train.loop import Diverged, Trainer
+from edgecls.train.losses import load_teacher
 from edgecls.train.lr_search import search_lr
 
 
@@ -124,8 +127,10 @@ def _train_in(
     checkpoint = runs.load_checkpoint(last) if resume and last.is_file() else None
     if checkpoint is not None:
         _check_same_classes(dataset, checkpoint)
-    # Build the model once before writing anything: a wrong name or weights file fails here.
+    # Build the model (and teacher) once before writing anything: a wrong name, weights file or
+    # teacher fails here.
     create_model(config, len(dataset.classes))
+    load_teacher(config, dataset.classes, torch.device("cpu"))
     runs.write_config(run_dir, config)
     if plan is not None:
         runs.write_json(run_dir / "plan.json", plan)
