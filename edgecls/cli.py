@@ -340,15 +340,22 @@ def predict(model, inputs, top_k, csv_path) -> None:
 )
 @click.option("--calibration-size", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--seed", type=_config_range("seed"), default=0)
+@click.option(
+    "--opset",
+    type=click.IntRange(min=11, max=20),
+    default=17,
+    show_default=True,
+    help="ONNX opset; 17 is read correctly by every runtime tested (OpenCV DNN included).",
+)
 @user_errors
-def export(model, fmt, precision, int8, out_dir, data, calibration_size, seed) -> None:
+def export(model, fmt, precision, int8, out_dir, data, calibration_size, seed, opset) -> None:
     """Export MODEL (run folder or .pt) to ONNX or OpenVINO IR, checked against the checkpoint."""
     from edgecls.deploy.export import export_model, report_lines
 
     if out_dir:
         runs.check_folder_writable(out_dir)
     report = export_model(
-        model, fmt, "int8" if int8 else precision, out_dir, data, calibration_size, seed
+        model, fmt, "int8" if int8 else precision, out_dir, data, calibration_size, seed, opset
     )
     for line in report_lines(report):
         out.print(line, highlight=False, markup=False)

@@ -218,6 +218,47 @@ def test_bad_export_and_predict_input(run_dir, tmp_path):
         str(tmp_path / "x"),
         contains="calibration data",
     )
+    import onnx
+
+    foreign = onnx.load(str(run_dir / "export" / "model.onnx"))  # an ONNX file not of ours
+    del foreign.metadata_props[:]
     lonely = tmp_path / "lonely.onnx"
-    lonely.write_bytes((run_dir / "export" / "model.onnx").read_bytes())
+    onnx.save(foreign, str(lonely))
     fails_cleanly("predict", str(lonely), str(tmp_path), contains="metadata")
+
+
+def test_onnx_is_opset_17_carries_its_metadata_and_agrees_in_every_runtime(run_dir, tmp_path):
+    import shutil
+
+    import onnx
+
+    from edgecls.deploy.runtime import OnnxPredictor
+
+    path = run_dir / "export" / "model.onnx"
+    model = onnx.load(str(path))
+    assert model.opset_import[0].version == 17
+    embedded = json.loads({p.key: p.value for p in model.metadata_props}["edgecls"])
+    assert embedded["input_size"] == 32 and embedded["grayscale"] is True
+    assert embedded["classes"] == [str(i) for i in range(10)]
+    report = json.loads((run_dir / "export" / "model_report.json").read_text())
+    assert set(report["runtimes"]) == {"onnxruntime", "openvino", "opencv"}
+    assert all(share >= 0.99 for share in report["runtimes"].values()), report["runtimes"]
+    alone = tmp_path / "model.onnx"  # the file alone, without model.json beside it
+    shutil.copy(path, alone)
+    assert OnnxPredictor(alone).info.classes == embedded["classes"]
+
+
+def test_a_runtime_that_disagrees_with_the_checkpoint_is_reported_loudly(run_dir):
+    from edgecls.data import load_dataset
+    from edgecls.deploy.export import ExportReport, check_runtimes, report_lines
+
+    val = load_dataset("digits", input_size=32, grayscale=True, progress=False).val
+    path = run_dir / "export" / "model.onnx"
+    from edgecls.deploy.runtime import OnnxPredictor
+
+    right = OnnxPredictor(path).predict_proba(val.images)
+    report = ExportReport(str(path), "onnx", "fp32", opset=17)
+    check_runtimes(path, np.roll(right, 1, axis=1), val, report)  # another model's answers
+    assert all(share < 0.99 for share in report.runtimes.values())
+    warnings = [line for line in report_lines(report) if line.startswith("WARNING")]
+    assert len(warnings) == 3 and "opencv DISAGREES" in " ".join(warnings)

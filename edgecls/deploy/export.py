@@ -2,13 +2,17 @@
 
 The exported graph holds the normalization and a softmax, takes float32 pixels in [0, 1] with a
 dynamic batch dimension, and has its metadata (classes, input size, preprocessing) in a JSON file
-beside it. After export the model is compared with the checkpoint on the validation split of the
-training data: the share of identical top-1 predictions, the largest probability difference, and
-for INT8 the top-1 drop against FP32 are printed and saved beside the model.
+beside it (and, for ONNX, in the file itself). ONNX is written at opset 17 by default, in
+operator forms that lagging runtimes read correctly. After export the model is compared with
+the checkpoint on the validation split of the training data: the share of identical top-1
+predictions, the largest probability difference, and for INT8 the top-1 drop against FP32 are
+printed and saved beside the model; an ONNX file is run in every installed runtime, and one that
+disagrees is reported loudly.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -22,8 +26,10 @@ from torch import nn
 from edgecls import runs
 from edgecls.data import ImageSplit, load_configured_dataset, to_float
 from edgecls.deploy.runtime import (
+    ONNX_METADATA_KEY,
     ModelInfo,
     OnnxPredictor,
+    OpenCVPredictor,
     OpenVINOPredictor,
     Predictor,
     TorchPredictor,
@@ -50,6 +56,8 @@ class ExportReport:
     fp32_top1: float | None = None  # INT8 only: the FP32 export's top-1 on the same images
     int8_top1_drop: float | None = None  # percentage points
     calibration_images: int | None = None
+    opset: int | None = None  # ONNX only
+    runtimes: dict[str, float] = field(default_factory=dict)  # ONNX: agreement per runtime
     notes: list[str] = field(default_factory=list)
 
 
@@ -64,8 +72,17 @@ class WithSoftmax(nn.Module):
         return self.model(pixels).softmax(dim=1)
 
 
-def export_onnx(model: nn.Module, info: ModelInfo, path: Path) -> Path:
-    """ONNX with a dynamic batch dimension, checked by onnx.checker."""
+DEFAULT_OPSET = 17  # the lowest that represents these models; OpenCV 5 misreads opset 20 forms
+MIN_AGREEMENT = 0.99  # top-1 agreement with the checkpoint below which a runtime is reported
+
+
+def export_onnx(model: nn.Module, info: ModelInfo, path: Path, opset: int = DEFAULT_OPSET) -> Path:
+    """ONNX at `opset` with a dynamic batch dimension and the ModelInfo in its metadata, checked
+    by onnx.checker.
+
+    The TorchScript exporter writes the classic operator forms (GlobalAveragePool, Flatten) that
+    every runtime reads; the dynamo exporter's opset-18+ forms (ReduceMean with axes as an
+    input) made OpenCV's DNN module return wrong probabilities without an error."""
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,20 +91,35 @@ def export_onnx(model: nn.Module, info: ModelInfo, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        torch.onnx.export(
-            graph,
-            (example,),
-            str(path),
-            input_names=["pixels"],
-            output_names=["probabilities"],
-            dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}},
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+        try:
+            torch.onnx.export(
+                graph,
+                (example,),
+                str(path),
+                input_names=["pixels"],
+                output_names=["probabilities"],
+                dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+        except Exception as error:  # torch raises many types for an operator it cannot write
+            raise UserError(f"ONNX export at opset {opset} failed: {error}") from None
+    exported = onnx.load(str(path))
+    exported.metadata_props.add(key=ONNX_METADATA_KEY, value=info.to_json())
+    onnx.checker.check_model(exported, full_check=True)
+    content = exported.SerializeToString()
+    runs.atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(content))
     info.save(metadata_path(path))
     return path
+
+
+def onnx_runtimes(path: Path) -> dict[str, Predictor]:
+    """The ONNX file in every runtime installed here that reads ONNX."""
+    predictors: dict[str, Predictor] = {"onnxruntime": OnnxPredictor(path)}
+    predictors["openvino"] = OpenVINOPredictor(path)
+    if importlib.util.find_spec("cv2") is not None:
+        predictors["opencv"] = OpenCVPredictor(path)
+    return predictors
 
 
 def export_openvino(onnx_path: Path, info: ModelInfo, path: Path, fp16: bool) -> Path:
@@ -138,6 +170,22 @@ def compare(
     return probabilities
 
 
+def check_runtimes(
+    path: Path, reference: np.ndarray, split: ImageSplit, report: ExportReport
+) -> None:
+    """Top-1 agreement with the checkpoint of the ONNX file in every installed runtime; one
+    below MIN_AGREEMENT gets a note in capitals, since it would fail silently on a device."""
+    for name, predictor in onnx_runtimes(path).items():
+        probabilities = predictor.predict_proba(split.images)
+        agreement = float((probabilities.argmax(1) == reference.argmax(1)).mean())
+        report.runtimes[name] = agreement
+        if agreement < MIN_AGREEMENT:
+            report.notes.append(
+                f"WARNING: {name} DISAGREES with the checkpoint on {1 - agreement:.1%} of the "
+                f"images: do not deploy this file to {name} (try another --opset)"
+            )
+
+
 def export_model(
     model_path: Path,
     fmt: str,
@@ -146,6 +194,7 @@ def export_model(
     data: str | None = None,
     calibration_size: int = 300,
     seed: int = 0,
+    opset: int = DEFAULT_OPSET,
 ) -> ExportReport:
     """Export a checkpoint (or a run folder's best.pt) and check the result against it."""
     if fmt not in FORMATS:
@@ -171,7 +220,7 @@ def export_model(
     if precision == "int8" and (dataset is None or not len(dataset.train)):
         raise UserError("INT8 needs calibration data: pass --data DATA (the training data)")
 
-    onnx_path = export_onnx(source.model, fp32_info, out_dir / "model.onnx")
+    onnx_path = export_onnx(source.model, fp32_info, out_dir / "model.onnx", opset)
     if fmt == "onnx":
         path = onnx_path
     elif precision == "int8":
@@ -182,7 +231,7 @@ def export_model(
         fp16 = precision == "fp16"
         path = export_openvino(onnx_path, info, out_dir / f"model_{precision}.xml", fp16)
 
-    report = ExportReport(str(path), fmt, precision)
+    report = ExportReport(str(path), fmt, precision, opset=opset if fmt == "onnx" else None)
     if dataset is None or not len(dataset.val):
         report.notes.append("no validation data found: predictions were not compared")
     else:
@@ -190,6 +239,8 @@ def export_model(
         reference = source.predict_proba(dataset.val.images)
         exported = OnnxPredictor(path) if fmt == "onnx" else OpenVINOPredictor(path)
         compare(exported, reference, dataset.val, report)
+        if fmt == "onnx":
+            check_runtimes(path, reference, dataset.val, report)
         if precision == "int8":
             report.calibration_images = len(calibration)
             fp32 = OpenVINOPredictor(out_dir / "model_fp32.xml")
@@ -208,6 +259,11 @@ def report_lines(report: ExportReport) -> list[str]:
             f"checkpoint {report.top1_agreement:.2%}, max probability difference "
             f"{report.max_probability_difference:.2e}, top-1 {report.top1:.2%} "
             f"(checkpoint {report.checkpoint_top1:.2%})"
+        )
+    if report.runtimes:
+        lines.append(
+            f"ONNX opset {report.opset}, top-1 agreement per runtime: "
+            + ", ".join(f"{name} {share:.2%}" for name, share in report.runtimes.items())
         )
     if report.int8_top1_drop is not None:
         lines.append(

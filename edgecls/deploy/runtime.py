@@ -1,10 +1,10 @@
 """One predictor interface over every model kind edgecls writes: a PyTorch checkpoint, an ONNX
-file (ONNX Runtime) or an OpenVINO IR, chosen from the file.
+file (ONNX Runtime, or OpenCV's DNN module) or an OpenVINO IR, chosen from the file.
 
 Exported models take float32 pixels in [0, 1], NCHW, RGB or one channel, at `input_size`
 (normalization is inside the graph) and return class probabilities. The metadata file beside
-them (`<model>.json`) carries the class names and input size, so nobody re-implements the
-preprocessing.
+them (`<model>.json`), and an ONNX file's own metadata, carry the class names and input size, so
+nobody re-implements the preprocessing.
 """
 
 from __future__ import annotations
@@ -46,19 +46,44 @@ class ModelInfo:
     def save(self, path: Path) -> None:
         runs.write_json(path, asdict(self))
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> ModelInfo:
+        keys = ("classes", "input_size", "grayscale", "precision")
+        return cls(**{key: values[key] for key in keys})
+
     @classmethod
     def load(cls, path: Path) -> ModelInfo:
+        if not path.is_file() and path.with_suffix(".onnx").is_file():
+            embedded = onnx_metadata(path.with_suffix(".onnx"))
+            if embedded is not None:
+                return embedded
         if not path.is_file():
             raise UserError(
                 f"metadata file {path} is missing: export the model with `edgecls export` "
                 "(it writes the class names and input size beside the model)"
             )
         try:
-            values = json.loads(path.read_text())
-            keys = ("classes", "input_size", "grayscale", "precision")
-            return cls(**{key: values[key] for key in keys})
+            return cls.from_values(json.loads(path.read_text()))
         except (ValueError, KeyError, TypeError) as error:
             raise UserError(f"metadata file {path} is damaged: {error}") from None
+
+
+ONNX_METADATA_KEY = "edgecls"  # the ModelInfo as JSON, in the ONNX file's metadata_props
+
+
+def onnx_metadata(path: Path) -> ModelInfo | None:
+    """The ModelInfo an ONNX file carries itself (exported by edgecls), if any."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        props = {prop.key: prop.value for prop in model.metadata_props}
+        return ModelInfo.from_values(json.loads(props[ONNX_METADATA_KEY]))
+    except Exception:  # not ONNX, or not ours: the JSON file beside it decides
+        return None
 
 
 @functools.cache
@@ -126,6 +151,28 @@ class OnnxPredictor(Predictor):
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: pixels.astype(np.float32)})[0]
+
+
+class OpenCVPredictor(Predictor):
+    """An ONNX file in OpenCV's DNN module, one of the most used runtimes on small devices."""
+
+    backend = "opencv"
+
+    def __init__(self, path: Path) -> None:
+        try:
+            import cv2
+        except ImportError:
+            raise UserError("OpenCV is not installed: pip install opencv-python-headless") from None
+        self.info = ModelInfo.load(metadata_path(path))
+        try:
+            self.net = cv2.dnn.readNetFromONNX(str(path))
+        except cv2.error as error:
+            first = str(error).strip().splitlines()[-1] if str(error).strip() else "cv2.error"
+            raise UserError(f"OpenCV cannot read ONNX model {path}: {first}") from None
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        self.net.setInput(np.ascontiguousarray(pixels, dtype=np.float32))
+        return self.net.forward()
 
 
 class OpenVINOPredictor(Predictor):
