@@ -44,6 +44,9 @@ class Config:
     weights: str | None = None
     dropout: float = 0.0
     drop_path: float = 0.0  # stochastic depth rate, for timm models that have it
+    # zero-initialise the last batch norm of each residual block (paper 004); null: as the
+    # architecture does (timm's ResNets and edgecls's CIFAR ResNets do)
+    zero_gamma: bool | None = None
     head: str = "linear"
     am_scale: float | None = None
     am_margin: float = 0.35
@@ -217,6 +220,7 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "weights": CheckedWhenUsed("a state dict file, when the model is built"),
     "dropout": Range(0, 1, open_high=True),
     "drop_path": Range(0, 1, open_high=True),
+    "zero_gamma": BOOL,
     "head": OneOf(("linear", "am_softmax")),
     "am_scale": Range(0, 1000, open_low=True),  # null: from the number of classes
     "am_margin": Range(0, 1),

@@ -256,3 +256,21 @@ def test_a_teacher_is_frozen_in_eval_mode_and_never_checkpointed(tmp_path):
         other = load_dataset("digits", input_size=16, grayscale=True, progress=False)
         other.classes = [f"c{i}" for i in range(10)]
         Trainer(build_config({**settings, "teacher": str(teacher_file)}), other)
+
+
+def test_zero_gamma_zeroes_the_last_batch_norm_of_each_residual_block():
+    from edgecls.models import create_model
+
+    def last_norms(settings):
+        model = create_model(build_config(settings), 3).backbone
+        return (
+            [block.bn2.weight for block in model.layer1]
+            if hasattr(model, "layer1")
+            else [m.bn2.weight for m in model.stages]
+        )
+
+    for name in ("resnet18", "resnet20_cifar"):
+        assert all((w == 0).all() for w in last_norms({"model": name, "zero_gamma": True}))
+        assert all((w == 1).all() for w in last_norms({"model": name, "zero_gamma": False}))
+    with pytest.raises(UserError, match="zero_gamma"):
+        create_model(build_config({"model": "mobilenetv3_small_100", "zero_gamma": True}), 3)

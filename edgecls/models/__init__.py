@@ -80,6 +80,11 @@ def create_model(config: Config, num_classes: int) -> Classifier:
     weights = config.weights
     if config.pretrained and not weights and packaged_weights(config.model):
         weights = str(packaged_weights(config.model))
+    options = {}  # passed only when set: not every architecture takes them
+    if config.drop_path:
+        options["drop_path_rate"] = config.drop_path
+    if config.zero_gamma is not None:
+        options["zero_init_last"] = config.zero_gamma
     try:
         backbone = timm.create_model(
             config.model,
@@ -87,10 +92,15 @@ def create_model(config: Config, num_classes: int) -> Classifier:
             num_classes=num_classes,
             in_chans=channels,
             drop_rate=config.dropout,
-            **({"drop_path_rate": config.drop_path} if config.drop_path else {}),
+            **options,
         )
-    except TypeError as error:  # an architecture without stochastic depth
-        raise UserError(f"model '{config.model}' does not take drop_path ({error})") from None
+    except TypeError as error:  # an architecture without stochastic depth or residual blocks
+        keys = " or ".join(
+            key
+            for key, option in (("drop_path", "drop_path_rate"), ("zero_gamma", "zero_init_last"))
+            if option in options
+        )
+        raise UserError(f"model '{config.model}' does not take {keys} ({error})") from None
     except (OSError, RuntimeError, ValueError) as error:
         if not config.pretrained:
             raise

@@ -77,7 +77,7 @@ class CifarResNet(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        if zero_init_last:  # each block starts as the identity (He et al. 2019, zero-gamma)
+        if zero_init_last:  # each block starts as the identity (zero-gamma, paper 004)
             for module in self.modules():
                 if isinstance(module, BasicBlock):
                     nn.init.zeros_(module.bn2.weight)
