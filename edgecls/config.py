@@ -84,6 +84,7 @@ class Config:
     mix_prob: float = 1.0  # share of batches mixed
     mix_off_first: int = 0  # epochs without mixing at the start
     mix_off_last: int = 0  # and at the end (of max_epochs)
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
     stitch_mixup: str = "none"  # or horizontal, vertical: two images cut and joined (paper 002)
     stitch_alpha: float = 0.2  # Beta(alpha, alpha) of the cut's position
     teacher: str | None = None  # knowledge distillation from a run folder or checkpoint
@@ -258,6 +259,7 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "mix_prob": Range(0, 1),
     "mix_off_first": Range(0, 100_000),
     "mix_off_last": Range(0, 100_000),
+    "ema": Range(0, 1, open_high=True),
     "stitch_mixup": OneOf(("none", "horizontal", "vertical")),
     "stitch_alpha": Range(0, 100, open_low=True),
     "teacher": CheckedWhenUsed("a run folder or checkpoint, when training starts"),

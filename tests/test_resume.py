@@ -1,6 +1,6 @@
 """A run killed with SIGKILL at any moment and resumed ends exactly as an uninterrupted one, for
 every shipped recipe and ingredient (SAM, ASAM, mutual learning, AM-Softmax, AugMix, AMP, mixup
-and CutMix, label smoothing, AdamW, a step schedule, early stopping)."""
+and CutMix, label smoothing, AdamW, a step schedule, early stopping, EMA)."""
 
 import csv
 import json
@@ -40,7 +40,7 @@ CASES = [
     (
         "digits",
         ["mixup=0.4", "cutmix=1.0", "label_smoothing=0.1", "optimizer=adamw", "lr=0.002"]
-        + ["schedule=step", "lr_step_epochs=1", "early_stopping=val_loss"],
+        + ["schedule=step", "lr_step_epochs=1", "early_stopping=val_loss", "ema=0.9"],
         "step",
     ),
 ]

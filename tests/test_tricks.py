@@ -274,3 +274,26 @@ def test_zero_gamma_zeroes_the_last_batch_norm_of_each_residual_block():
         assert all((w == 1).all() for w in last_norms({"model": name, "zero_gamma": False}))
     with pytest.raises(UserError, match="zero_gamma"):
         create_model(build_config({"model": "mobilenetv3_small_100", "zero_gamma": True}), 3)
+
+
+def test_ema_weights_are_the_running_average_and_are_what_is_evaluated_and_kept():
+    from edgecls.data import load_dataset
+    from edgecls.train.loop import Trainer
+
+    dataset = load_dataset("digits", input_size=16, grayscale=True, progress=False)
+    settings = {"model": "resnet20_cifar", "input_size": 16, "grayscale": True, "ema": 0.5}
+    trainer = Trainer(build_config({**settings, "lr": 0.1, "workers": 0}), dataset)
+    images, labels = dataset.train.images[:32].float() / 255, dataset.train.labels[:32]
+    weight = lambda model: model.backbone.stem[0].weight.detach().clone()  # noqa: E731
+    expected = weight(trainer.model)
+    for _ in range(2):
+        trainer.step(images, labels)
+        expected = 0.5 * expected + 0.5 * weight(trainer.model)
+    assert torch.allclose(weight(trainer.evaluated_model), expected, atol=1e-6)
+    assert not torch.allclose(weight(trainer.evaluated_model), weight(trainer.model))
+    checkpoint = trainer.checkpoint()  # best.pt keeps the average, and the trained weights
+    assert torch.equal(checkpoint["model"]["backbone.stem.0.weight"], expected)
+    resumed = Trainer(build_config({**settings, "lr": 0.1, "workers": 0}), dataset)
+    resumed.restore(checkpoint)
+    assert torch.equal(weight(resumed.model), weight(trainer.model))
+    assert torch.equal(weight(resumed.evaluated_model), expected)

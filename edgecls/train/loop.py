@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from edgecls import runs
@@ -159,6 +160,9 @@ class Trainer:
             self.device.type, enabled=config.amp and self.device.type == "cuda"
         )
         self.update: UpdateStrategy = create_update(self.optimizer, self.scaler, self.models)
+        # An exponential moving average of the kept model's weights (timm's ModelEmaV3): what is
+        # evaluated, kept as best.pt and deployed, while the optimizer trains the model itself.
+        self.ema = ModelEmaV3(self.model, decay=config.ema) if config.ema else None
         self.batch_transform: BatchTransform = create_batch_transform(config, len(dataset.classes))
         self.budget = TimeBudget(train_seconds) if train_seconds is not None else None
         self.schedule: Schedule = create_schedule(config, self.budget)
@@ -185,12 +189,20 @@ class Trainer:
                 buffer.copy_(saved)
             return loss.item()
         self.update(loss, lambda: self.compute_loss(images, targets))
+        if self.ema is not None:
+            self.ema.update(self.model)
         return loss.item()
+
+    @property
+    def evaluated_model(self) -> Classifier:
+        """The weights validation scores and best.pt keeps: the average under `ema`."""
+        return self.ema.module if self.ema is not None else self.model
 
     # checkpoints ---------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(),
+            "model": self.evaluated_model.state_dict(),
+            "trained_model": self.model.state_dict() if self.ema is not None else None,
             "partners": [m.state_dict() for m in self.models[1:]],
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -207,7 +219,9 @@ class Trainer:
 
     def restore(self, checkpoint: dict[str, Any], with_budget: bool = True) -> None:
         """Continue from `checkpoint`; a rollback (`with_budget=False`) keeps the time spent."""
-        self.model.load_state_dict(checkpoint["model"])
+        self.evaluated_model.load_state_dict(checkpoint["model"])
+        if self.ema is not None:
+            self.model.load_state_dict(checkpoint["trained_model"])
         for model, state in zip(self.models[1:], checkpoint["partners"], strict=True):
             model.load_state_dict(state)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -248,7 +262,7 @@ class Trainer:
 
     def evaluate(self, split: ImageSplit):
         logits = predict_logits(
-            self.model,
+            self.evaluated_model,
             split.images,
             self.config.eval_batch_size,
             self.device,

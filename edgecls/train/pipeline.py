@@ -174,7 +174,7 @@ def _train_in(
 def evaluate_best(trainer: Trainer, run_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
     """Evaluate best.pt on validation (and test); write metrics.json (with `extra`) and plots."""
     best = runs.load_checkpoint(run_dir / "best.pt")
-    trainer.model.load_state_dict(best["model"])
+    trainer.evaluated_model.load_state_dict(best["model"])
     dataset, state = trainer.dataset, trainer.state
     val = trainer.evaluate(dataset.val)
     metrics: dict[str, Any] = {
