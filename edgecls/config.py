@@ -213,7 +213,7 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "val_fraction": Range(0, 1, open_low=True, open_high=True),
     "input_size": Range(8, 2048),
     "grayscale": BOOL,
-    "augment": OneOf(("augmix", "basic", "light", "none")),
+    "augment": OneOf(("augmix", "autoaugment", "randaugment", "basic", "light", "none")),
     "hflip": BOOL,
     "workers": Range(0, 256),
     "model": CheckedWhenUsed("a timm model name, when the model is built"),

@@ -258,7 +258,7 @@ def measure_ingredients(
     """How many times a plain training step each ingredient of the paper's recipe costs, timed
     on this machine: SAM's second pass, mutual learning's second model, per-image AugMix."""
     from edgecls.data import Dataset, ImageSplit
-    from edgecls.data.augmix import augmix_transform
+    from edgecls.data.per_image import per_image_transform
     from edgecls.train.loop import Trainer
 
     size, batch = candidate.input_size, candidate.batch_size
@@ -284,7 +284,7 @@ def measure_ingredients(
         "sam": step_seconds(sam=True, mutual=False) / plain,
         "mutual": step_seconds(sam=False, mutual=True) / plain,
     }
-    transform = augmix_transform(size, channels == 1, hflip=config.hflip)
+    transform = per_image_transform(size, channels == 1, hflip=config.hflip)
     pictures = [Image.fromarray(i.permute(1, 2, 0).squeeze(-1).numpy()) for i in images[:16]]
     started = time.perf_counter()
     for picture in pictures:

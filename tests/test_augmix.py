@@ -1,4 +1,5 @@
-"""AugMix DataLoader path: shapes, that it really augments, determinism, drop_last."""
+"""Per-image policies (AugMix, AutoAugment, RandAugment) in a DataLoader: shapes, that they really
+augment, determinism, drop_last."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgecls.data.augmix import AugMixDataset, augmix_loader
+from edgecls.data.per_image import PerImageDataset, per_image_loader
 from edgecls.data.splits import ImageSplit
 
 SIZE = 32
@@ -31,7 +32,7 @@ def smooth_split(n: int = 16, channels: int = 3) -> ImageSplit:
 
 def loader(split: ImageSplit, seed: int, *, batch_size: int = 5, workers: int = 0, **kwargs):
     options = {"input_size": SIZE, "grayscale": split.images.shape[1] == 1, "hflip": True}
-    return augmix_loader(
+    return per_image_loader(
         split,
         batch_size,
         torch.Generator().manual_seed(seed),
@@ -56,7 +57,7 @@ def test_batches_have_the_split_shape_and_dtype(channels):
 
 def test_images_change_but_keep_their_statistics():
     split = smooth_split()
-    dataset = AugMixDataset(split, input_size=SIZE, grayscale=False, hflip=True)
+    dataset = PerImageDataset(split, input_size=SIZE, grayscale=False, hflip=True)
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
@@ -106,3 +107,16 @@ def test_caller_rng_states_are_left_alone():
 def test_short_last_batch_is_dropped_unless_it_is_the_only_one(batch_size, sizes):
     batches = loader(smooth_split(), seed=0, batch_size=batch_size)
     assert [len(labels) for _, labels in batches] == sizes
+
+
+@pytest.mark.parametrize("policy", ["autoaugment", "randaugment"])
+def test_autoaugment_and_randaugment_are_timms_policies_in_the_same_loader(policy):
+    from timm.data.auto_augment import AutoAugment, RandAugment
+
+    split = smooth_split()
+    dataset = PerImageDataset(split, input_size=SIZE, grayscale=False, hflip=True, policy=policy)
+    kind = AutoAugment if policy == "autoaugment" else RandAugment
+    assert any(isinstance(step, kind) for step in dataset.transform.transforms)
+    first = [images for images, _ in loader(split, seed=3, policy=policy)]
+    again = [images for images, _ in loader(split, seed=3, policy=policy)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # repeatable

@@ -3,7 +3,8 @@
 `basic`, `light` and `none` work on whole batches of in-memory tensors: on a 2-core CPU a
 per-image PIL pipeline in worker processes competes with the model for the same cores, while one
 random affine `grid_sample` per batch costs a small fraction of a training step. `augmix` (the
-paper's recipe) is per-image work by nature and goes through timm's AugMix in a DataLoader.
+paper's recipe), `autoaugment` and `randaugment` are per-image work by nature and go through
+timm's policies in a DataLoader.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from edgecls.config import Config
 from edgecls.data import ImageSplit, to_float
-from edgecls.data.augmix import augmix_loader
+from edgecls.data.per_image import POLICIES, per_image_loader
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -79,8 +80,8 @@ def training_batches(
     split: ImageSplit, config: Config, generator: torch.Generator, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(augmented float images in [0, 1], labels) on `device`, in an order set by `generator`."""
-    if config.augment == "augmix":
-        loader = augmix_loader(
+    if config.augment in POLICIES:
+        loader = per_image_loader(
             split,
             config.batch_size,
             generator,
@@ -88,6 +89,7 @@ def training_batches(
             grayscale=config.grayscale,
             hflip=config.hflip,
             workers=config.workers,
+            policy=config.augment,
         )
         for images, labels in loader:
             yield to_float(images).to(device), labels.to(device)

@@ -1,7 +1,7 @@
-"""AugMix training data: per-image PIL augmentation in a DataLoader.
+"""Per-image augmentation policies in a DataLoader: AugMix (paper 000's recipe), AutoAugment and
+RandAugment (paper 003), each timm's, after random flip, crop and rotation.
 
-The paper's recipe uses AugMix (timm's ImageNet policy) plus random flip, crop and rotation.
-Those are per-image PIL ops, so unlike the batch-level tensor augmentation in
+These are per-image PIL ops, so unlike the batch-level tensor augmentation in
 `edgecls.train.augment` they run item by item, optionally in worker processes.
 
 timm draws from python `random` and `numpy.random`, torchvision from the global torch RNG. To make
@@ -20,7 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN
-from timm.data.auto_augment import augment_and_mix_transform
+from timm.data.auto_augment import (
+    augment_and_mix_transform,
+    auto_augment_transform,
+    rand_augment_transform,
+)
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode, v2
 
@@ -29,19 +33,28 @@ from edgecls.data.splits import ImageSplit
 Transform = Callable[[Image.Image], torch.Tensor]
 
 
-def augmix_transform(
+# timm's policy strings: AugMix of the paper (severity 3, width 3), AutoAugment's ImageNet policy
+# as timm's `v0`, RandAugment at magnitude 9 with noise (timm's train.py default).
+POLICIES = {
+    "augmix": lambda hparams: augment_and_mix_transform("augmix-m3-w3", hparams),
+    "autoaugment": lambda hparams: auto_augment_transform("v0", hparams),
+    "randaugment": lambda hparams: rand_augment_transform("rand-m9-mstd0.5", hparams),
+}
+
+
+def per_image_transform(
     input_size: int,
     grayscale: bool,
     hflip: bool = True,
-    severity: int = 3,
-    width: int = 3,
     max_rotation: float = 10.0,
+    policy: str = "augmix",
 ) -> Transform:
-    """PIL image -> uint8 tensor (C, S, S): flip, padded random crop, rotation, then timm AugMix.
+    """PIL image -> uint8 tensor (C, S, S): flip, padded random crop, rotation, then the timm
+    `policy`.
 
-    AugMix's colour ops expect RGB, so grayscale images go through it as RGB and come back as one
-    channel. The hparams are the ones timm's `create_transform` passes for an 'augmix-...' policy:
-    translations scaled to the image size and the ImageNet mean as fill colour.
+    The policies' colour ops expect RGB, so grayscale images go through them as RGB and come
+    back as one channel. The hparams are the ones timm's `create_transform` passes: translations
+    scaled to the image size and the ImageNet mean as fill colour.
     """
     fill = tuple(min(255, round(255 * x)) for x in IMAGENET_DEFAULT_MEAN)
     hparams = {"translate_const": int(input_size * 0.45), "img_mean": fill, "translate_pct": 0.3}
@@ -51,7 +64,7 @@ def augmix_transform(
     steps += [
         v2.RandomCrop(input_size, padding=input_size // 8, padding_mode="reflect"),
         v2.RandomRotation(max_rotation, interpolation=InterpolationMode.BILINEAR, fill=fill),
-        augment_and_mix_transform(f"augmix-m{severity}-w{width}", hparams),
+        POLICIES[policy](hparams),
     ]
     if grayscale:
         steps.append(v2.Grayscale(num_output_channels=1))
@@ -59,7 +72,7 @@ def augmix_transform(
     return v2.Compose(steps)
 
 
-class AugMixDataset(Dataset):
+class PerImageDataset(Dataset):
     """Wraps an ImageSplit: item i -> (augmented uint8 tensor, label)."""
 
     def __init__(
@@ -69,9 +82,10 @@ class AugMixDataset(Dataset):
         input_size: int,
         grayscale: bool,
         hflip: bool,
+        policy: str = "augmix",
     ) -> None:
         self.split = split
-        self.transform = augmix_transform(input_size, grayscale, hflip)
+        self.transform = per_image_transform(input_size, grayscale, hflip, policy=policy)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -99,7 +113,7 @@ def _seeded_rngs(seed: int) -> Iterator[None]:
 class _SeededItems(Dataset):
     """Item (i, seed) -> dataset[i] augmented under `seed`."""
 
-    def __init__(self, dataset: AugMixDataset) -> None:
+    def __init__(self, dataset: PerImageDataset) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -127,7 +141,7 @@ class _SeededShuffle(Sampler[tuple[int, int]]):
         return zip(order.tolist(), seeds.tolist(), strict=True)
 
 
-def augmix_loader(
+def per_image_loader(
     split: ImageSplit,
     batch_size: int,
     generator: torch.Generator,
@@ -136,13 +150,16 @@ def augmix_loader(
     grayscale: bool,
     hflip: bool,
     workers: int,
+    policy: str = "augmix",
 ) -> DataLoader:
-    """Shuffled AugMix batches (uint8 images (B, C, S, S), labels) that depend only on `generator`.
+    """Shuffled `policy` batches (uint8 images (B, C, S, S), labels) depending only on `generator`.
 
     Like `edgecls.train.loop.batches`, the last short batch is dropped when there is more than one
     batch (batch norm needs > 1 sample), so a resumed run sees the same batches.
     """
-    dataset = AugMixDataset(split, input_size=input_size, grayscale=grayscale, hflip=hflip)
+    dataset = PerImageDataset(
+        split, input_size=input_size, grayscale=grayscale, hflip=hflip, policy=policy
+    )
     return DataLoader(
         _SeededItems(dataset),
         batch_size=batch_size,
