@@ -34,10 +34,11 @@ Transform = Callable[[Image.Image], torch.Tensor]
 
 
 # timm's policy strings: AugMix of the paper (severity 3, width 3), AutoAugment's ImageNet policy
-# as timm's `v0`, RandAugment at magnitude 9 with noise (timm's train.py default).
+# as timm's `v0r` (`v0` with its posterize fixed: `v0` asks PIL for 0 bits in 2% of the images and
+# raises), RandAugment at magnitude 9 with noise (timm's train.py default).
 POLICIES = {
     "augmix": lambda hparams: augment_and_mix_transform("augmix-m3-w3", hparams),
-    "autoaugment": lambda hparams: auto_augment_transform("v0", hparams),
+    "autoaugment": lambda hparams: auto_augment_transform("v0r", hparams),
     "randaugment": lambda hparams: rand_augment_transform("rand-m9-mstd0.5", hparams),
 }
 
