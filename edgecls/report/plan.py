@@ -15,6 +15,7 @@ SHOWN = (
     "lr",
     "schedule",
     "max_epochs",
+    "warmup_epochs",
     "time_budget",
     "augment",
     "sam",
