@@ -37,6 +37,8 @@ class Config:
     grayscale: bool = False
     augment: str = "basic"
     hflip: bool = True
+    random_erasing: float = 0.0  # share of training images with a random box erased (001, 003)
+    normalize: str = "model"  # the model's mean/std (ImageNet's); `train`: the training set's (001)
     workers: int = 2
     # model
     model: str = "mobilenetv3_large_100"
@@ -215,6 +217,8 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "grayscale": BOOL,
     "augment": OneOf(("augmix", "autoaugment", "randaugment", "basic", "light", "none")),
     "hflip": BOOL,
+    "random_erasing": Range(0, 1),
+    "normalize": OneOf(("model", "train")),
     "workers": Range(0, 256),
     "model": CheckedWhenUsed("a timm model name, when the model is built"),
     "pretrained": BOOL,

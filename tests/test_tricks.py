@@ -1,6 +1,7 @@
 """The tricks of papers 001-004, each checked for what defines it."""
 
 import math
+import random
 
 import numpy as np
 import pytest
@@ -297,3 +298,38 @@ def test_ema_weights_are_the_running_average_and_are_what_is_evaluated_and_kept(
     resumed.restore(checkpoint)
     assert torch.equal(weight(resumed.model), weight(trainer.model))
     assert torch.equal(weight(resumed.evaluated_model), expected)
+
+
+def test_random_erasing_blanks_a_box_of_2_to_25_percent_of_each_image():
+    from edgecls.data import ImageSplit
+    from edgecls.train.augment import training_batches
+
+    split = ImageSplit(torch.full((8, 1, 32, 32), 255, dtype=torch.uint8), torch.arange(8), [])
+    config = build_config({"augment": "none", "random_erasing": 1.0, "batch_size": 8})
+    random_state = random.getstate()
+    ((images, _),) = training_batches(
+        split, config, torch.Generator().manual_seed(0), torch.device("cpu")
+    )
+    random.setstate(random_state)
+    erased = (images == 0).float().mean(dim=(1, 2, 3))
+    assert ((erased >= 0.015) & (erased <= 0.26)).all(), erased
+    off = build_config({"augment": "none", "batch_size": 8})
+    ((plain, _),) = training_batches(
+        split, off, torch.Generator().manual_seed(0), torch.device("cpu")
+    )
+    assert (plain == 1).all()
+
+
+def test_normalize_train_uses_the_training_sets_own_statistics():
+    from edgecls.data import load_dataset
+    from edgecls.train.loop import Trainer
+
+    dataset = load_dataset("digits", input_size=16, grayscale=True, progress=False)
+    settings = {"model": "resnet20_cifar", "input_size": 16, "grayscale": True, "workers": 0}
+    trainer = Trainer(build_config({**settings, "normalize": "train"}), dataset)
+    pixels = dataset.train.images.double() / 255
+    assert float(trainer.model.mean) == pytest.approx(pixels.mean().item(), rel=1e-5)
+    assert float(trainer.model.std) == pytest.approx(pixels.std().item(), rel=1e-3)
+    assert float(trainer.checkpoint()["model"]["std"]) == pytest.approx(pixels.std().item(), 1e-3)
+    default = Trainer(build_config(settings), dataset)
+    assert float(default.model.mean) != pytest.approx(pixels.mean().item(), rel=1e-2)

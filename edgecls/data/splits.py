@@ -35,6 +35,20 @@ class ImageSplit:
     def class_counts(self, n_classes: int) -> list[int]:
         return torch.bincount(self.labels, minlength=n_classes).tolist()
 
+    def channel_statistics(self, chunk: int = 1024) -> tuple[list[float], list[float]]:
+        """Per-channel mean and standard deviation of the pixels in [0, 1] (paper 001
+        normalizes with the training set's own), a chunk of images at a time."""
+        total = torch.zeros(self.images.shape[1], dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        for start in range(0, len(self.images), chunk):
+            pixels = self.images[start : start + chunk].double() / 255
+            total += pixels.sum(dim=(0, 2, 3))
+            squares += (pixels**2).sum(dim=(0, 2, 3))
+        count = max(1, self.images.numel() // self.images.shape[1])
+        mean = total / count
+        std = (squares / count - mean**2).clamp_min(1e-12).sqrt()
+        return mean.tolist(), std.tolist()
+
 
 @dataclass
 class Dataset:

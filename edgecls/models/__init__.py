@@ -61,6 +61,12 @@ class Classifier(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone((pixels - self.mean) / self.std))
 
+    def set_normalization(self, mean: list[float], std: list[float]) -> None:
+        """Normalize with other statistics (the training set's): saved with the weights, so
+        checkpoints and exports apply them too."""
+        self.mean.copy_(torch.tensor(mean).view_as(self.mean))
+        self.std.copy_(torch.tensor(std).view_as(self.std))
+
 
 def _normalization(backbone: nn.Module, channels: int) -> tuple[list[float], list[float]]:
     mean = list(backbone.pretrained_cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN))

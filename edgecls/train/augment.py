@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from timm.data.random_erasing import RandomErasing
 
 from edgecls.config import Config
 from edgecls.data import ImageSplit, to_float
@@ -79,7 +80,23 @@ def num_batches(n: int, batch_size: int) -> int:
 def training_batches(
     split: ImageSplit, config: Config, generator: torch.Generator, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(augmented float images in [0, 1], labels) on `device`, in an order set by `generator`."""
+    """(augmented float images in [0, 1], labels) on `device`, in an order set by `generator`;
+    then, with `random_erasing`, timm's RandomErasing (boxes of 2-25% of the image set to 0, as
+    in paper 001; it draws from python's RNG, which checkpoints restore)."""
+    batches = _augmented_batches(split, config, generator, device)
+    if not config.random_erasing:
+        yield from batches
+        return
+    erase = RandomErasing(
+        config.random_erasing, min_area=0.02, max_area=0.25, mode="const", device=device.type
+    )
+    for images, labels in batches:
+        yield erase(images), labels
+
+
+def _augmented_batches(
+    split: ImageSplit, config: Config, generator: torch.Generator, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     if config.augment in POLICIES:
         loader = per_image_loader(
             split,

@@ -145,6 +145,10 @@ class Trainer:
             for m in create_models(config, len(dataset.classes))
         ]
         self.model = self.models[0]
+        if config.normalize == "train":
+            statistics = dataset.train.channel_statistics()
+            for model in self.models:
+                model.set_normalization(*statistics)
         self.statistics = [
             buffer
             for model in self.models
