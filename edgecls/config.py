@@ -37,6 +37,8 @@ class Config:
     grayscale: bool = False
     augment: str = "basic"
     hflip: bool = True
+    hsb_jitter: float = 0.0  # hue, saturation, brightness jitter strength (004: 0.4); 0: off
+    pca_lighting: float = 0.0  # std of AlexNet's PCA lighting noise (004: 0.1); 0: off
     random_erasing: float = 0.0  # share of training images with a random box erased (001, 003)
     normalize: str = "model"  # the model's mean/std (ImageNet's); `train`: the training set's (001)
     workers: int = 2
@@ -217,6 +219,8 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "grayscale": BOOL,
     "augment": OneOf(("augmix", "autoaugment", "randaugment", "basic", "light", "none")),
     "hflip": BOOL,
+    "hsb_jitter": Range(0, 1),
+    "pca_lighting": Range(0, 10),
     "random_erasing": Range(0, 1),
     "normalize": OneOf(("model", "train")),
     "workers": Range(0, 256),

@@ -333,3 +333,22 @@ def test_normalize_train_uses_the_training_sets_own_statistics():
     assert float(trainer.checkpoint()["model"]["std"]) == pytest.approx(pixels.std().item(), 1e-3)
     default = Trainer(build_config(settings), dataset)
     assert float(default.model.mean) != pytest.approx(pixels.mean().item(), rel=1e-2)
+
+
+def test_hsb_jitter_and_pca_lighting_change_colour_within_their_ranges():
+    from edgecls.train.augment import LIGHTING_EIGVEC, hsb_jitter, pca_lighting
+
+    generator = torch.Generator().manual_seed(0)
+    grey = torch.full((16, 1, 4, 4), 0.5)
+    brighter = hsb_jitter(grey, 0.4, generator)
+    factors = brighter[:, 0, 0, 0] / 0.5  # grey images: brightness only, one factor per image
+    assert (factors >= 0.6 - 1e-6).all() and (factors <= 1.4 + 1e-6).all() and factors.std() > 0
+    assert torch.equal(brighter, brighter[:, :, :1, :1].expand_as(brighter))
+    colour = torch.rand(16, 3, 4, 4) * 0.5 + 0.25
+    assert not torch.allclose(hsb_jitter(colour, 0.4, generator), colour)
+    shift = pca_lighting(colour, 0.1, generator) - colour  # one RGB offset per image
+    assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-6)
+    offsets = shift[:, :, 0, 0]
+    along = offsets @ LIGHTING_EIGVEC  # the offsets lie in the eigenvectors' span, mostly the first
+    assert along[:, 0].abs().mean() > 5 * along[:, 2].abs().mean()
+    assert torch.equal(pca_lighting(grey, 0.1, generator), grey)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from timm.data.random_erasing import RandomErasing
+from torchvision.transforms.v2 import functional as TF
 
 from edgecls.config import Config
 from edgecls.data import ImageSplit, to_float
@@ -77,21 +78,59 @@ def num_batches(n: int, batch_size: int) -> int:
     return 1 if n <= batch_size else n // batch_size
 
 
+# Principal components of ImageNet's RGB pixels (AlexNet's lighting noise, as paper 004 uses it).
+LIGHTING_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
+LIGHTING_EIGVEC = torch.tensor(
+    [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]]
+)
+
+
+def hsb_jitter(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Paper 004: brightness and saturation scaled by factors from [1 - s, 1 + s] and the hue
+    shifted by up to s / 4 of the colour circle, drawn per image (grey images: brightness only)."""
+    n = images.shape[0]
+    brightness = _uniform(n, 1 - strength, 1 + strength, generator).tolist()
+    saturation = _uniform(n, 1 - strength, 1 + strength, generator).tolist()
+    hue = _uniform(n, -strength / 4, strength / 4, generator).tolist()
+    jittered = []
+    for image, b, s, h in zip(images, brightness, saturation, hue, strict=True):
+        image = TF.adjust_brightness(image, b)
+        if image.shape[0] == 3:
+            image = TF.adjust_hue(TF.adjust_saturation(image, s), h)
+        jittered.append(image)
+    return torch.stack(jittered).clamp_(0.0, 1.0)
+
+
+def pca_lighting(images: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    """AlexNet's lighting noise (paper 004, std 0.1): each colour image shifted along ImageNet's
+    RGB principal components by N(0, std)-scaled eigenvalues. Grey images are left alone."""
+    if images.shape[1] != 3:
+        return images
+    alpha = torch.randn(images.shape[0], 3, generator=generator) * std
+    shift = (alpha * LIGHTING_EIGVAL) @ LIGHTING_EIGVEC.T  # (N, 3): eigvec @ (alpha * eigval)
+    return (images + shift.to(images.device).view(-1, 3, 1, 1)).clamp_(0.0, 1.0)
+
+
 def training_batches(
     split: ImageSplit, config: Config, generator: torch.Generator, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(augmented float images in [0, 1], labels) on `device`, in an order set by `generator`;
-    then, with `random_erasing`, timm's RandomErasing (boxes of 2-25% of the image set to 0, as
-    in paper 001; it draws from python's RNG, which checkpoints restore)."""
-    batches = _augmented_batches(split, config, generator, device)
-    if not config.random_erasing:
-        yield from batches
-        return
-    erase = RandomErasing(
-        config.random_erasing, min_area=0.02, max_area=0.25, mode="const", device=device.type
-    )
-    for images, labels in batches:
-        yield erase(images), labels
+    """(augmented float images in [0, 1], labels) on `device`, in an order set by `generator`:
+    the `augment` policy, then `hsb_jitter` and `pca_lighting`, then, with `random_erasing`,
+    timm's RandomErasing (boxes of 2-25% of the image set to 0, as in paper 001; it draws from
+    python's RNG, which checkpoints restore)."""
+    erase = None
+    if config.random_erasing:
+        erase = RandomErasing(
+            config.random_erasing, min_area=0.02, max_area=0.25, mode="const", device=device.type
+        )
+    for images, labels in _augmented_batches(split, config, generator, device):
+        if config.hsb_jitter:
+            images = hsb_jitter(images, config.hsb_jitter, generator)
+        if config.pca_lighting:
+            images = pca_lighting(images, config.pca_lighting, generator)
+        if erase is not None:
+            images = erase(images)
+        yield images, labels
 
 
 def _augmented_batches(
