@@ -48,6 +48,7 @@ class Config:
     weights: str | None = None
     dropout: float = 0.0
     drop_path: float = 0.0  # stochastic depth rate, for timm models that have it
+    drop_block: float = 0.0  # DropBlock rate (paper 003), for timm's ResNets
     # zero-initialise the last batch norm of each residual block (paper 004); null: as the
     # architecture does (timm's ResNets and edgecls's CIFAR ResNets do)
     zero_gamma: bool | None = None
@@ -230,6 +231,7 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "dropout": Range(0, 1, open_high=True),
     "drop_path": Range(0, 1, open_high=True),
     "zero_gamma": BOOL,
+    "drop_block": Range(0, 1, open_high=True),
     "head": OneOf(("linear", "am_softmax")),
     "am_scale": Range(0, 1000, open_low=True),  # null: from the number of classes
     "am_margin": Range(0, 1),

@@ -352,3 +352,15 @@ def test_hsb_jitter_and_pca_lighting_change_colour_within_their_ranges():
     along = offsets @ LIGHTING_EIGVEC  # the offsets lie in the eigenvectors' span, mostly the first
     assert along[:, 0].abs().mean() > 5 * along[:, 2].abs().mean()
     assert torch.equal(pca_lighting(grey, 0.1, generator), grey)
+
+
+def test_drop_block_sets_timms_dropblock_in_a_resnet():
+    from timm.layers import DropBlock2d
+
+    from edgecls.models import create_model
+
+    model = create_model(build_config({"model": "resnet18", "drop_block": 0.1}), 3)
+    rates = [m.drop_prob for m in model.modules() if isinstance(m, DropBlock2d)]
+    assert rates and max(rates) == pytest.approx(0.1)
+    with pytest.raises(UserError, match="drop_block"):
+        create_model(build_config({"model": "mobilenetv3_small_100", "drop_block": 0.1}), 3)

@@ -40,6 +40,15 @@ def packaged_weights(model_name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+# Config keys passed to timm's model constructors as these arguments, only when set: not every
+# architecture takes them.
+TIMM_OPTIONS = {
+    "drop_path": "drop_path_rate",  # stochastic depth
+    "drop_block": "drop_block_rate",  # DropBlock (timm's ResNets)
+    "zero_gamma": "zero_init_last",  # residual blocks' last batch norm at zero
+}
+
+
 class Classifier(nn.Module):
     """A timm backbone behind a fixed per-channel normalization of [0, 1] inputs."""
 
@@ -86,11 +95,11 @@ def create_model(config: Config, num_classes: int) -> Classifier:
     weights = config.weights
     if config.pretrained and not weights and packaged_weights(config.model):
         weights = str(packaged_weights(config.model))
-    options = {}  # passed only when set: not every architecture takes them
-    if config.drop_path:
-        options["drop_path_rate"] = config.drop_path
-    if config.zero_gamma is not None:
-        options["zero_init_last"] = config.zero_gamma
+    options = {
+        option: getattr(config, key)
+        for key, option in TIMM_OPTIONS.items()
+        if getattr(config, key) is False or getattr(config, key)  # unset: None or a rate of 0
+    }
     try:
         backbone = timm.create_model(
             config.model,
@@ -101,11 +110,7 @@ def create_model(config: Config, num_classes: int) -> Classifier:
             **options,
         )
     except TypeError as error:  # an architecture without stochastic depth or residual blocks
-        keys = " or ".join(
-            key
-            for key, option in (("drop_path", "drop_path_rate"), ("zero_gamma", "zero_init_last"))
-            if option in options
-        )
+        keys = " or ".join(key for key, option in TIMM_OPTIONS.items() if option in options)
         raise UserError(f"model '{config.model}' does not take {keys} ({error})") from None
     except (OSError, RuntimeError, ValueError) as error:
         if not config.pretrained:
