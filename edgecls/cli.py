@@ -241,6 +241,52 @@ def lr_find(args, recipe, model, method, out_dir, quiet) -> None:
     )
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+@click.option(
+    "--recipe", required=True, help="The recipe the tricks are added to (or left out of)."
+)
+@click.option(
+    "--stack",
+    required=True,
+    help="Tricks in order, comma-separated: a key (label_smoothing, mixup, ...: the papers' "
+    "value) or key=value (teacher=runs/big).",
+)
+@click.option("--leave-one-out", is_flag=True, help="Each trick left out of the full stack.")
+@click.option("--seeds", type=click.IntRange(1, 100), default=1, show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    help="Default: runs/ablate-<recipe>-<time>.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@user_errors
+def ablate(args, recipe, stack, leave_one_out, seeds, out_dir, quiet) -> None:
+    """Train RECIPE on DATA with tricks added one at a time (or left out one at a time) and
+    print the table; key=value settings apply to every row (e.g. max_epochs=30)."""
+    import time
+
+    from edgecls.ablate import ablate as run_ablation
+    from edgecls.ablate import parse_stack
+
+    data, overrides = _split_args(args)
+    tricks = parse_stack(stack)
+    values = {**cfg.parse_overrides(overrides), **({"data": data} if data else {})}
+    base = cfg.build_config(cfg.load_recipe(recipe), values)
+    if base.data is None:
+        base.data = cfg.DEFAULT_DATA
+    name = Path(recipe).stem
+    out_dir = out_dir or Path("runs") / f"ablate-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir} is not empty: name another --out")
+    run_ablation(
+        base, name, tricks, out_dir, leave_one_out=leave_one_out, seeds=seeds, progress=not quiet
+    )
+    out.print((out_dir / "ablation.md").read_text(), highlight=False, markup=False)
+    out.print(f"wrote {out_dir}/ablation.md, ablation.csv, ablation.png", highlight=False)
+
+
 @main.command("check-data")
 @click.argument("data")
 @click.option("--input-size", type=_config_range("input_size"), default=64, show_default=True)

@@ -1,4 +1,4 @@
-"""PNG figures of a training run: learning curves and the confusion matrix.
+"""PNG figures of a training run: learning curves and the confusion matrix; and of an ablation.
 
 Figures are built with `matplotlib.figure.Figure` directly rather than pyplot: rendering goes
 through the Agg backend, no display is needed, and no global figure registry can leak memory
@@ -151,3 +151,20 @@ def plot_lr_range_test(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+def plot_ablation(labels: list[str], top1_percent: list[float], out_dir: Path) -> Path:
+    """One bar per ablation row, its mean validation top-1 written on it."""
+    fig = Figure(figsize=(7, 0.5 * len(labels) + 1.5), layout="tight")
+    ax = fig.add_subplot()
+    positions = np.arange(len(labels))
+    bars = ax.barh(positions, top1_percent, color="#4C72B0")
+    ax.bar_label(bars, fmt="%.2f", padding=3)
+    ax.set_yticks(positions, labels)
+    ax.invert_yaxis()  # rows top to bottom, as in the table
+    low = min(top1_percent)
+    ax.set_xlim(max(0.0, low - (max(top1_percent) - low) - 1), 100)
+    ax.set_xlabel("validation top-1 %")
+    ax.set_title("ablation")
+    ax.grid(True, axis="x", alpha=0.3)
+    return _save(fig, out_dir / "ablation.png")
