@@ -77,10 +77,10 @@ def main() -> None:
         table = (out / "ablation.md").read_text().splitlines()
     paper = list(PAPER.values())
     lines = [
-        f"Paper 002's Table III at small scale: {args.model} on {args.per_class * 10} Fashion-MNIST "
-        f"images (20% of them for validation), 32x32, {args.epochs} epochs; the teacher is "
-        f"{args.teacher_model} trained with cosine decay on the same images. The paper: ResNet-56 on "
-        "CIFAR-100, 200 epochs.",
+        f"Paper 002's Table III at small scale: {args.model} on {args.per_class * 10} "
+        f"Fashion-MNIST images (20% of them for validation), 32x32, {args.epochs} epochs; the "
+        f"teacher is {args.teacher_model} trained with cosine decay on the same images. The "
+        "paper: ResNet-56 on CIFAR-100, 200 epochs.",
         "",
         table[2].rstrip() + " paper top-1 % |",
         table[3].rstrip() + "---|",
