@@ -53,6 +53,7 @@ class Config:
     # architecture does (timm's ResNets and edgecls's CIFAR ResNets do)
     zero_gamma: bool | None = None
     head: str = "linear"
+    head_width: int | None = None  # GhostNet / MobileNetV3 last-layer width (001: 320); null: 1280
     am_scale: float | None = None
     am_margin: float = 0.35
     mutual: bool = False
@@ -233,6 +234,7 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "zero_gamma": BOOL,
     "drop_block": Range(0, 1, open_high=True),
     "head": OneOf(("linear", "am_softmax")),
+    "head_width": Range(8, 65536),
     "am_scale": Range(0, 1000, open_low=True),  # null: from the number of classes
     "am_margin": Range(0, 1),
     "mutual": BOOL,

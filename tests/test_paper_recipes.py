@@ -11,7 +11,7 @@ from edgecls.config import build_config, load_recipe
 pytestmark = pytest.mark.slow
 
 PAPER_RECIPES = {
-    "ghostnet_cars": {"model": "ghostnet_100", "optimizer": "adamw", "weight_decay": 0.6},
+    "ghostnet_cars": {"model": "ghostnet_100", "optimizer": "adamw", "head_width": 320},
     "resnet56_cifar": {"model": "resnet56_cifar", "mixup": 0.2, "label_smoothing": 0.1},
     "resnet56_cifar_stitch": {"stitch_mixup": "vertical", "mixup": 0.0},
     "assemble_resnet": {"model": "resnetaa50d", "augment": "autoaugment", "drop_block": 0.1},

@@ -364,3 +364,16 @@ def test_drop_block_sets_timms_dropblock_in_a_resnet():
     assert rates and max(rates) == pytest.approx(0.1)
     with pytest.raises(UserError, match="drop_block"):
         create_model(build_config({"model": "mobilenetv3_small_100", "drop_block": 0.1}), 3)
+
+
+def test_head_width_resizes_ghostnets_last_layer_and_the_classifier():
+    from edgecls.models import create_model
+
+    settings = {"model": "ghostnet_100", "head_width": 320, "grayscale": True}
+    model = create_model(build_config(settings), 7).eval()
+    assert model.backbone.conv_head.out_channels == 320
+    assert model.backbone.get_classifier().in_features == 320
+    assert model.backbone.conv_stem.in_channels == 1  # input channels: grayscale
+    assert model(torch.rand(2, 1, 64, 64)).shape == (2, 7)
+    with pytest.raises(UserError, match="head_width"):
+        create_model(build_config({"model": "resnet18", "head_width": 320}), 7)

@@ -119,6 +119,8 @@ def create_model(config: Config, num_classes: int) -> Classifier:
             f"could not fetch pretrained weights for '{config.model}' ({type(error).__name__}); "
             "when offline pass weights=FILE with a local state dict"
         ) from None
+    if config.head_width:
+        set_head_width(backbone, config.head_width, num_classes)
     if weights:
         load_backbone_weights(backbone, Path(weights))
     mean, std = _normalization(backbone, channels)
@@ -129,6 +131,20 @@ def create_model(config: Config, num_classes: int) -> Classifier:
     scale = config.am_scale or am_softmax_scale(num_classes)
     head = CosineHead(in_features, num_classes, scale)
     return Classifier(backbone, mean, std, head, margin=scale * config.am_margin)
+
+
+def set_head_width(backbone: nn.Module, width: int, num_classes: int) -> None:
+    """Paper 001's last-layer width: the 1x1 convolution before the classifier of GhostNet or
+    MobileNetV3 (1280 wide in timm) with `width` outputs, and the classifier resized to match."""
+    head = getattr(backbone, "conv_head", None)
+    if not isinstance(head, nn.Conv2d) or not hasattr(backbone, "head_hidden_size"):
+        raise UserError(
+            f"model '{type(backbone).__name__}' has no last 1x1 convolution to resize: head_width "
+            "is for GhostNet and MobileNetV3"
+        )
+    backbone.conv_head = nn.Conv2d(head.in_channels, width, 1, bias=head.bias is not None)
+    backbone.head_hidden_size = width
+    backbone.reset_classifier(num_classes)
 
 
 def _is_classifier_key(backbone: nn.Module, key: str) -> bool:
