@@ -37,6 +37,7 @@ class Config:
     grayscale: bool = False
     augment: str = "basic"
     hflip: bool = True
+    crop_scale: list = dataclasses.field(default_factory=lambda: [0.08, 1.0])  # augment=crop
     hsb_jitter: float = 0.0  # hue, saturation, brightness jitter strength (004: 0.4); 0: off
     pca_lighting: float = 0.0  # std of AlexNet's PCA lighting noise (004: 0.1); 0: off
     random_erasing: float = 0.0  # share of training images with a random box erased (001, 003)
@@ -219,7 +220,8 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "val_fraction": Range(0, 1, open_low=True, open_high=True),
     "input_size": Range(8, 2048),
     "grayscale": BOOL,
-    "augment": OneOf(("augmix", "autoaugment", "randaugment", "basic", "light", "none")),
+    "augment": OneOf(("augmix", "autoaugment", "randaugment", "basic", "light", "crop", "none")),
+    "crop_scale": Interval(Range(0, 1, open_low=True)),
     "hflip": BOOL,
     "hsb_jitter": Range(0, 1),
     "pca_lighting": Range(0, 10),

@@ -377,3 +377,16 @@ def test_head_width_resizes_ghostnets_last_layer_and_the_classifier():
     assert model(torch.rand(2, 1, 64, 64)).shape == (2, 7)
     with pytest.raises(UserError, match="head_width"):
         create_model(build_config({"model": "resnet18", "head_width": 320}), 7)
+
+
+def test_random_resized_crop_takes_the_asked_share_of_the_image():
+    from edgecls.train.augment import random_resized_crop
+
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(8, 1, 64, 64).contiguous()
+    generator = torch.Generator().manual_seed(0)
+    whole = random_resized_crop(ramp, generator, hflip=False, scale=(1.0, 1.0), ratio=(1, 1))
+    assert torch.allclose(whole, ramp, atol=1e-5)
+    quarter = random_resized_crop(ramp, generator, hflip=False, scale=(0.25, 0.25), ratio=(1, 1))
+    spans = quarter[:, 0, 0, -1] - quarter[:, 0, 0, 0]  # half the width: half the ramp
+    assert torch.allclose(spans, torch.full_like(spans, 0.5), atol=0.03)
+    assert quarter[:, 0, 0, 0].std() > 0.05  # anywhere inside the image

@@ -62,6 +62,39 @@ def basic_augment(
     return ((warped - mean) * contrast + mean * brightness).clamp_(0.0, 1.0)
 
 
+def random_resized_crop(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    hflip: bool,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """Paper 004's training crop on a batch: per image, a box of `scale` of the area with an
+    aspect ratio in `ratio` (log-uniform), anywhere inside the image, resized back to the input
+    size (one affine `grid_sample`), then a random flip."""
+    n = images.shape[0]
+    area = _uniform(n, *scale, generator)
+    aspect = torch.exp(_uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator))
+    width = torch.sqrt(area * aspect).clamp(max=1.0)  # as shares of the side
+    height = torch.sqrt(area / aspect).clamp(max=1.0)
+    centre_x = (torch.rand(n, generator=generator) * 2 - 1) * (1 - width)
+    centre_y = (torch.rand(n, generator=generator) * 2 - 1) * (1 - height)
+    flip = torch.ones(n)
+    if hflip:
+        flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    zero = torch.zeros(n)
+    theta = torch.stack(
+        [
+            torch.stack([width * flip, zero, centre_x], dim=1),
+            torch.stack([zero, height, centre_y], dim=1),
+        ],
+        dim=1,
+    ).to(images.device)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 # A short run underfits under `basic`: the same warp without rotation or colour jitter.
 LIGHT = {"max_rotation": 0.0, "scale": (0.95, 1.05), "max_shift": 0.08, "jitter": 0.0}
 
@@ -156,4 +189,7 @@ def _augmented_batches(
             images = basic_augment(images, generator, hflip=config.hflip)
         elif config.augment == "light":
             images = basic_augment(images, generator, hflip=config.hflip, **LIGHT)
+        elif config.augment == "crop":
+            scale = tuple(config.crop_scale)
+            images = random_resized_crop(images, generator, hflip=config.hflip, scale=scale)
         yield images, split.labels[index].to(device)
