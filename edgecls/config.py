@@ -37,6 +37,7 @@ class Config:
     grayscale: bool = False
     augment: str = "basic"
     hflip: bool = True
+    bbox_crop: bool = True  # crop to the boxes of list rows path,label,x0,y0,x1,y1 (001)
     crop_scale: list = dataclasses.field(default_factory=lambda: [0.08, 1.0])  # augment=crop
     hsb_jitter: float = 0.0  # hue, saturation, brightness jitter strength (004: 0.4); 0: off
     pca_lighting: float = 0.0  # std of AlexNet's PCA lighting noise (004: 0.1); 0: off
@@ -221,6 +222,7 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "input_size": Range(8, 2048),
     "grayscale": BOOL,
     "augment": OneOf(("augmix", "autoaugment", "randaugment", "basic", "light", "crop", "none")),
+    "bbox_crop": BOOL,
     "crop_scale": Interval(Range(0, 1, open_low=True)),
     "hflip": BOOL,
     "hsb_jitter": Range(0, 1),

@@ -471,3 +471,28 @@ def test_bad_arguments(tmp_path):
         load(tmp_path, val_fraction=1.0)
     with pytest.raises(UserError, match="input_size"):
         load(tmp_path, input_size=0)
+
+
+def test_list_rows_with_a_box_are_cropped_to_it(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from edgecls.data import load_dataset
+    from edgecls.errors import UserError
+
+    pixels = np.zeros((40, 40), dtype=np.uint8)
+    pixels[:, 20:] = 255  # black left half, white right half
+    rows = ["path,label,x0,y0,x1,y1"]
+    for i in range(12):
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'ab'[i % 2]},20,0,40,40")  # the white half
+    (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
+    cropped = load_dataset(str(tmp_path / "boxes.csv"), input_size=16, progress=False)
+    assert (cropped.train.images == 255).all()
+    whole = load_dataset(
+        str(tmp_path / "boxes.csv"), input_size=16, progress=False, bbox_crop=False
+    )
+    assert 100 < whole.train.images.float().mean() < 155
+    (tmp_path / "bad.csv").write_text("0.png,a,30,0,10,40\n1.png,b\n")
+    with pytest.raises(UserError, match="x0 < x1"):
+        load_dataset(str(tmp_path / "bad.csv"), input_size=16, progress=False)

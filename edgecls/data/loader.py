@@ -12,7 +12,7 @@ import torch
 
 from edgecls.data.builtin import BUILTIN_DATASETS, load_builtin
 from edgecls.data.images import BadImageError, load_image, printable_path, to_tensor
-from edgecls.data.sources import SplitFiles, discover
+from edgecls.data.sources import Box, SplitFiles, discover
 from edgecls.data.splits import Dataset, ImageSplit, Problems, split_off_val, warn_imbalance
 from edgecls.errors import UserError
 from edgecls.report.progress import progress_bar
@@ -32,8 +32,10 @@ def load_dataset(
     download: bool = False,
     strict: bool = True,
     progress: bool = True,
+    bbox_crop: bool = True,
 ) -> Dataset:
-    """Load a folder, list file or built-in.
+    """Load a folder, list file or built-in; images of list rows with a box are cropped to it
+    unless `bbox_crop` is False.
 
     strict=True raises UserError with the first fatal problem; strict=False (check-data) returns
     the Dataset with all problems listed, its splits possibly empty.
@@ -45,7 +47,9 @@ def load_dataset(
     problems = Problems()
     path = Path(spec).expanduser()
     if path.exists():
-        dataset = _load_files(path, input_size, grayscale, val_fraction, seed, progress, problems)
+        dataset = _load_files(
+            path, input_size, grayscale, val_fraction, seed, progress, problems, bbox_crop
+        )
     elif spec.lower() in BUILTIN_DATASETS:
         name = spec.lower()
         parts = load_builtin(
@@ -88,6 +92,7 @@ def load_configured_dataset(
         data_root=config.data_root,
         download=config.download,
         progress=progress,
+        bbox_crop=config.bbox_crop,
     )
 
 
@@ -99,10 +104,14 @@ def _load_files(
     seed: int,
     progress: bool,
     problems: Problems,
+    bbox_crop: bool,
 ) -> Dataset:
     files = discover(path, problems)
     all_files = list(dict.fromkeys(file for split in files.values() for file, _ in split.items))
-    images = _decode(all_files, input_size, grayscale, progress)
+    boxes = (
+        {f: box for split in files.values() for f, box in split.boxes.items()} if bbox_crop else {}
+    )
+    images = _decode(all_files, input_size, grayscale, progress, boxes)
     decoded = dict(zip(all_files, images, strict=True))
     skipped = [missing for split in files.values() for missing in split.missing]
     skipped += [(d.path, d.reason) for d in decoded.values() if isinstance(d, BadImageError)]
@@ -129,13 +138,26 @@ def _load_files(
 
 
 def _decode(
-    files: list[Path], input_size: int, grayscale: bool, progress: bool
+    files: list[Path],
+    input_size: int,
+    grayscale: bool,
+    progress: bool,
+    boxes: dict[Path, Box] | None = None,
 ) -> list[torch.Tensor | BadImageError]:
-    """Decode in threads (PIL releases the GIL); failures are returned so they can be listed."""
+    """Decode in threads (PIL releases the GIL), cropped to a file's box if it has one; failures
+    are returned so they can be listed."""
+    boxes = boxes or {}
 
     def decode_one(file: Path) -> torch.Tensor | BadImageError:
         try:
-            return to_tensor(load_image(file, grayscale, min_size=input_size), input_size)
+            box = boxes.get(file)
+            image = load_image(file, grayscale, min_size=None if box else input_size)
+            if box is not None:
+                x0, y0, x1, y1 = box
+                if x0 >= image.width or y0 >= image.height:
+                    return BadImageError(file, f"box {box} lies outside its {image.size} image")
+                image = image.crop((x0, y0, min(x1, image.width), min(y1, image.height)))
+            return to_tensor(image, input_size)
         except BadImageError as exc:
             return exc
 

@@ -17,6 +17,9 @@ LIST_SUFFIXES = (".csv", ".txt")
 ALLOW_OUTSIDE_PATHS = "# edgecls: allow-outside-paths"
 
 
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1 and y1 excluded
+
+
 @dataclass
 class SplitFiles:
     """The files of one split; `classes` includes classes whose files all turned out missing."""
@@ -25,6 +28,7 @@ class SplitFiles:
     items: list[tuple[Path, str]] = field(default_factory=list)  # (file, class name)
     classes: list[str] = field(default_factory=list)
     missing: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    boxes: dict[Path, Box] = field(default_factory=dict)  # list rows with x0,y0,x1,y1 (001)
 
 
 def discover(path: Path, problems: Problems) -> dict[str, SplitFiles]:
@@ -84,6 +88,8 @@ def scan_class_folders(folder: Path, problems: Problems) -> SplitFiles:
 
 def read_list(path: Path, problems: Problems) -> SplitFiles:
     """`path,label` rows (TXT may be whitespace-separated); paths are relative to the list file.
+    A CSV row may add a bounding box, `path,label,x0,y0,x1,y1` (pixels): the image is cropped to
+    it before resizing (paper 001 crops cars to their boxes).
 
     A row naming a file outside the list's folder (`../x.png`, `/abs/x.png`) is skipped and
     reported, so a list cannot pull in files from elsewhere by accident, unless the list's first
@@ -107,14 +113,26 @@ def read_list(path: Path, problems: Problems) -> SplitFiles:
         else:
             fields = line.rsplit(None, 1)
         fields = [f.strip() for f in fields]
-        if len(fields) != 2 or not all(fields):
-            problems.error(f"{path} line {number}: expected 'path,label', got {line.strip()!r}")
+        if len(fields) not in (2, 6) or not all(fields):
+            problems.error(
+                f"{path} line {number}: expected 'path,label' or 'path,label,x0,y0,x1,y1', "
+                f"got {line.strip()!r}"
+            )
             continue
-        if first_row and [f.lower() for f in fields] == ["path", "label"]:
+        if first_row and [f.lower() for f in fields[:2]] == ["path", "label"]:
             first_row = False
             continue
         first_row = False
         file, label = path.parent / fields[0], fields[1]
+        if len(fields) == 6:
+            box = _box(fields[2:])
+            if box is None:
+                problems.error(
+                    f"{path} line {number}: a box is x0,y0,x1,y1 in whole pixels with x0 < x1 "
+                    f"and y0 < y1, got {','.join(fields[2:])!r}"
+                )
+                continue
+            files.boxes[file] = box
         labels.add(label)
         listed = f"listed in {path.name} line {number}"
         if not allow_outside and not Path(os.path.abspath(file)).is_relative_to(folder):
@@ -131,3 +149,11 @@ def read_list(path: Path, problems: Problems) -> SplitFiles:
         )
     files.classes = sorted(labels)
     return files
+
+
+def _box(fields: list[str]) -> Box | None:
+    try:
+        x0, y0, x1, y1 = (int(float(f)) for f in fields)
+    except ValueError:
+        return None
+    return (x0, y0, x1, y1) if 0 <= x0 < x1 and 0 <= y0 < y1 else None
