@@ -89,6 +89,7 @@ class Config:
     label_smoothing: float = 0.0
     mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0: off
     cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; 0: off (both on: one or the other)
+    mixup_mode: str = "flip"  # the partner: the batch reversed (timm), shuffle, two_batches (003)
     mix_prob: float = 1.0  # share of batches mixed
     mix_off_first: int = 0  # epochs without mixing at the start
     mix_off_last: int = 0  # and at the end (of max_epochs)
@@ -272,6 +273,7 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "label_smoothing": Range(0, 1, open_high=True),
     "mixup": Range(0, 100),
     "cutmix": Range(0, 100),
+    "mixup_mode": OneOf(("flip", "shuffle", "two_batches")),
     "mix_prob": Range(0, 1),
     "mix_off_first": Range(0, 100_000),
     "mix_off_last": Range(0, 100_000),

@@ -390,3 +390,22 @@ def test_random_resized_crop_takes_the_asked_share_of_the_image():
     spans = quarter[:, 0, 0, -1] - quarter[:, 0, 0, 0]  # half the width: half the ramp
     assert torch.allclose(spans, torch.full_like(spans, 0.5), atol=0.03)
     assert quarter[:, 0, 0, 0].std() > 0.05  # anywhere inside the image
+
+
+def test_mixup_with_a_shuffled_clone_or_with_the_batch_before():
+    np.random.seed(0)
+    labels = torch.tensor([0, 1, 2, 3])
+    images = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 2, 2).contiguous()
+    shuffle = create_batch_transform(build_config({"mixup": 0.4, "mixup_mode": "shuffle"}), 4)
+    mixed, targets = shuffle(images, labels, epoch=0)
+    lam = targets.max(dim=1).values.min().item()
+    partner = (mixed[:, 0, 0, 0] - lam * images[:, 0, 0, 0]) / (1 - lam)  # the clone's images
+    assert sorted(partner.round().tolist()) == [0.0, 1.0, 2.0, 3.0]  # a permutation of the batch
+    two = create_batch_transform(build_config({"mixup": 0.4, "mixup_mode": "two_batches"}), 8)
+    two(images, labels, epoch=0)
+    later = images + 4
+    mixed, targets = two(later, labels + 4, epoch=0)
+    lam = targets[:, 4:].sum(dim=1)[0].item()  # the share of this batch's own classes
+    expected = lam * later + (1 - lam) * images  # mixed with the batch before it
+    assert torch.allclose(mixed, expected, atol=1e-5)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(4))

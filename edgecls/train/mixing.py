@@ -45,6 +45,33 @@ class MixBatches:
         return self.mix(images, labels)
 
 
+class MixupPairs:
+    """Paper 003's two kinds of mixup (its Table 4): `shuffle` mixes a batch with a shuffled
+    clone of itself (its type 2); `two_batches` mixes each batch with the one before it in the
+    epoch, as the original mixup paper does (its type 1; the epoch's first batch pairs with a
+    shuffled clone). lambda ~ Beta(alpha, alpha) per batch; draws from numpy's global RNG."""
+
+    def __init__(self, config: Config, num_classes: int) -> None:
+        self.alpha, self.two_batches = config.mixup, config.mixup_mode == "two_batches"
+        self.prob, self.num_classes = config.mix_prob, num_classes
+        self.first_epoch = config.mix_off_first
+        self.end_epoch = config.max_epochs - config.mix_off_last
+        self.previous: tuple[int, torch.Tensor, torch.Tensor] | None = None  # epoch, batch
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, epoch: int):
+        hot = F.one_hot(labels, self.num_classes).float()
+        partner = self.previous if self.two_batches else None
+        if self.two_batches:
+            self.previous = (epoch, images, hot)
+        if not self.first_epoch <= epoch < self.end_epoch or np.random.rand() >= self.prob:
+            return images, labels
+        if partner is None or partner[0] != epoch or partner[1].shape != images.shape:
+            order = torch.from_numpy(np.random.permutation(len(labels)))
+            partner = (epoch, images[order], hot[order])
+        lam = float(np.random.beta(self.alpha, self.alpha))
+        return lam * images + (1 - lam) * partner[1], lam * hot + (1 - lam) * partner[2]
+
+
 class StitchBatches:
     """Stitch-mixup (paper 002, section III.D): the first share lambda ~ Beta(alpha, alpha) of
     each image's width (`horizontal`) or height (`vertical`) joined to the rest of its partner,
@@ -75,6 +102,8 @@ class StitchBatches:
 def create_batch_transform(config: Config, num_classes: int) -> BatchTransform:
     if config.stitch_mixup != "none":
         return StitchBatches(config, num_classes)
+    if config.mixup and not config.cutmix and config.mixup_mode != "flip":
+        return MixupPairs(config, num_classes)
     if config.mixup or config.cutmix:
         return MixBatches(config, num_classes)
     return no_mixing
