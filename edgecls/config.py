@@ -257,7 +257,8 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "optimizer": OneOf(OPTIMIZERS),
     "max_epochs": Range(1, 100_000),
     "schedule": OneOf(
-        ("plateau_v2", "cosine", "constant", "budget_linear", "step", "multistep", "poly", "exp")
+        ("plateau_v2", "plateau", "cosine", "constant", "budget_linear")
+        + ("step", "multistep", "poly", "exp")
     ),
     "warmup_epochs": Range(0, 100_000),
     "lr_factor": Range(0, 1, open_low=True, open_high=True),

@@ -409,3 +409,22 @@ def test_mixup_with_a_shuffled_clone_or_with_the_batch_before():
     expected = lam * later + (1 - lam) * images  # mixed with the batch before it
     assert torch.allclose(mixed, expected, atol=1e-5)
     assert torch.allclose(targets.sum(dim=1), torch.ones(4))
+
+
+def test_plateau_follows_the_validation_loss_as_torchs_reduce_lr_on_plateau_does():
+    config = build_config(
+        {"schedule": "plateau", "lr": 0.1, "patience": 1, "warmup_epochs": 0, "max_epochs": 9}
+    )
+    ours = create_schedule(config)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    torchs = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=0.1, patience=1, threshold=1e-3, min_lr=0.1 * 1e-4
+    )
+    val_losses = [1.0, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.7]
+    for epoch, val_loss in enumerate(val_losses):
+        assert ours.lr(epoch) == pytest.approx(optimizer.param_groups[0]["lr"])
+        stop = ours.step(epoch, train_loss=5.0, val_top1=0.5, val_loss=val_loss)  # not train loss
+        torchs.step(val_loss)
+        assert stop == (epoch == 8)
+    assert ours.lr(9) == pytest.approx(optimizer.param_groups[0]["lr"]) and ours.lr(9) < 0.01

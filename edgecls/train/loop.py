@@ -345,7 +345,7 @@ class Trainer:
                 state.train_seconds += seconds
                 if self.budget is not None:
                     self.budget.record(epoch, seconds)
-                schedule_ends = self.schedule.step(epoch, train_loss, val.top1)
+                schedule_ends = self.schedule.step(epoch, train_loss, val.top1, val.loss)
                 stops_early = self.early_stopping is not None and self.early_stopping.step(
                     val.loss, val.top1
                 )

@@ -114,7 +114,9 @@ class ReduceLROnPlateauV2(_SavedFields):
         self.reductions += 1
         self.loss_bad_epochs = 0
 
-    def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
+    def step(
+        self, epoch: int, train_loss: float, val_top1: float, val_loss: float = math.nan
+    ) -> bool:
         """Record the finished epoch; return True when training should stop."""
         at_min_before = math.isclose(self.current_lr, self.min_lr) and epoch >= self.warmup_epochs
         if val_top1 > self.best_top1:
@@ -144,6 +146,48 @@ class ReduceLROnPlateauV2(_SavedFields):
 
 
 @dataclass
+class ReduceLROnPlateau(_SavedFields):
+    """torch's ReduceLROnPlateau as paper 001 uses it: the LR times `factor` once the validation
+    loss has not improved by a relative `threshold` for more than `patience` epochs, never below
+    min_lr. torch's own class sets the optimizer's LR itself; here the loop does, from `lr`, like
+    every other schedule (biases keep their 2x, warmup comes first)."""
+
+    base_lr: float
+    max_epochs: int
+    warmup_epochs: int = 0
+    factor: float = 0.1
+    patience: int = 5
+    min_lr_ratio: float = 1e-4
+    threshold: float = 1e-3
+    current_lr: float = 0.0
+    best_loss: float = math.inf
+    bad_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.current_lr:
+            self.current_lr = self.base_lr
+
+    def lr(self, epoch: int) -> float:
+        warm = warmup_lr(self.base_lr, epoch, self.warmup_epochs)
+        return self.current_lr if warm is None else warm
+
+    def step(
+        self, epoch: int, train_loss: float, val_top1: float, val_loss: float = math.nan
+    ) -> bool:
+        if epoch >= self.warmup_epochs:
+            if val_loss < self.best_loss * (1 - self.threshold):
+                self.best_loss, self.bad_epochs = val_loss, 0
+            else:
+                self.bad_epochs += 1
+            if self.bad_epochs > self.patience:
+                self.current_lr = max(
+                    self.current_lr * self.factor, self.base_lr * self.min_lr_ratio
+                )
+                self.bad_epochs = 0
+        return epoch + 1 >= self.max_epochs
+
+
+@dataclass
 class CosineSchedule(_SavedFields):
     """Fixed-length cosine decay to zero after warmup: the paper's baseline schedule."""
 
@@ -158,7 +202,9 @@ class CosineSchedule(_SavedFields):
         progress = (epoch - self.warmup_epochs) / max(1, self.max_epochs - self.warmup_epochs)
         return 0.5 * self.base_lr * (1 + math.cos(math.pi * progress))
 
-    def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
+    def step(
+        self, epoch: int, train_loss: float, val_top1: float, val_loss: float = math.nan
+    ) -> bool:
         return epoch + 1 >= self.max_epochs
 
 
@@ -172,7 +218,9 @@ class ConstantSchedule(_SavedFields):
     def lr(self, epoch: int) -> float:
         return self.base_lr
 
-    def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
+    def step(
+        self, epoch: int, train_loss: float, val_top1: float, val_loss: float = math.nan
+    ) -> bool:
         return epoch + 1 >= self.max_epochs
 
 
@@ -204,7 +252,9 @@ class BudgetLinearSchedule(_SavedFields):
         remaining = max(1, total - epoch)
         return self.base_lr * remaining / max(1, total - self.warmup_epochs)
 
-    def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
+    def step(
+        self, epoch: int, train_loss: float, val_top1: float, val_loss: float = math.nan
+    ) -> bool:
         return epoch + 1 >= self.max_epochs  # the trainer stops when the budget is spent
 
 
@@ -240,12 +290,19 @@ class FormulaSchedule(_SavedFields):
             return self.base_lr * max(0.0, 1 - progress) ** self.power
         return self.base_lr * self.gamma**done
 
-    def step(self, epoch: int, train_loss: float, val_top1: float) -> bool:
+    def step(
+        self, epoch: int, train_loss: float, val_top1: float, val_loss: float = math.nan
+    ) -> bool:
         return epoch + 1 >= self.max_epochs
 
 
 Schedule = (
-    ReduceLROnPlateauV2 | CosineSchedule | ConstantSchedule | BudgetLinearSchedule | FormulaSchedule
+    ReduceLROnPlateauV2
+    | ReduceLROnPlateau
+    | CosineSchedule
+    | ConstantSchedule
+    | BudgetLinearSchedule
+    | FormulaSchedule
 )
 
 
@@ -286,6 +343,15 @@ def create_schedule(config: Config, budget: TimeBudget | None = None) -> Schedul
         )
     if config.schedule == "cosine":
         return CosineSchedule(config.lr, config.max_epochs, config.warmup_epochs)
+    if config.schedule == "plateau":
+        return ReduceLROnPlateau(
+            config.lr,
+            config.max_epochs,
+            config.warmup_epochs,
+            factor=config.lr_factor,
+            patience=config.patience,
+            min_lr_ratio=config.min_lr_ratio,
+        )
     return ReduceLROnPlateauV2(
         base_lr=config.lr,
         max_epochs=config.max_epochs,
