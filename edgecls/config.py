@@ -51,6 +51,7 @@ class Config:
     dropout: float = 0.0
     drop_path: float = 0.0  # stochastic depth rate, for timm models that have it
     drop_block: float = 0.0  # DropBlock rate (paper 003), for timm's ResNets
+    anti_alias: str = "none"  # anti-aliased downsampling: blur (BlurPool) or avg, in timm models
     # zero-initialise the last batch norm of each residual block (paper 004); null: as the
     # architecture does (timm's ResNets and edgecls's CIFAR ResNets do)
     zero_gamma: bool | None = None
@@ -238,6 +239,7 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "drop_path": Range(0, 1, open_high=True),
     "zero_gamma": BOOL,
     "drop_block": Range(0, 1, open_high=True),
+    "anti_alias": OneOf(("none", "blur", "avg")),
     "head": OneOf(("linear", "am_softmax")),
     "head_width": Range(8, 65536),
     "am_scale": Range(0, 1000, open_low=True),  # null: from the number of classes

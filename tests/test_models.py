@@ -75,3 +75,18 @@ def test_cifar_resnets_are_timm_models_that_keep_small_inputs_whole(name, blocks
     assert model.eval()(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     # zero-gamma: every residual branch starts at zero, so each block starts as the identity
     assert all(m.bn2.weight.abs().sum() == 0 for m in backbone.modules() if type(m) is BasicBlock)
+
+
+@pytest.mark.parametrize(
+    ("name", "part"),
+    [
+        ("resnet50d", "conv1.0"),  # ResNet-D: a deep stem of three 3x3 convolutions (004)
+        ("seresnet50", "layer1.0.se"),  # squeeze-and-excitation (003)
+        ("skresnet18", "layer1.0.conv1"),  # selective kernel (003)
+        ("resnetaa50d", "layer2.0.aa"),  # anti-aliased downsampling (003)
+    ],
+)
+def test_the_papers_resnet_tweaks_are_timm_names(name, part):
+    model = create_model(build_config({"model": name, "grayscale": True}), num_classes=5)
+    assert part in dict(model.backbone.named_modules())
+    assert model.eval()(torch.rand(1, 1, 32, 32)).shape == (1, 5)

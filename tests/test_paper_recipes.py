@@ -14,7 +14,7 @@ PAPER_RECIPES = {
     "ghostnet_cars": {"model": "ghostnet_100", "optimizer": "adamw", "head_width": 320},
     "resnet56_cifar": {"model": "resnet56_cifar", "mixup": 0.2, "label_smoothing": 0.1},
     "resnet56_cifar_stitch": {"stitch_mixup": "vertical", "mixup": 0.0},
-    "assemble_resnet": {"model": "resnetaa50d", "augment": "autoaugment", "drop_block": 0.1},
+    "assemble_resnet": {"model": "skresnet50d", "anti_alias": "blur", "drop_block": 0.1},
     "bag_of_tricks": {"model": "resnet50d", "zero_gamma": True, "augment": "crop"},
 }
 TINY = ["input_size=32", "max_epochs=1", "warmup_epochs=0", "batch_size=16", "workers=0"]

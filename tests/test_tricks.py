@@ -428,3 +428,14 @@ def test_plateau_follows_the_validation_loss_as_torchs_reduce_lr_on_plateau_does
         torchs.step(val_loss)
         assert stop == (epoch == 8)
     assert ours.lr(9) == pytest.approx(optimizer.param_groups[0]["lr"]) and ours.lr(9) < 0.01
+
+
+def test_anti_alias_puts_blur_pooling_in_the_downsampling():
+    from timm.layers import BlurPool2d
+
+    from edgecls.models import create_model
+
+    blurred = create_model(build_config({"model": "resnet18", "anti_alias": "blur"}), 3)
+    assert sum(isinstance(m, BlurPool2d) for m in blurred.modules()) >= 3  # stages 2-4
+    plain = create_model(build_config({"model": "resnet18"}), 3)
+    assert not any(isinstance(m, BlurPool2d) for m in plain.modules())

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
+from timm.layers import BlurPool2d
 from torch import nn
 
 from edgecls.config import Config, config_from_dict
@@ -46,7 +48,21 @@ TIMM_OPTIONS = {
     "drop_path": "drop_path_rate",  # stochastic depth
     "drop_block": "drop_block_rate",  # DropBlock (timm's ResNets)
     "zero_gamma": "zero_init_last",  # residual blocks' last batch norm at zero
+    "anti_alias": "aa_layer",  # anti-aliased downsampling (paper 003)
 }
+ANTI_ALIAS_LAYERS = {"blur": BlurPool2d, "avg": nn.AvgPool2d}
+
+
+def _timm_options(config: Config) -> dict[str, Any]:
+    """The TIMM_OPTIONS the config sets: not None, not a rate of 0, not anti_alias=none."""
+    options = {}
+    for key, option in TIMM_OPTIONS.items():
+        value = getattr(config, key)
+        if key == "anti_alias":
+            value = ANTI_ALIAS_LAYERS.get(value)
+        if value is False or value:
+            options[option] = value
+    return options
 
 
 class Classifier(nn.Module):
@@ -95,11 +111,7 @@ def create_model(config: Config, num_classes: int) -> Classifier:
     weights = config.weights
     if config.pretrained and not weights and packaged_weights(config.model):
         weights = str(packaged_weights(config.model))
-    options = {
-        option: getattr(config, key)
-        for key, option in TIMM_OPTIONS.items()
-        if getattr(config, key) is False or getattr(config, key)  # unset: None or a rate of 0
-    }
+    options = _timm_options(config)
     try:
         backbone = timm.create_model(
             config.model,
@@ -109,7 +121,7 @@ def create_model(config: Config, num_classes: int) -> Classifier:
             drop_rate=config.dropout,
             **options,
         )
-    except TypeError as error:  # an architecture without stochastic depth or residual blocks
+    except TypeError as error:  # an architecture without one of these options
         keys = " or ".join(key for key, option in TIMM_OPTIONS.items() if option in options)
         raise UserError(f"model '{config.model}' does not take {keys} ({error})") from None
     except (OSError, RuntimeError, ValueError) as error:
