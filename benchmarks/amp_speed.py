@@ -51,7 +51,7 @@ def main() -> None:
         runs = {amp: trainer(model, size, batch, amp) for amp in (False, True)}
         labels = (torch.arange(batch) % 10).to(runs[False][0].device)
         times: dict[bool, list[float]] = {False: [], True: []}
-        for amp, (run, pixels) in runs.items():
+        for run, pixels in runs.values():
             for _ in range(2):
                 run.step(pixels, labels)
         for _ in range(args.rounds):
