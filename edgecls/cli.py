@@ -393,15 +393,24 @@ def predict(model, inputs, top_k, csv_path) -> None:
     show_default=True,
     help="ONNX opset; 17 is read correctly by every runtime tested (OpenCV DNN included).",
 )
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(min=0, max=100),
+    help="INT8: points of top-1 it may lose against FP32 (NNCF's accuracy-controlled "
+    "quantization); over it, FP32 is recommended instead.",
+)
 @user_errors
-def export(model, fmt, precision, int8, out_dir, data, calibration_size, seed, opset) -> None:
+def export(
+    model, fmt, precision, int8, out_dir, data, calibration_size, seed, opset, max_drop
+) -> None:
     """Export MODEL (run folder or .pt) to ONNX or OpenVINO IR, checked against the checkpoint."""
     from edgecls.deploy.export import export_model, report_lines
 
     if out_dir:
         runs.check_folder_writable(out_dir)
+    precision = "int8" if int8 else precision
     report = export_model(
-        model, fmt, "int8" if int8 else precision, out_dir, data, calibration_size, seed, opset
+        model, fmt, precision, out_dir, data, calibration_size, seed, opset, max_drop
     )
     for line in report_lines(report):
         out.print(line, highlight=False, markup=False)

@@ -56,6 +56,9 @@ class ExportReport:
     fp32_top1: float | None = None  # INT8 only: the FP32 export's top-1 on the same images
     int8_top1_drop: float | None = None  # percentage points
     calibration_images: int | None = None
+    per_class_drop: dict[str, float] = field(default_factory=dict)  # INT8: points per class
+    max_drop: float | None = None  # INT8: the limit asked for, in points of top-1
+    fallback: str | None = None  # INT8 over max_drop: the FP32 model to deploy instead
     opset: int | None = None  # ONNX only
     runtimes: dict[str, float] = field(default_factory=dict)  # ONNX: agreement per runtime
     notes: list[str] = field(default_factory=list)
@@ -132,19 +135,63 @@ def export_openvino(onnx_path: Path, info: ModelInfo, path: Path, fp16: bool) ->
     return path
 
 
-def quantize_int8(fp32_xml: Path, info: ModelInfo, calibration: torch.Tensor, path: Path) -> Path:
-    """Post-training INT8 quantization with NNCF on calibration images (uint8 N,C,S,S)."""
+def quantize_int8(
+    fp32_xml: Path,
+    info: ModelInfo,
+    calibration: torch.Tensor,
+    path: Path,
+    validation: ImageSplit | None = None,
+    max_drop: float | None = None,
+) -> Path:
+    """Post-training INT8 quantization with NNCF on calibration images (uint8 N,C,S,S).
+
+    With `max_drop` (points of top-1) NNCF's accuracy-controlled quantization measures top-1 on
+    `validation` and returns the layers that cost the most accuracy to floating point until the
+    drop is within the limit."""
     import nncf
     import openvino as ov
 
     model = openvino_core().read_model(str(fp32_xml))
     items = [to_float(image[None]).numpy() for image in calibration]
-    quantized = nncf.quantize(
-        model, nncf.Dataset(items), subset_size=len(items), preset=nncf.QuantizationPreset.MIXED
-    )
+    preset = nncf.QuantizationPreset.MIXED
+    if max_drop is None:
+        quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), preset=preset)
+    else:
+        # NNCF runs its candidates at a dynamic batch, which crashes OpenVINO's CPU plugin on
+        # INT8 models (see OpenVINOPredictor): one image at a time, at a static shape.
+        model.reshape([1, info.channels, info.input_size, info.input_size])
+        pairs = [
+            (to_float(image[None]).numpy(), int(label))
+            for image, label in zip(validation.images, validation.labels, strict=True)
+        ]
+
+        def top1(compiled: Any, data: Any) -> tuple[float, list[float]]:
+            hits = [float(compiled(pixels)[0].argmax() == label) for pixels, label in data]
+            return sum(hits) / max(1, len(hits)), hits
+
+        quantized = nncf.quantize_with_accuracy_control(
+            model,
+            nncf.Dataset(items),
+            nncf.Dataset(pairs, lambda pair: pair[0]),
+            top1,
+            max_drop=max_drop / 100,
+            drop_type=nncf.DropType.ABSOLUTE,
+            preset=preset,
+            subset_size=len(items),
+        )
     ov.save_model(quantized, str(path), compress_to_fp16=False)
     info.save(metadata_path(path))
     return path
+
+
+def per_class_top1(probabilities: np.ndarray, labels: torch.Tensor, classes: list[str]):
+    """Top-1 of each class (its recall) on the images of that class."""
+    predicted, truth = probabilities.argmax(1), labels.numpy()
+    return {
+        name: float((predicted[truth == index] == index).mean())
+        for index, name in enumerate(classes)
+        if (truth == index).any()
+    }
 
 
 def calibration_subset(split: ImageSplit, size: int, seed: int) -> torch.Tensor:
@@ -195,8 +242,10 @@ def export_model(
     calibration_size: int = 300,
     seed: int = 0,
     opset: int = DEFAULT_OPSET,
+    max_drop: float | None = None,
 ) -> ExportReport:
-    """Export a checkpoint (or a run folder's best.pt) and check the result against it."""
+    """Export a checkpoint (or a run folder's best.pt) and check the result against it. INT8
+    with `max_drop` (points of top-1) keeps the drop within it, or falls back to FP32."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}': choose {' or '.join(FORMATS)}")
     if precision not in PRECISIONS:
@@ -219,6 +268,8 @@ def export_model(
         dataset = None
     if precision == "int8" and (dataset is None or not len(dataset.train)):
         raise UserError("INT8 needs calibration data: pass --data DATA (the training data)")
+    if max_drop is not None and (precision != "int8" or dataset is None or not len(dataset.val)):
+        raise UserError("--max-drop is for --int8 exports, and needs validation data to measure")
 
     onnx_path = export_onnx(source.model, fp32_info, out_dir / "model.onnx", opset)
     if fmt == "onnx":
@@ -226,7 +277,9 @@ def export_model(
     elif precision == "int8":
         fp32_xml = export_openvino(onnx_path, fp32_info, out_dir / "model_fp32.xml", fp16=False)
         calibration = calibration_subset(dataset.train, calibration_size, seed)
-        path = quantize_int8(fp32_xml, info, calibration, out_dir / "model_int8.xml")
+        path = quantize_int8(
+            fp32_xml, info, calibration, out_dir / "model_int8.xml", dataset.val, max_drop
+        )
     else:
         fp16 = precision == "fp16"
         path = export_openvino(onnx_path, info, out_dir / f"model_{precision}.xml", fp16)
@@ -244,8 +297,22 @@ def export_model(
         if precision == "int8":
             report.calibration_images = len(calibration)
             fp32 = OpenVINOPredictor(out_dir / "model_fp32.xml")
-            report.fp32_top1 = _top1(fp32.predict_proba(dataset.val.images), dataset.val.labels)
+            fp32_probabilities = fp32.predict_proba(dataset.val.images)
+            report.fp32_top1 = _top1(fp32_probabilities, dataset.val.labels)
             report.int8_top1_drop = 100 * (report.fp32_top1 - report.top1)
+            int8_probabilities = exported.predict_proba(dataset.val.images)
+            before = per_class_top1(fp32_probabilities, dataset.val.labels, info.classes)
+            after = per_class_top1(int8_probabilities, dataset.val.labels, info.classes)
+            report.per_class_drop = {k: round(100 * (before[k] - after[k]), 2) for k in before}
+            if max_drop is not None:
+                report.max_drop = max_drop
+                if report.int8_top1_drop > max_drop:
+                    report.fallback = str(out_dir / "model_fp32.xml")
+                    report.notes.append(
+                        f"INT8 lost {report.int8_top1_drop:.2f} points of top-1, more than "
+                        f"--max-drop {max_drop:g} even with NNCF's accuracy control: deploy the "
+                        f"FP32 model {report.fallback} instead"
+                    )
     runs.write_json(path.with_name(f"{path.stem}_report.json"), asdict(report))
     return report
 
@@ -266,6 +333,10 @@ def report_lines(report: ExportReport) -> list[str]:
             + ", ".join(f"{name} {share:.2%}" for name, share in report.runtimes.items())
         )
     if report.int8_top1_drop is not None:
+        worst = sorted(report.per_class_drop.items(), key=lambda item: -item[1])[:3]
+        lines.append(
+            "largest per-class drops: " + ", ".join(f"{name} {drop:+.1f}" for name, drop in worst)
+        )
         lines.append(
             f"INT8 top-1 {report.top1:.2%} vs FP32 {report.fp32_top1:.2%}: drop "
             f"{report.int8_top1_drop:.2f} percentage points "
