@@ -373,7 +373,7 @@ def predict(model, inputs, top_k, csv_path) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", required=True, help="onnx or openvino.")
+@click.option("--format", "fmt", required=True, help="onnx, openvino or torchscript.")
 @click.option("--precision", default="fp32", show_default=True, help="fp32, fp16 or int8.")
 @click.option("--int8", "int8", is_flag=True, help="Same as --precision int8.")
 @click.option(

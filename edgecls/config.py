@@ -295,7 +295,7 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "device": OneOf(("auto", "cpu", "cuda")),
     "channels_last": BOOL,
     "eval_batch_size": Range(1, 65536),
-    "export": SomeOf(("onnx", "openvino")),
+    "export": SomeOf(("onnx", "openvino", "torchscript")),
     "max_rollbacks": Range(0, 100),
     "time_budget": Duration(),
     "max_latency_ms": Range(0, 1e6, open_low=True),

@@ -273,3 +273,13 @@ def test_int8_under_an_accuracy_limit_keeps_the_drop_or_falls_back(run_dir, tmp_
         assert report.int8_top1_drop > 0.5 and report.fallback.endswith("model_fp32.xml")
         assert any("--max-drop" in note for note in report.notes)
     fails_cleanly("export", str(run_dir), "--format", "onnx", "--max-drop", "1", contains="--int8")
+
+
+def test_torchscript_export_carries_its_metadata_and_matches_the_checkpoint(run_dir, tmp_path):
+    from edgecls.deploy.runtime import TorchScriptPredictor
+
+    report = export_model(run_dir, "torchscript", out_dir=tmp_path)
+    assert report.top1_agreement >= 0.99 and report.max_probability_difference < 1e-4
+    (tmp_path / "model.json").unlink()  # the file alone is enough
+    predictor = TorchScriptPredictor(tmp_path / "model.torchscript")
+    assert predictor.info.classes == [str(i) for i in range(10)] and predictor.info.grayscale

@@ -27,18 +27,20 @@ from edgecls import runs
 from edgecls.data import ImageSplit, load_configured_dataset, to_float
 from edgecls.deploy.runtime import (
     ONNX_METADATA_KEY,
+    TORCHSCRIPT_METADATA,
     ModelInfo,
     OnnxPredictor,
     OpenCVPredictor,
     OpenVINOPredictor,
     Predictor,
     TorchPredictor,
+    load_predictor,
     metadata_path,
     openvino_core,
 )
 from edgecls.errors import UserError
 
-FORMATS = ("onnx", "openvino")
+FORMATS = ("onnx", "openvino", "torchscript")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -112,6 +114,19 @@ def export_onnx(model: nn.Module, info: ModelInfo, path: Path, opset: int = DEFA
     onnx.checker.check_model(exported, full_check=True)
     content = exported.SerializeToString()
     runs.atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(content))
+    info.save(metadata_path(path))
+    return path
+
+
+def export_torchscript(model: nn.Module, info: ModelInfo, path: Path) -> Path:
+    """A traced TorchScript file for LibTorch (C++) and PyTorch Mobile, its ModelInfo inside
+    (`edgecls.json`) and beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.rand(2, info.channels, info.input_size, info.input_size)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+        traced = torch.jit.trace(WithSoftmax(model).eval(), example)
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: info.to_json()})
     info.save(metadata_path(path))
     return path
 
@@ -247,11 +262,11 @@ def export_model(
     """Export a checkpoint (or a run folder's best.pt) and check the result against it. INT8
     with `max_drop` (points of top-1) keeps the drop within it, or falls back to FP32."""
     if fmt not in FORMATS:
-        raise UserError(f"unknown export format '{fmt}': choose {' or '.join(FORMATS)}")
+        raise UserError(f"unknown export format '{fmt}': choose {', '.join(FORMATS)}")
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision '{precision}': choose {', '.join(PRECISIONS)}")
-    if fmt == "onnx" and precision != "fp32":
-        raise UserError("ONNX export is FP32; use --format openvino for fp16 or int8")
+    if fmt != "openvino" and precision != "fp32":
+        raise UserError(f"{fmt} export is FP32; use --format openvino for fp16 or int8")
     source = TorchPredictor(model_path)
     checkpoint_config = source.config
     run_dir = model_path if model_path.is_dir() else model_path.parent
@@ -271,18 +286,21 @@ def export_model(
     if max_drop is not None and (precision != "int8" or dataset is None or not len(dataset.val)):
         raise UserError("--max-drop is for --int8 exports, and needs validation data to measure")
 
-    onnx_path = export_onnx(source.model, fp32_info, out_dir / "model.onnx", opset)
-    if fmt == "onnx":
-        path = onnx_path
-    elif precision == "int8":
-        fp32_xml = export_openvino(onnx_path, fp32_info, out_dir / "model_fp32.xml", fp16=False)
-        calibration = calibration_subset(dataset.train, calibration_size, seed)
-        path = quantize_int8(
-            fp32_xml, info, calibration, out_dir / "model_int8.xml", dataset.val, max_drop
-        )
-    else:
-        fp16 = precision == "fp16"
-        path = export_openvino(onnx_path, info, out_dir / f"model_{precision}.xml", fp16)
+    if fmt == "torchscript":
+        path = export_torchscript(source.model, fp32_info, out_dir / "model.torchscript")
+    elif fmt == "onnx":
+        path = export_onnx(source.model, fp32_info, out_dir / "model.onnx", opset)
+    else:  # OpenVINO's converter reads the ONNX file
+        onnx_path = export_onnx(source.model, fp32_info, out_dir / "model.onnx", opset)
+        if precision == "int8":
+            fp32_xml = export_openvino(onnx_path, fp32_info, out_dir / "model_fp32.xml", False)
+            calibration = calibration_subset(dataset.train, calibration_size, seed)
+            path = quantize_int8(
+                fp32_xml, info, calibration, out_dir / "model_int8.xml", dataset.val, max_drop
+            )
+        else:
+            fp16 = precision == "fp16"
+            path = export_openvino(onnx_path, info, out_dir / f"model_{precision}.xml", fp16)
 
     report = ExportReport(str(path), fmt, precision, opset=opset if fmt == "onnx" else None)
     if dataset is None or not len(dataset.val):
@@ -290,7 +308,7 @@ def export_model(
     else:
         report.checked_on = f"{data or checkpoint_config.data} (validation split)"
         reference = source.predict_proba(dataset.val.images)
-        exported = OnnxPredictor(path) if fmt == "onnx" else OpenVINOPredictor(path)
+        exported = load_predictor(path)
         compare(exported, reference, dataset.val, report)
         if fmt == "onnx":
             check_runtimes(path, reference, dataset.val, report)

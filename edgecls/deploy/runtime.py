@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ class ModelInfo:
 
 
 ONNX_METADATA_KEY = "edgecls"  # the ModelInfo as JSON, in the ONNX file's metadata_props
+TORCHSCRIPT_METADATA = "edgecls.json"  # and in a TorchScript file's extra files
 
 
 def onnx_metadata(path: Path) -> ModelInfo | None:
@@ -153,6 +155,29 @@ class OnnxPredictor(Predictor):
         return self.session.run(None, {self.input_name: pixels.astype(np.float32)})[0]
 
 
+class TorchScriptPredictor(Predictor):
+    """A traced TorchScript export (probabilities out), as LibTorch would run it."""
+
+    backend = "torchscript"
+
+    def __init__(self, path: Path) -> None:
+        extra = {TORCHSCRIPT_METADATA: ""}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+                self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        except Exception as error:  # torch raises many types for a file that is not TorchScript
+            raise UserError(f"cannot load TorchScript model {path}: {error}") from None
+        if extra[TORCHSCRIPT_METADATA]:
+            self.info = ModelInfo.from_values(json.loads(extra[TORCHSCRIPT_METADATA]))
+        else:
+            self.info = ModelInfo.load(metadata_path(path))
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.module(torch.from_numpy(pixels.astype(np.float32))).numpy()
+
+
 class OpenCVPredictor(Predictor):
     """An ONNX file in OpenCV's DNN module, one of the most used runtimes on small devices."""
 
@@ -220,4 +245,8 @@ def load_predictor(path: Path) -> Predictor:
         return OnnxPredictor(path)
     if path.suffix == ".xml":
         return OpenVINOPredictor(path)
-    raise UserError(f"unknown model file type '{path.suffix}': expected .pt, .onnx or .xml")
+    if path.suffix == ".torchscript":
+        return TorchScriptPredictor(path)
+    raise UserError(
+        f"unknown model file type '{path.suffix}': expected .pt, .onnx, .xml or .torchscript"
+    )
