@@ -426,7 +426,7 @@ def export(
     "precisions",
     default="fp32",
     show_default=True,
-    help="Comma-separated: fp32, int8 (OpenVINO only).",
+    help="Comma-separated: fp32, bf16, int8 (bf16 and int8: OpenVINO; bf16 if the CPU has it).",
 )
 @click.option("--repeats", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
@@ -448,7 +448,13 @@ def export(
 @user_errors
 def bench(models, input_size, batch, backends, precisions, repeats, warmup, num_classes, out_path):
     """Parameters, GFLOPs, latency and FPS of MODELS (timm names, checkpoints, exported files)."""
-    from edgecls.deploy.bench import bench_model, check_choices, format_table, save_rows
+    from edgecls.deploy.bench import (
+        bench_model,
+        check_choices,
+        fastest_lines,
+        format_table,
+        save_rows,
+    )
 
     check_choices(backends.split(","), precisions.split(","))
     runs.check_folder_writable(out_path.parent)
@@ -466,5 +472,7 @@ def bench(models, input_size, batch, backends, precisions, repeats, warmup, num_
             num_classes,
         )
     out.print(format_table(rows), highlight=False, markup=False)
+    for line in fastest_lines(rows):
+        out.print(line, highlight=False, markup=False)
     csv_path, json_path = save_rows(rows, out_path)
     out.print(f"saved {csv_path} and {json_path}", highlight=False, markup=False)

@@ -28,7 +28,7 @@ from edgecls.deploy.runtime import ModelInfo, OnnxPredictor, OpenVINOPredictor, 
 from edgecls.errors import UserError
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "bf16", "int8")  # bf16 and int8: OpenVINO only
 
 
 @dataclass
@@ -42,6 +42,7 @@ class BenchRow:
     gflops: float | None
     latency_ms: float
     fps: float
+    file_mb: float | None = None  # the exported file (weights included); None for torch
 
 
 def count_gflops(model: nn.Module, example: torch.Tensor) -> float:
@@ -105,7 +106,24 @@ class _Exports:
     def predictor(self, backend: str, precision: str):
         if backend == "onnxruntime":
             return OnnxPredictor(self.path("onnx"))
+        if precision == "bf16":  # the FP32 IR run at OpenVINO's bf16 inference precision
+            return OpenVINOPredictor(self.path("openvino"), precision_hint="bf16")
         return OpenVINOPredictor(self.path("int8" if precision == "int8" else "openvino"))
+
+    def file_mb(self, backend: str, precision: str) -> float:
+        path = self.path(
+            "onnx" if backend == "onnxruntime" else "int8" if precision == "int8" else "openvino"
+        )
+        return (
+            sum(p.stat().st_size for p in (path, path.with_suffix(".bin")) if p.is_file()) / 2**20
+        )
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes in bf16 here (AVX-512 BF16 or AMX)."""
+    from edgecls.deploy.runtime import openvino_core
+
+    return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def check_choices(backends: list[str], precisions: list[str]) -> None:
@@ -121,8 +139,9 @@ def check_choices(backends: list[str], precisions: list[str]) -> None:
             f"unknown precision(s) {', '.join(sorted(unknown))}: "
             f"choose from {', '.join(PRECISIONS)}"
         )
-    if "int8" in precisions and "openvino" not in backends:
-        raise UserError("INT8 is for OpenVINO only: add openvino to --backends")
+    for low in {"int8", "bf16"} & set(precisions):
+        if "openvino" not in backends:
+            raise UserError(f"{low} is for OpenVINO only: add openvino to --backends")
 
 
 def bench_model(
@@ -168,8 +187,10 @@ def bench_model(
     exports = _Exports(model, info, Path(folder.name))
     for backend in backends:
         for precision in precisions:
-            if precision == "int8" and backend != "openvino":
+            if precision != "fp32" and backend != "openvino":
                 continue
+            if precision == "bf16" and not cpu_has_bf16():
+                continue  # OpenVINO would silently run FP32
             if backend == "torch":
                 channels_last = model.to(memory_format=torch.channels_last)
                 pixels = example.contiguous(memory_format=torch.channels_last)
@@ -194,6 +215,7 @@ def bench_model(
                     gflops,
                     latency,
                     1000 * batch / latency,
+                    None if backend == "torch" else exports.file_mb(backend, precision),
                 )
             )
     return rows
@@ -202,17 +224,32 @@ def bench_model(
 def format_table(rows: list[BenchRow]) -> str:
     header = (
         f"{'model':<26} {'backend':<12} {'prec':<5} {'size':>4} {'batch':>5} "
-        f"{'GFLOPs':>7} {'params M':>8} {'latency ms':>10} {'FPS':>9}"
+        f"{'GFLOPs':>7} {'params M':>8} {'file MB':>7} {'latency ms':>10} {'FPS':>9}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         gflops = f"{r.gflops:.3f}" if r.gflops is not None else "-"
         params = f"{r.params_m:.2f}" if r.params_m is not None else "-"
+        size = f"{r.file_mb:.2f}" if r.file_mb is not None else "-"
         lines.append(
             f"{r.model:<26} {r.backend:<12} {r.precision:<5} {r.input_size:>4} {r.batch:>5} "
-            f"{gflops:>7} {params:>8} {r.latency_ms:>10.2f} {r.fps:>9.1f}"
+            f"{gflops:>7} {params:>8} {size:>7} {r.latency_ms:>10.2f} {r.fps:>9.1f}"
         )
     return "\n".join(lines)
+
+
+def fastest_lines(rows: list[BenchRow]) -> list[str]:
+    """Per model, the fastest backend and precision measured here. INT8 and bf16 change the
+    answers: check the accuracy with `edgecls export --int8 --max-drop` before deploying."""
+    lines = []
+    for model in dict.fromkeys(r.model for r in rows):
+        best = min((r for r in rows if r.model == model), key=lambda r: r.latency_ms)
+        lines.append(
+            f"fastest for {model} on this machine: {best.backend} {best.precision}, "
+            f"{best.latency_ms:.2f} ms at batch {best.batch}"
+            + ("" if best.precision == "fp32" else " (check its accuracy: export --max-drop)")
+        )
+    return lines
 
 
 def save_rows(rows: list[BenchRow], out: Path) -> tuple[Path, Path]:
