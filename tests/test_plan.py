@@ -257,9 +257,14 @@ def test_the_costliest_ingredients_are_dropped_first_until_the_budget_fits():
 
 
 def test_a_generous_budget_keeps_the_full_recipe_and_a_tight_one_drops_it(small_grey, tmp_path):
-    generous = make_plan(str(small_grey), {**ONE_MODEL, "time_budget": "2h"})
+    few = make_plan(str(small_grey), {**ONE_MODEL, "time_budget": "2h"})
+    assert few.values["sam"] and few.values["mutual"] and few.values["augment"] == "augmix"
+    assert isinstance(few.values["lr"], float)  # 4 validation images cannot score a search
+    assert "validation images" in few.reasons["lr"]
+    enough = make_folder(tmp_path / "enough", side=20, colour=False, per_class=900)
+    generous = make_plan(str(enough), {**ONE_MODEL, "time_budget": "2h"})
     assert generous.values["sam"] and generous.values["mutual"]
-    assert generous.values["augment"] == "augmix"
+    assert generous.values["augment"] == "augmix" and generous.values["workers"] == 0
     assert generous.values["lr"] == "tpe"  # a search of ~10% of the budget fits
     trials, trial_epochs = generous.values["lr_search_trials"], generous.values["lr_search_epochs"]
     assert trials >= 5 and trial_epochs >= 2

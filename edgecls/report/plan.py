@@ -21,6 +21,7 @@ SHOWN = (
     "sam",
     "mutual",
     "eval_batch_size",
+    "workers",
 )
 
 
@@ -51,19 +52,19 @@ def plan_tables(plan: Plan) -> list[Table]:
         summary.add_row("note", note)
     summary.add_row("planning took", f"{plan.seconds:.1f} s")
 
-    candidates = Table(title="candidates measured on this machine")
-    candidates.add_column("model", no_wrap=True)
-    for column in ("weights", "input", "batch", "train img/s", "memory MB", "epochs"):
+    candidates = Table(
+        title="candidates measured on this machine",
+        caption="img/s: training images per second; MB: memory; params: millions; ms: latency",
+    )
+    # train img/s, memory MB, parameters M, ONNX Runtime latency ms
+    columns = ("model", "weights", "input", "img/s", "MB", "epochs", "params", "ms", "")
+    for column in columns:
         candidates.add_column(column, overflow="fold")
-    candidates.add_column("params M")
-    candidates.add_column("latency ms", overflow="fold")
-    candidates.add_column("", overflow="fold")
     for index, c in enumerate(plan.candidates):
         candidates.add_row(
             c.model,
             c.weights,
             str(c.input_size),
-            str(c.batch_size),
             f"{c.train_images_per_second:.0f}",
             f"{c.memory_bytes / 2**20:.0f}",
             str(c.epochs) if plan.budget_seconds is not None else "-",

@@ -355,7 +355,10 @@ class Trainer:
                 improved = val.top1 > state.best_top1
                 if improved:
                     state.best_top1, state.best_epoch = val.top1, epoch + 1
+                written = time.perf_counter()
                 self._call("on_epoch_end", epoch, val, improved)
+                if self.budget is not None:
+                    self.budget.record_overhead(time.perf_counter() - written)
         finally:
             self._call("on_fit_end")
         return self.state

