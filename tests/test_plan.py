@@ -258,7 +258,8 @@ def test_the_costliest_ingredients_are_dropped_first_until_the_budget_fits():
 
 def test_a_generous_budget_keeps_the_full_recipe_and_a_tight_one_drops_it(small_grey, tmp_path):
     few = make_plan(str(small_grey), {**ONE_MODEL, "time_budget": "2h"})
-    assert few.values["sam"] and few.values["mutual"] and few.values["augment"] == "augmix"
+    assert not few.values["sam"] and few.values["augment"] != "augmix"  # 14 training images
+    assert any("too few for the paper's recipe" in note for note in few.notes)
     assert isinstance(few.values["lr"], float)  # 4 validation images cannot score a search
     assert "validation images" in few.reasons["lr"]
     enough = make_folder(tmp_path / "enough", side=20, colour=False, per_class=900)
