@@ -44,7 +44,7 @@ MIN_SHORT_EPOCHS = 3  # when nothing reaches its minimum, the most epochs, if at
 # Epochs the paper's full recipe (SAM, mutual learning, AugMix) must still reach within the
 # budget, at its measured cost; below that its costliest ingredients are dropped first. Kept
 # with only 41 epochs, SAM and AugMix cost 15 points on 200 Fashion-MNIST images in 2 minutes
-# (benchmarks/budget_schedule.py at the commit before this rule).
+# (benchmarks/auto_plan.py --schedules at the commit before this rule).
 FULL_RECIPE_EPOCHS = {"imagenet": 100, "scratch": 150}
 # Nor on fewer training images than this, no bias decay included: with 160 images in 2 minutes,
 # AugMix reached 59.1% test top-1 on Fashion-MNIST against 72.8% with `basic` (SVC: 69.3%), and
@@ -62,7 +62,7 @@ WARMUP_SHARE, MAX_WARMUP_EPOCHS = 0.03, 5
 # `benchmarks/auto_plan.py --datasets fashion-mnist --options augment=basic`).
 LIGHT_AUGMENT_EPOCHS = 60
 INGREDIENTS = {"sam": "SAM", "mutual": "mutual learning", "augmix": "AugMix"}
-BUDGET_SCHEDULE = "budget_linear"  # measured against plateau_v2: benchmarks/budget_schedule.py
+BUDGET_SCHEDULE = "budget_linear"  # against plateau_v2: benchmarks/auto_plan.py --schedules
 SCHEDULE_REASONS = {
     "budget_linear": "the LR decays linearly to zero at the end of the budget, re-planned from "
     "measured epoch times",
