@@ -1,5 +1,5 @@
 """One predictor interface over every model kind edgecls writes: a PyTorch checkpoint, an ONNX
-file (ONNX Runtime, or OpenCV's DNN module) or an OpenVINO IR, chosen from the file.
+file (ONNX Runtime), an OpenVINO IR or a TorchScript file, chosen from the file.
 
 Exported models take float32 pixels in [0, 1], NCHW, RGB or one channel, at `input_size`
 (normalization is inside the graph) and return class probabilities. The metadata file beside
@@ -176,28 +176,6 @@ class TorchScriptPredictor(Predictor):
     def run(self, pixels: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return self.module(torch.from_numpy(pixels.astype(np.float32))).numpy()
-
-
-class OpenCVPredictor(Predictor):
-    """An ONNX file in OpenCV's DNN module, one of the most used runtimes on small devices."""
-
-    backend = "opencv"
-
-    def __init__(self, path: Path) -> None:
-        try:
-            import cv2
-        except ImportError:
-            raise UserError("OpenCV is not installed: pip install opencv-python-headless") from None
-        self.info = ModelInfo.load(metadata_path(path))
-        try:
-            self.net = cv2.dnn.readNetFromONNX(str(path))
-        except cv2.error as error:
-            first = str(error).strip().splitlines()[-1] if str(error).strip() else "cv2.error"
-            raise UserError(f"OpenCV cannot read ONNX model {path}: {first}") from None
-
-    def run(self, pixels: np.ndarray) -> np.ndarray:
-        self.net.setInput(np.ascontiguousarray(pixels, dtype=np.float32))
-        return self.net.forward()
 
 
 class OpenVINOPredictor(Predictor):
