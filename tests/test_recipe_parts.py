@@ -188,7 +188,7 @@ def test_mutual_learning_gives_each_model_the_gradient_of_its_own_loss():
     slow = create_model(slow_config, 3).eval()
     images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
 
-    mutual_objective(fast, slow)([fast(images), slow(images)], labels).backward()
+    mutual_objective(fast, slow)([fast(images), slow(images)], labels, images).backward()
     joint = [p.grad.clone() for p in fast.parameters() if p.grad is not None]
 
     fast.zero_grad()
