@@ -97,7 +97,9 @@ class Config:
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
     stitch_mixup: str = "none"  # or horizontal, vertical: two images cut and joined (paper 002)
     stitch_alpha: float = 0.2  # Beta(alpha, alpha) of the cut's position
-    teacher: str | None = None  # knowledge distillation from a run folder or checkpoint
+    teacher: str | None = None  # knowledge distillation from a run, checkpoint or timm model
+    teacher_weights: str | None = None  # a timm teacher's state dict for these classes
+    kd_cache: bool = False  # the teacher runs once per image (augmentation and mixing off)
     kd_temperature: float = 1.0  # paper 002 uses 20, paper 003 uses 1
     kd_alpha: float = 0.5  # weight of the teacher's soft targets; 1 - kd_alpha on the labels
     max_rollbacks: int = 3  # divergence: back to the last good checkpoint at lr * lr_factor
@@ -283,7 +285,9 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "ema": Range(0, 1, open_high=True),
     "stitch_mixup": OneOf(("none", "horizontal", "vertical")),
     "stitch_alpha": Range(0, 100, open_low=True),
-    "teacher": CheckedWhenUsed("a run folder or checkpoint, when training starts"),
+    "teacher": CheckedWhenUsed("a run folder, checkpoint or timm model, when training starts"),
+    "teacher_weights": CheckedWhenUsed("a state dict file, when training starts"),
+    "kd_cache": BOOL,
     "kd_temperature": Range(0, 1000, open_low=True),
     "kd_alpha": Range(0, 1),
     "lr_search_trials": Range(1, 10_000),

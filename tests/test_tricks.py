@@ -259,6 +259,60 @@ def test_a_teacher_is_frozen_in_eval_mode_and_never_checkpointed(tmp_path):
         Trainer(build_config({**settings, "teacher": str(teacher_file)}), other)
 
 
+def test_a_timm_teacher_takes_its_weights_file_and_must_fit_the_classes(tmp_path):
+    import timm
+
+    from edgecls.train.losses import load_teacher
+
+    weights = tmp_path / "teacher.pth"
+    source = timm.create_model("resnet20_cifar", num_classes=3, in_chans=1)
+    torch.save(source.state_dict(), weights)
+    settings = {"grayscale": True, "teacher": "resnet20_cifar", "teacher_weights": str(weights)}
+    classes = ["a", "b", "c"]
+    teacher = load_teacher(build_config(settings), classes, torch.device("cpu"))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(teacher.backbone.state_dict()[name], tensor)
+    with pytest.raises(UserError, match="do not fit resnet20_cifar with 4 outputs"):
+        load_teacher(build_config(settings), [*classes, "d"], torch.device("cpu"))
+    with pytest.raises(UserError, match="teacher_weights is for a timm model"):
+        load_teacher(build_config({**settings, "teacher": str(weights)}), classes, "cpu")
+
+
+def test_a_cached_teacher_runs_once_per_image_and_gives_the_same_logits():
+    from edgecls.train.losses import CachedTeacher, build_objective
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    calls = []
+    teacher.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    cached = CachedTeacher(teacher)
+    images = torch.randint(0, 256, (6, 1, 4, 4)).float() / 255
+    first = cached(images[:4])
+    again = cached(images[[3, 1, 0]])
+    assert calls == [4]
+    assert torch.allclose(again, first[[3, 1, 0]])
+    cached(images[2:])  # two of these are new: the whole batch runs once more
+    assert calls == [4, 4]
+    assert torch.allclose(cached(images[[5]]), teacher(images[[5]]))
+
+    from edgecls.models import create_model
+
+    student = create_model(build_config({"model": "resnet20_cifar", "grayscale": True}), 3)
+    settings = {"teacher": "x", "kd_cache": True, "augment": "none", "hflip": False}
+    objective = build_objective(build_config(settings), [student], teacher)
+    logits, labels = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    plain = build_objective(build_config({**settings, "kd_cache": False}), [student], teacher)
+    for _ in range(2):
+        assert objective([logits], labels, images).item() == pytest.approx(
+            plain([logits], labels, images).item(), rel=1e-6
+        )
+    with pytest.raises(UserError, match="set augment=none hflip=false mixup=0.0"):
+        build_objective(
+            build_config({"teacher": "x", "kd_cache": True, "mixup": 0.2}), [student], teacher
+        )
+
+
 def test_zero_gamma_zeroes_the_last_batch_norm_of_each_residual_block():
     from edgecls.models import create_model
 

@@ -86,14 +86,14 @@ class Classifier(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone((pixels - self.mean) / self.std))
 
-    def set_normalization(self, mean: list[float], std: list[float]) -> None:
+    def setnormalization(self, mean: list[float], std: list[float]) -> None:
         """Normalize with other statistics (the training set's): saved with the weights, so
         checkpoints and exports apply them too."""
         self.mean.copy_(torch.tensor(mean).view_as(self.mean))
         self.std.copy_(torch.tensor(std).view_as(self.std))
 
 
-def _normalization(backbone: nn.Module, channels: int) -> tuple[list[float], list[float]]:
+def normalization(backbone: nn.Module, channels: int) -> tuple[list[float], list[float]]:
     mean = list(backbone.pretrained_cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN))
     std = list(backbone.pretrained_cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
     if channels == 1:
@@ -135,7 +135,7 @@ def create_model(config: Config, num_classes: int) -> Classifier:
         set_head_width(backbone, config.head_width, num_classes)
     if weights:
         load_backbone_weights(backbone, Path(weights))
-    mean, std = _normalization(backbone, channels)
+    mean, std = normalization(backbone, channels)
     if config.head == "linear":
         return Classifier(backbone, mean, std)
     in_features = backbone.get_classifier().in_features
@@ -165,7 +165,7 @@ def _is_classifier_key(backbone: nn.Module, key: str) -> bool:
     return any(key.startswith(f"{name}.") for name in heads)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
     try:
@@ -186,7 +186,7 @@ def load_backbone_weights(backbone: nn.Module, path: Path) -> None:
     Keys are matched by name when they agree (a timm checkpoint), otherwise paired in order, which
     is how torchvision's MobileNetV2 and the EfficientNet-Lite0 package file map onto timm.
     """
-    source = {k: v for k, v in _read_state_dict(path).items() if "num_batches_tracked" not in k}
+    source = {k: v for k, v in read_state_dict(path).items() if "num_batches_tracked" not in k}
     target = {
         k: v
         for k, v in backbone.state_dict().items()
