@@ -373,7 +373,9 @@ def predict(model, inputs, top_k, csv_path) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", required=True, help="onnx, openvino or torchscript.")
+@click.option(
+    "--format", "fmt", required=True, help="onnx, openvino, torchscript, tflite, ncnn or coreml."
+)
 @click.option("--precision", default="fp32", show_default=True, help="fp32, fp16 or int8.")
 @click.option("--int8", "int8", is_flag=True, help="Same as --precision int8.")
 @click.option(
@@ -403,7 +405,7 @@ def predict(model, inputs, top_k, csv_path) -> None:
 def export(
     model, fmt, precision, int8, out_dir, data, calibration_size, seed, opset, max_drop
 ) -> None:
-    """Export MODEL (run folder or .pt) to ONNX or OpenVINO IR, checked against the checkpoint."""
+    """Export MODEL (run folder or .pt) for a runtime, checked against the checkpoint."""
     from edgecls.deploy.export import export_model, report_lines
 
     if out_dir:

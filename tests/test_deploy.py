@@ -291,3 +291,94 @@ def test_torchscript_export_carries_its_metadata_and_matches_the_checkpoint(run_
     (tmp_path / "model.json").unlink()  # the file alone is enough
     predictor = TorchScriptPredictor(tmp_path / "model.torchscript")
     assert predictor.info.classes == [str(i) for i in range(10)] and predictor.info.grayscale
+
+
+def export_in_a_process(run_dir: Path, out: Path, *options: str) -> dict:
+    """`edgecls export` as a user runs it (the converters load TensorFlow Lite, JAX or pnnx
+    into their process); returns the report it writes."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "edgecls", "export", str(run_dir), "--out", str(out)]
+    done = subprocess.run([*command, *options], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    (report,) = out.glob("*_report.json")
+    return json.loads(report.read_text())
+
+
+def test_tflite_exports_fp32_and_int8_with_metadata_and_parity(run_dir, tmp_path, digit_files):
+    pytest.importorskip("litert_torch", reason="the mobile extra is not installed")
+    from edgecls.deploy.runtime import TFLitePredictor, tflite_metadata
+
+    report = export_in_a_process(run_dir, tmp_path / "fp32", "--format", "tflite")
+    assert report["top1_agreement"] >= 0.99 and report["max_probability_difference"] < 1e-4
+    path = tmp_path / "fp32" / "model.tflite"
+    embedded = tflite_metadata(path)  # inside the flatbuffer, not only beside it
+    assert embedded.classes == [str(i) for i in range(10)] and embedded.input_size == 32
+    (tmp_path / "fp32" / "model.json").unlink()
+    assert TFLitePredictor(path).info.grayscale
+
+    options = ("--format", "tflite", "--int8", "--max-drop", "2")
+    int8 = export_in_a_process(run_dir, tmp_path / "int8", *options)
+    path = tmp_path / "int8" / "model_int8.tflite"
+    predictor = TFLitePredictor(path)
+    assert predictor.input["dtype"] == np.int8 and predictor.output["dtype"] == np.int8
+    assert tflite_metadata(path).precision == "int8"
+    assert path.stat().st_size < 0.5 * (tmp_path / "int8" / "model.tflite").stat().st_size
+    assert int8["calibration_images"] > 0 and len(int8["per_class_drop"]) == 10
+    assert int8["top1_agreement"] >= 0.9
+    if int8["fallback"] is None:
+        assert int8["int8_top1_drop"] <= 2
+    else:
+        assert int8["fallback"].endswith("model.tflite")
+    predictions, _ = predict_images(path, [digit_files], top_k=1)
+    reference, _ = predict_images(run_dir, [digit_files], top_k=1)
+    same = [a.labels == b.labels for a, b in zip(predictions, reference, strict=True)]
+    assert sum(same) >= 6
+
+
+def test_ncnn_export_through_pnnx_has_metadata_parity_and_predicts(run_dir, tmp_path, digit_files):
+    pytest.importorskip("pnnx", reason="the mobile extra is not installed")
+    pytest.importorskip("ncnn", reason="the mobile extra is not installed")
+    report = export_in_a_process(run_dir, tmp_path, "--format", "ncnn")
+    # ncnn stores weights in FP16 where the CPU has it, by default, as on a phone
+    assert report["top1_agreement"] >= 0.99 and report["max_probability_difference"] < 0.05
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.ncnn.bin",
+        "model.ncnn.json",
+        "model.ncnn.param",
+        "model.ncnn_report.json",
+    ]  # pnnx's intermediate files are gone
+    predictions, skipped = predict_images(tmp_path / "model.ncnn.param", [digit_files], top_k=3)
+    reference, _ = predict_images(run_dir, [digit_files], top_k=3)
+    assert [p.labels[0] for p in predictions] == [p.labels[0] for p in reference]
+    assert [Path(p).name for p, _ in skipped] == ["corrupt.png"]
+
+
+def test_coreml_export_carries_metadata_and_says_it_cannot_be_checked_here(run_dir, tmp_path):
+    ct = pytest.importorskip("coremltools", reason="the mobile extra is not installed")
+    from edgecls.deploy.runtime import coreml_runs_here
+
+    report = export_in_a_process(run_dir, tmp_path, "--format", "coreml", "--precision", "fp16")
+    package = tmp_path / "model_fp16.mlpackage"
+    spec = ct.models.MLModel(str(package), skip_model_load=True)
+    embedded = json.loads(spec.user_defined_metadata["edgecls"])
+    assert embedded["classes"] == [str(i) for i in range(10)] and embedded["precision"] == "fp16"
+    if not coreml_runs_here():
+        assert report["top1_agreement"] is None
+        assert any("macOS" in note for note in report["notes"])
+        fails_cleanly("predict", str(package), str(tmp_path), contains="macOS and iOS only")
+    else:
+        assert report["top1_agreement"] >= 0.99
+
+
+def test_a_missing_converter_or_precision_is_a_clear_error(run_dir, monkeypatch):
+    from edgecls.deploy import mobile
+
+    monkeypatch.setitem(mobile.CONVERTERS, "ncnn", (("no_such_pnnx",), "pnnx"))
+    fails_cleanly("export", str(run_dir), "--format", "ncnn", contains='"edgecls[mobile]"')
+    fails_cleanly("export", str(run_dir), "--format", "ncnn", "--int8", contains="--format")
+    fails_cleanly(
+        "export", str(run_dir), "--format", "coreml", "--int8", contains="openvino or tflite"
+    )

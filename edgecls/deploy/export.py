@@ -1,4 +1,5 @@
-"""`edgecls export`: a trained checkpoint to ONNX or OpenVINO IR (FP32, FP16, INT8), checked.
+"""`edgecls export`: a trained checkpoint to ONNX, OpenVINO IR (FP32, FP16, INT8), TorchScript,
+TFLite (FP32, INT8), ncnn or Core ML (FP32, FP16; the last three in deploy/mobile.py), checked.
 
 The exported graph holds the normalization and a softmax, takes float32 pixels in [0, 1] with a
 dynamic batch dimension, and has its metadata (classes, input size, preprocessing) in a JSON file
@@ -28,6 +29,14 @@ from torch import nn
 
 from edgecls import runs
 from edgecls.data import ImageSplit, load_configured_dataset, to_float
+from edgecls.deploy.mobile import (
+    CONVERTERS,
+    export_coreml,
+    export_ncnn,
+    export_tflite,
+    quantize_tflite,
+    require_converter,
+)
 from edgecls.deploy.runtime import (
     ONNX_METADATA_KEY,
     TORCHSCRIPT_METADATA,
@@ -36,14 +45,21 @@ from edgecls.deploy.runtime import (
     OpenVINOPredictor,
     Predictor,
     TorchPredictor,
+    WithSoftmax,
+    coreml_runs_here,
     load_predictor,
     metadata_path,
     openvino_core,
 )
 from edgecls.errors import UserError
 
-FORMATS = ("onnx", "openvino", "torchscript")
+FORMATS = ("onnx", "openvino", "torchscript", "tflite", "ncnn", "coreml")
 PRECISIONS = ("fp32", "fp16", "int8")
+FORMAT_PRECISIONS = {  # what each format exports, beside FP32
+    "openvino": ("fp16", "int8"),
+    "tflite": ("int8",),
+    "coreml": ("fp16",),
+}
 
 
 @dataclass
@@ -66,17 +82,6 @@ class ExportReport:
     opset: int | None = None  # ONNX only
     runtimes: dict[str, float] = field(default_factory=dict)  # ONNX: agreement per runtime
     notes: list[str] = field(default_factory=list)
-
-
-class WithSoftmax(nn.Module):
-    """The deployed graph: probabilities, not logits."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixels).softmax(dim=1)
 
 
 DEFAULT_OPSET = 17  # the lowest that represents these models; OpenCV 5 misreads opset 20 forms
@@ -295,8 +300,11 @@ def export_model(
         raise UserError(f"unknown export format '{fmt}': choose {', '.join(FORMATS)}")
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision '{precision}': choose {', '.join(PRECISIONS)}")
-    if fmt != "openvino" and precision != "fp32":
-        raise UserError(f"{fmt} export is FP32; use --format openvino for fp16 or int8")
+    if precision != "fp32" and precision not in FORMAT_PRECISIONS.get(fmt, ()):
+        others = [f for f, kinds in FORMAT_PRECISIONS.items() if precision in kinds]
+        raise UserError(f"{fmt} export has no {precision}: use --format {' or '.join(others)}")
+    if fmt in CONVERTERS:
+        require_converter(fmt)
     source = TorchPredictor(model_path)
     checkpoint_config = source.config
     run_dir = model_path if model_path.is_dir() else model_path.parent
@@ -316,25 +324,44 @@ def export_model(
     if max_drop is not None and (precision != "int8" or dataset is None or not len(dataset.val)):
         raise UserError("--max-drop is for --int8 exports, and needs validation data to measure")
 
+    model = source.model
+    fp32_path = None  # INT8: the FP32 model it is measured against (and falls back to)
+    calibration = torch.zeros(0)
+    if precision == "int8":
+        calibration = calibration_subset(dataset.train, calibration_size, seed)
     if fmt == "torchscript":
-        path = export_torchscript(source.model, fp32_info, out_dir / "model.torchscript")
+        path = export_torchscript(model, fp32_info, out_dir / "model.torchscript")
     elif fmt == "onnx":
-        path = export_onnx(source.model, fp32_info, out_dir / "model.onnx", opset)
-    else:  # OpenVINO's converter reads the ONNX file
-        onnx_path = export_onnx(source.model, fp32_info, out_dir / "model.onnx", opset)
+        path = export_onnx(model, fp32_info, out_dir / "model.onnx", opset)
+    elif fmt == "openvino":  # OpenVINO's converter reads the ONNX file
+        onnx_path = export_onnx(model, fp32_info, out_dir / "model.onnx", opset)
         if precision == "int8":
-            fp32_xml = export_openvino(onnx_path, fp32_info, out_dir / "model_fp32.xml", False)
-            calibration = calibration_subset(dataset.train, calibration_size, seed)
+            fp32_path = export_openvino(onnx_path, fp32_info, out_dir / "model_fp32.xml", False)
             path = quantize_int8(
-                fp32_xml, info, calibration, out_dir / "model_int8.xml", dataset.val, max_drop
+                fp32_path, info, calibration, out_dir / "model_int8.xml", dataset.val, max_drop
             )
         else:
             fp16 = precision == "fp16"
             path = export_openvino(onnx_path, info, out_dir / f"model_{precision}.xml", fp16)
+    elif fmt == "tflite":
+        fp32_path = export_tflite(model, fp32_info, out_dir / "model.tflite")
+        path = fp32_path
+        if precision == "int8":
+            path = quantize_tflite(fp32_path, info, calibration, out_dir / "model_int8.tflite")
+    elif fmt == "ncnn":
+        path = export_ncnn(model, fp32_info, out_dir / "model.ncnn.param")
+    else:
+        name = "model.mlpackage" if precision == "fp32" else f"model_{precision}.mlpackage"
+        path = export_coreml(model, info, out_dir / name, precision)
 
     report = ExportReport(str(path), fmt, precision, opset=opset if fmt == "onnx" else None)
     if dataset is None or not len(dataset.val):
         report.notes.append("no validation data found: predictions were not compared")
+    elif fmt == "coreml" and not coreml_runs_here():
+        report.notes.append(
+            "Core ML runs on macOS and iOS only: the export was not run here, so its "
+            "predictions were not compared (run `edgecls export` on a Mac to check them)"
+        )
     else:
         report.checked_on = f"{data or checkpoint_config.data} (validation split)"
         reference = source.predict_proba(dataset.val.images)
@@ -344,7 +371,7 @@ def export_model(
             check_runtimes(path, reference, dataset.val, report)
         if precision == "int8":
             report.calibration_images = len(calibration)
-            fp32 = OpenVINOPredictor(out_dir / "model_fp32.xml")
+            fp32 = load_predictor(fp32_path)
             fp32_probabilities = fp32.predict_proba(dataset.val.images)
             report.fp32_top1 = _top1(fp32_probabilities, dataset.val.labels)
             report.int8_top1_drop = 100 * (report.fp32_top1 - report.top1)
@@ -355,11 +382,12 @@ def export_model(
             if max_drop is not None:
                 report.max_drop = max_drop
                 if report.int8_top1_drop > max_drop:
-                    report.fallback = str(out_dir / "model_fp32.xml")
+                    report.fallback = str(fp32_path)
+                    control = " even with NNCF's accuracy control" if fmt == "openvino" else ""
                     report.notes.append(
                         f"INT8 lost {report.int8_top1_drop:.2f} points of top-1, more than "
-                        f"--max-drop {max_drop:g} even with NNCF's accuracy control: deploy the "
-                        f"FP32 model {report.fallback} instead"
+                        f"--max-drop {max_drop:g}{control}: deploy the FP32 model "
+                        f"{report.fallback} instead"
                     )
     runs.write_json(path.with_name(f"{path.stem}_report.json"), asdict(report))
     return report

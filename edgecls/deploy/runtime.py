@@ -9,9 +9,15 @@ nobody re-implements the preprocessing.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
+import os
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +80,18 @@ class ModelInfo:
 
 ONNX_METADATA_KEY = "edgecls"  # the ModelInfo as JSON, in the ONNX file's metadata_props
 TORCHSCRIPT_METADATA = "edgecls.json"  # and in a TorchScript file's extra files
+TFLITE_METADATA_NAME = "edgecls"  # and in a TFLite flatbuffer's metadata
+
+
+class WithSoftmax(torch.nn.Module):
+    """The deployed graph, in every format: probabilities, not logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels).softmax(dim=1)
 
 
 def onnx_metadata(path: Path) -> ModelInfo | None:
@@ -212,9 +230,144 @@ class OpenVINOPredictor(Predictor):
         return self._compile(len(pixels))(pixels.astype(np.float32))[0]
 
 
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """The converters print pages of progress, warnings and C++ logs; the export report is what
+    counts. Their output goes to a file (at the descriptor level, for the C++ parts), shown only
+    when the conversion fails."""
+    with tempfile.TemporaryFile("w+") as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        except UserError as error:
+            log.seek(0)
+            tail = [line for line in log.read().splitlines() if line.strip()][-5:]
+            raise UserError("\n".join([str(error), *tail])) from None
+        finally:
+            logging.disable(logging.NOTSET)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for descriptor in saved:
+                os.close(descriptor)
+
+
+class TFLitePredictor(Predictor):
+    """LiteRT's interpreter (XNNPACK on a CPU), one image at a time as on a device; an INT8
+    model's int8 input and output go through the scale and zero point it carries."""
+
+    backend = "litert"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        try:
+            with quiet():
+                from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise UserError(
+                f'running {path.name} needs LiteRT: pip install "edgecls[mobile]"'
+            ) from None
+        self.info = tflite_metadata(path) or ModelInfo.load(metadata_path(path))
+        try:
+            with quiet():
+                self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+                self.interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as error:
+            raise UserError(f"cannot load TFLite model {path}: {error}") from None
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        return np.concatenate([self._one(image[None]) for image in pixels])
+
+    def _one(self, pixels: np.ndarray) -> np.ndarray:
+        scale, zero = self.input["quantization"]
+        if self.input["dtype"] != np.float32:
+            pixels = np.clip(np.round(pixels / scale + zero), -128, 127)
+        self.interpreter.set_tensor(self.input["index"], pixels.astype(self.input["dtype"]))
+        self.interpreter.invoke()
+        out = self.interpreter.get_tensor(self.output["index"])
+        scale, zero = self.output["quantization"]
+        return (out.astype(np.float32) - zero) * scale if out.dtype != np.float32 else out
+
+
+def tflite_metadata(path: Path) -> ModelInfo | None:
+    """The ModelInfo a TFLite file carries itself (exported by edgecls), if any."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+
+        model = schema.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
+        entry = next(m for m in model.metadata or [] if m.name == TFLITE_METADATA_NAME.encode())
+        content = bytes(model.buffers[entry.buffer].data)
+        return ModelInfo.from_values(json.loads(content))
+    except Exception:  # not TFLite, or not ours: the JSON file beside it decides
+        return None
+
+
+class NcnnPredictor(Predictor):
+    """ncnn's Python binding on model.ncnn.param/.bin, one image at a time as on a device."""
+
+    backend = "ncnn"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        try:
+            import ncnn
+        except ImportError:
+            raise UserError(f"running {path.name} needs ncnn: pip install ncnn") from None
+        self.info = ModelInfo.load(metadata_path(path))
+        self.ncnn, self.net = ncnn, ncnn.Net()
+        if threads:
+            self.net.opt.num_threads = threads
+        weights = path.with_suffix(".bin")
+        if self.net.load_param(str(path)) != 0 or self.net.load_model(str(weights)) != 0:
+            raise UserError(f"cannot load ncnn model {path} (and {weights.name})")
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        outputs = []
+        for image in pixels.astype(np.float32):
+            extractor = self.net.create_extractor()
+            extractor.input("in0", self.ncnn.Mat(np.ascontiguousarray(image)).clone())
+            _, out = extractor.extract("out0")
+            outputs.append(np.array(out).reshape(1, -1))
+        return np.concatenate(outputs)
+
+
+def coreml_runs_here() -> bool:
+    """Core ML's runtime exists on macOS only; coremltools converts anywhere."""
+    return sys.platform == "darwin"
+
+
+class CoreMLPredictor(Predictor):
+    backend = "coreml"
+
+    def __init__(self, path: Path) -> None:
+        if not coreml_runs_here():
+            raise UserError(
+                f"{path.name} is a Core ML model, which runs on macOS and iOS only; here use "
+                "the ONNX, OpenVINO, TFLite or ncnn export of the same run"
+            )
+        import coremltools as ct
+
+        self.info = ModelInfo.load(metadata_path(path))
+        self.model = ct.models.MLModel(str(path))
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [self.model.predict({"pixels": image[None]})["probabilities"] for image in pixels]
+        )
+
+
 def load_predictor(path: Path) -> Predictor:
-    """A checkpoint or run folder, a .onnx file, or an OpenVINO .xml, by its name."""
+    """A checkpoint or run folder, or an exported model, by its name."""
     path = Path(path)
+    if path.suffix == ".mlpackage" and path.is_dir():
+        return CoreMLPredictor(path)
     if path.is_dir() or path.suffix == ".pt":
         return TorchPredictor(path)
     if not path.is_file():
@@ -225,6 +378,11 @@ def load_predictor(path: Path) -> Predictor:
         return OpenVINOPredictor(path)
     if path.suffix == ".torchscript":
         return TorchScriptPredictor(path)
+    if path.suffix == ".tflite":
+        return TFLitePredictor(path)
+    if path.suffix == ".param":
+        return NcnnPredictor(path)
     raise UserError(
-        f"unknown model file type '{path.suffix}': expected .pt, .onnx, .xml or .torchscript"
+        f"unknown model file type '{path.suffix}': expected .pt, .onnx, .xml, .torchscript, "
+        ".tflite, .param (ncnn) or .mlpackage"
     )
