@@ -422,13 +422,25 @@ def export(
 @click.argument("models", nargs=-1, required=True)
 @click.option("--input-size", type=_config_range("input_size"), default=224, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--backends", default="torch,onnxruntime,openvino", show_default=True)
+@click.option(
+    "--backends",
+    help="Comma-separated: torch, onnxruntime, openvino, litert, ncnn (default: every one "
+    "installed here).",
+)
 @click.option(
     "--precision",
     "precisions",
     default="fp32",
     show_default=True,
-    help="Comma-separated: fp32, bf16, int8 (bf16 and int8: OpenVINO; bf16 if the CPU has it).",
+    help="Comma-separated: fp32, bf16 (OpenVINO, if the CPU has it), int8 (ONNX Runtime, "
+    "OpenVINO, LiteRT).",
+)
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(min=0, max=100),
+    default=1.0,
+    show_default=True,
+    help="Points of top-1 the recommended choice may lose (measured for checkpoints).",
 )
 @click.option("--repeats", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
@@ -448,16 +460,30 @@ def export(
     help="Saved as OUT.csv and OUT.json.",
 )
 @user_errors
-def bench(models, input_size, batch, backends, precisions, repeats, warmup, num_classes, out_path):
-    """Parameters, GFLOPs, latency and FPS of MODELS (timm names, checkpoints, exported files)."""
+def bench(
+    models,
+    input_size,
+    batch,
+    backends,
+    precisions,
+    max_drop,
+    repeats,
+    warmup,
+    num_classes,
+    out_path,
+):
+    """Parameters, GFLOPs, size, memory, latency and FPS of MODELS (timm names, checkpoints,
+    exported files) per backend and precision, and the fastest within --max-drop."""
     from edgecls.deploy.bench import (
         bench_model,
         check_choices,
         fastest_lines,
         format_table,
+        installed_backends,
         save_rows,
     )
 
+    backends = backends or ",".join(installed_backends())
     check_choices(backends.split(","), precisions.split(","))
     runs.check_folder_writable(out_path.parent)
     rows = []
@@ -474,7 +500,7 @@ def bench(models, input_size, batch, backends, precisions, repeats, warmup, num_
             num_classes,
         )
     out.print(format_table(rows), highlight=False, markup=False)
-    for line in fastest_lines(rows):
+    for line in fastest_lines(rows, max_drop):
         out.print(line, highlight=False, markup=False)
     csv_path, json_path = save_rows(rows, out_path)
     out.print(f"saved {csv_path} and {json_path}", highlight=False, markup=False)

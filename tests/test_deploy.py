@@ -151,6 +151,7 @@ def test_bench_table_has_the_papers_columns(tmp_path, run_dir):
     assert [(r.backend, r.precision) for r in rows] == [
         ("torch", "fp32"),
         ("onnxruntime", "fp32"),
+        ("onnxruntime", "int8"),
         ("openvino", "fp32"),
         ("openvino", "int8"),
     ]
@@ -158,6 +159,7 @@ def test_bench_table_has_the_papers_columns(tmp_path, run_dir):
         assert row.params_m == pytest.approx(1.59, abs=0.01)
         assert 0.001 < row.gflops < 0.05 and row.latency_ms > 0
         assert row.fps == pytest.approx(1000 * row.batch / row.latency_ms)
+        assert row.peak_memory_mb is not None and row.top1_drop is None  # random weights
     table = format_table(rows)
     for column in ("GFLOPs", "params M", "latency ms", "FPS"):
         assert column in table
@@ -382,3 +384,39 @@ def test_a_missing_converter_or_precision_is_a_clear_error(run_dir, monkeypatch)
     fails_cleanly(
         "export", str(run_dir), "--format", "coreml", "--int8", contains="openvino or tflite"
     )
+
+
+def test_bench_scores_a_checkpoints_exports_and_picks_the_fastest_within_the_limit(run_dir):
+    pytest.importorskip("litert_torch", reason="the mobile extra is not installed")
+    from edgecls.deploy.bench import BenchRow, fastest_lines
+
+    backends = ["onnxruntime", "litert", "ncnn"]
+    rows = bench_model(str(run_dir), backends, ["fp32", "int8"], repeats=2, warmup=1)
+    kinds = [(r.backend, r.precision) for r in rows]
+    assert kinds == [
+        ("onnxruntime", "fp32"),
+        ("onnxruntime", "int8"),
+        ("litert", "fp32"),
+        ("litert", "int8"),
+        ("ncnn", "fp32"),
+    ]
+    for row in rows:
+        assert row.file_mb > 0 and row.peak_memory_mb >= 0 and row.top1_drop is not None
+        if row.precision == "fp32":
+            assert abs(row.top1_drop) < 1
+    int8_tflite = next(r for r in rows if r.backend == "litert" and r.precision == "int8")
+    fp32_tflite = next(r for r in rows if r.backend == "litert" and r.precision == "fp32")
+    assert int8_tflite.file_mb < 0.5 * fp32_tflite.file_mb
+
+    def row(backend, precision, latency, drop):
+        return BenchRow("m", backend, precision, 32, 1, 1.0, 0.1, latency, 1000 / latency, 1.0,
+                        10.0, drop)  # fmt: skip
+
+    fast_but_wrong = [row("openvino", "fp32", 2.0, 0.0), row("onnxruntime", "int8", 1.0, 30.0)]
+    (line,) = fastest_lines(fast_but_wrong, max_drop=1.0)
+    assert "openvino fp32" in line
+    (line,) = fastest_lines(fast_but_wrong, max_drop=50.0)
+    assert "onnxruntime int8" in line
+    unknown = [row("openvino", "int8", 1.0, None), row("openvino", "fp32", 2.0, None)]
+    (line,) = fastest_lines(unknown)
+    assert "openvino fp32" in line and "FP32 only" in line

@@ -56,6 +56,7 @@ from edgecls.errors import UserError
 FORMATS = ("onnx", "openvino", "torchscript", "tflite", "ncnn", "coreml")
 PRECISIONS = ("fp32", "fp16", "int8")
 FORMAT_PRECISIONS = {  # what each format exports, beside FP32
+    "onnx": ("int8",),
     "openvino": ("fp16", "int8"),
     "tflite": ("int8",),
     "coreml": ("fp16",),
@@ -229,6 +230,38 @@ def quantize_int8(
     return path
 
 
+def quantize_onnx_int8(
+    fp32_path: Path, info: ModelInfo, calibration: torch.Tensor, path: Path
+) -> Path:
+    """ONNX Runtime's static INT8 quantization (QDQ, per-channel weights) on calibration images
+    (uint8 N,C,S,S), with the ModelInfo in the file as for FP32."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Images(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(to_float(image[None]).numpy() for image in calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            pixels = next(self.items, None)
+            return None if pixels is None else {"pixels": pixels}
+
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as folder:
+        warnings.simplefilter("ignore")
+        logging.getLogger().setLevel(logging.ERROR)  # ORT's advice to pre-process the model
+        produced = Path(folder) / path.name
+        quantize_static(
+            str(fp32_path), str(produced), Images(), quant_format=QuantFormat.QDQ, per_channel=True
+        )
+        model = onnx.load(str(produced))
+    del model.metadata_props[:]
+    model.metadata_props.add(key=ONNX_METADATA_KEY, value=info.to_json())
+    content = model.SerializeToString()
+    runs.atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(content))
+    info.save(metadata_path(path))
+    return path
+
+
 def per_class_top1(probabilities: np.ndarray, labels: torch.Tensor, classes: list[str]):
     """Top-1 of each class (its recall) on the images of that class."""
     predicted, truth = probabilities.argmax(1), labels.numpy()
@@ -333,6 +366,9 @@ def export_model(
         path = export_torchscript(model, fp32_info, out_dir / "model.torchscript")
     elif fmt == "onnx":
         path = export_onnx(model, fp32_info, out_dir / "model.onnx", opset)
+        if precision == "int8":
+            fp32_path = path
+            path = quantize_onnx_int8(fp32_path, info, calibration, out_dir / "model_int8.onnx")
     elif fmt == "openvino":  # OpenVINO's converter reads the ONNX file
         onnx_path = export_onnx(model, fp32_info, out_dir / "model.onnx", opset)
         if precision == "int8":
@@ -367,7 +403,7 @@ def export_model(
         reference = source.predict_proba(dataset.val.images)
         exported = load_predictor(path)
         compare(exported, reference, dataset.val, report)
-        if fmt == "onnx":
+        if fmt == "onnx" and precision == "fp32":
             check_runtimes(path, reference, dataset.val, report)
         if precision == "int8":
             report.calibration_images = len(calibration)
