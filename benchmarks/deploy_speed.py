@@ -1,9 +1,10 @@
 """Deployment speed-ups and INT8 accuracy, measured side by side in one run on this machine.
 
-For each model: latency of PyTorch eager (channels-last), ONNX Runtime and OpenVINO (FP32 with the
-f32 precision hint, and NNCF INT8) at batch 1 and a larger batch, 224x224, as speed-ups over
-PyTorch; GFLOPs and parameters next to the paper's supplementary Table 5; and the INT8 top-1 drop
-of a model trained here (the `digits` recipe) on its validation split.
+For each model: latency of PyTorch eager (channels-last), ONNX Runtime (FP32, INT8), OpenVINO
+(FP32 with the f32 precision hint, NNCF INT8) and, with the mobile extra, LiteRT (FP32, INT8) and
+ncnn at batch 1 and a larger batch, 224x224, as speed-ups over PyTorch; GFLOPs and parameters
+next to the paper's supplementary Table 5; and every export of a model trained here (the
+`digits` recipe) with its size, peak memory, latency and top-1 drop on its validation split.
 
     python benchmarks/deploy_speed.py          # prints the tables, writes them to --out
 """
@@ -18,8 +19,7 @@ import timm
 import torch
 
 from edgecls.config import build_config, load_recipe
-from edgecls.deploy.bench import bench_model
-from edgecls.deploy.export import export_model
+from edgecls.deploy.bench import bench_model, fastest_lines, installed_backends
 from edgecls.train import train
 
 MODELS = [
@@ -45,31 +45,44 @@ def backbone_params(name: str) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 
+COLUMNS = [  # (backend, precision, column title), each timed where its runtime is installed
+    ("onnxruntime", "fp32", "ORT"),
+    ("onnxruntime", "int8", "ORT INT8"),
+    ("openvino", "fp32", "OV FP32"),
+    ("openvino", "int8", "OV INT8"),
+    ("litert", "fp32", "LiteRT"),
+    ("litert", "int8", "LiteRT INT8"),
+    ("ncnn", "fp32", "ncnn"),
+]
+
+
 def speed_table(args: argparse.Namespace) -> str:
+    here = installed_backends()
+    columns = [c for c in COLUMNS if c[0] in here]
+    backends = ["torch", *dict.fromkeys(c[0] for c in columns)]
     lines = [
         f"Speed-up over PyTorch eager, {args.input_size}x{args.input_size}, "
-        f"{torch.get_num_threads()} threads, median of {args.repeats} runs (latency in ms):",
+        f"{torch.get_num_threads()} threads, median of {args.repeats} runs (latency in ms; "
+        "LiteRT and ncnn run one image at a time, so only at batch 1):",
         "",
-        "| model | batch | GFLOPs | params M | torch ms | ORT ms (x) | OV FP32 ms (x) "
-        "| OV INT8 ms (x) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | batch | GFLOPs | params M | torch ms | "
+        + " | ".join(f"{title} ms (x)" for _, _, title in columns)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(columns),
     ]
     for name in args.models.split(","):
         for batch in (1, args.large_batch):
+            chosen = [b for b in backends if batch == 1 or b not in ("litert", "ncnn")]
             rows = bench_model(
-                name,
-                ["torch", "onnxruntime", "openvino"],
-                ["fp32", "int8"],
-                args.input_size,
-                batch,
-                args.repeats,
-                args.warmup,
+                name, chosen, ["fp32", "int8"], args.input_size, batch, args.repeats, args.warmup
             )
             by = {(r.backend, r.precision): r for r in rows}
             base = by[("torch", "fp32")].latency_ms
             cells = [
                 f"{by[key].latency_ms:.2f} ({base / by[key].latency_ms:.1f}x)"
-                for key in (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "int8"))
+                if (key := (backend, precision)) in by
+                else "-"
+                for backend, precision, _ in columns
             ]
             row = by[("torch", "fp32")]
             lines.append(
@@ -99,21 +112,32 @@ def paper_table() -> str:
     return "\n".join(lines)
 
 
-def int8_drop(args: argparse.Namespace) -> str:
+def trained_model_table(args: argparse.Namespace) -> str:
+    """Every export of a model trained here, with the accuracy each keeps: what
+    `edgecls bench RUN` recommends from."""
     with tempfile.TemporaryDirectory() as folder:
         run_dir = Path(folder) / "run"
         config = build_config(load_recipe("digits"), {"max_epochs": args.train_epochs})
         train(config, run_dir, progress=False)
-        fp32 = export_model(run_dir, "openvino", "fp32")
-        int8 = export_model(run_dir, "openvino", "int8")
-    return (
-        f"INT8 accuracy on a model trained here (`digits` recipe, {args.train_epochs} epochs, "
-        f"validation split of {int8.num_images} images, {int8.calibration_images} calibration "
-        f"images): checkpoint top-1 {100 * int8.checkpoint_top1:.2f}%, OpenVINO FP32 "
-        f"{100 * fp32.top1:.2f}% (top-1 agreement {100 * fp32.top1_agreement:.2f}%), INT8 "
-        f"{100 * int8.top1:.2f}% (agreement {100 * int8.top1_agreement:.2f}%): drop "
-        f"{int8.int8_top1_drop:.2f} percentage points."
-    )
+        rows = bench_model(
+            str(run_dir), installed_backends(), ["fp32", "bf16", "int8"], repeats=args.repeats
+        )
+    lines = [
+        f"Every export of a model trained here (`digits` recipe, {args.train_epochs} epochs, "
+        "MobileNetV3-small at 32x32, batch 1), scored on the validation split "
+        "(top-1 drop in points against the checkpoint):",
+        "",
+        "| backend | precision | file MB | peak MB | latency ms | top-1 drop |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        size = f"{r.file_mb:.2f}" if r.file_mb is not None else "-"
+        lines.append(
+            f"| {r.backend} | {r.precision} | {size} | {r.peak_memory_mb:.0f} | "
+            f"{r.latency_ms:.2f} | {r.top1_drop:+.2f} |"
+        )
+    lines += ["", *fastest_lines(rows)]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -126,7 +150,7 @@ def main() -> None:
     parser.add_argument("--train-epochs", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/deploy_speed.md"))
     args = parser.parse_args()
-    text = "\n\n".join([speed_table(args), paper_table(), int8_drop(args)]) + "\n"
+    text = "\n\n".join([speed_table(args), paper_table(), trained_model_table(args)]) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
