@@ -68,6 +68,7 @@ class Config:
     weight_decay: float = 5e-4
     no_bias_decay: bool = False
     bias_lr_factor: float = 2.0
+    freeze_bn: bool = False  # batch norms keep their (pretrained) statistics while training
     sam: bool = False
     sam_rho: float = 0.05
     sam_adaptive: bool = False
@@ -253,6 +254,7 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "momentum": Range(0, 1, open_high=True),
     "weight_decay": Range(0, 1, open_high=True),
     "no_bias_decay": BOOL,
+    "freeze_bn": BOOL,
     "bias_lr_factor": Range(0, 100, open_low=True),
     "sam": BOOL,
     "sam_rho": Range(0, 10, open_low=True),

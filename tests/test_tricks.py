@@ -493,3 +493,22 @@ def test_anti_alias_puts_blur_pooling_in_the_downsampling():
     assert sum(isinstance(m, BlurPool2d) for m in blurred.modules()) >= 3  # stages 2-4
     plain = create_model(build_config({"model": "resnet18"}), 3)
     assert not any(isinstance(m, BlurPool2d) for m in plain.modules())
+
+
+def test_freeze_bn_keeps_the_batch_norm_statistics_while_their_scale_still_learns():
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from edgecls.data import load_dataset
+    from edgecls.train.loop import Trainer
+
+    dataset = load_dataset("digits", input_size=16, grayscale=True, progress=False)
+    settings = {"model": "resnet20_cifar", "input_size": 16, "grayscale": True, "max_epochs": 1}
+    for frozen in (True, False):
+        run = Trainer(build_config({**settings, "freeze_bn": frozen, "workers": 0}), dataset)
+        norms = [m for m in run.model.modules() if isinstance(m, _BatchNorm)]
+        means = [m.running_mean.clone() for m in norms]
+        scales = [m.weight.clone() for m in norms]
+        run.train_one_epoch(0)
+        same_means = all(torch.equal(a, m.running_mean) for a, m in zip(means, norms, strict=True))
+        assert same_means is frozen
+        assert not all(torch.equal(a, m.weight) for a, m in zip(scales, norms, strict=True))

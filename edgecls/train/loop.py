@@ -242,6 +242,10 @@ class Trainer:
     def train_one_epoch(self, epoch: int) -> float:
         for model in self.models:
             model.train()
+            if self.config.freeze_bn:  # statistics stay; scale and shift still learn
+                for module in model.modules():
+                    if isinstance(module, _BatchNorm):
+                        module.eval()
         generator = epoch_generator(self.config.seed, epoch)
         torch.manual_seed(self.config.seed * 100_003 + epoch)
         split = self.dataset.train
