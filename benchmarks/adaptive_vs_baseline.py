@@ -28,7 +28,7 @@ from sklearn.model_selection import train_test_split
 
 from edgecls.config import build_config, load_recipe
 from edgecls.data import Dataset, load_dataset
-from edgecls.train import train
+from edgecls.training import train
 
 HFLIP = {"digits": False, "mnist5k": False, "fashion-mnist": True}
 

@@ -17,7 +17,7 @@ import torch
 
 from edgecls.config import build_config
 from edgecls.data import Dataset, ImageSplit
-from edgecls.train.loop import Trainer
+from edgecls.training.loop import Trainer
 
 CASES = [
     ("mobilenetv3_small_100", 32, 128),

@@ -20,7 +20,7 @@ import torch
 
 from edgecls.config import build_config, load_recipe
 from edgecls.deploy.bench import bench_model, fastest_lines, installed_backends
-from edgecls.train import train
+from edgecls.training import train
 
 MODELS = [
     "mobilenetv3_small_100",

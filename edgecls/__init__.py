@@ -1,3 +1,21 @@
-"""edgecls: a folder of labelled images in, a small evaluated deployable classifier out."""
+"""edgecls: a folder of labelled images in, a small evaluated deployable classifier out.
+
+The Python API (see edgecls/api.py): `train`, `load`, `check_data`, the `Run` and `Model` they
+return, and `EdgeclsError`, the one exception type for problems with the input.
+"""
 
 __version__ = "0.1.0"
+
+_API = ("train", "load", "check_data", "Run", "Model", "DataCheck", "EdgeclsError")
+
+
+def __getattr__(name: str):
+    """The API on first use, so that `import edgecls` (and the CLI) stays light."""
+    if name in _API:
+        from edgecls import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'edgecls' has no attribute {name!r}")
+
+
+__all__ = [*_API, "__version__"]

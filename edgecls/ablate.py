@@ -110,7 +110,7 @@ def ablate(
     progress: bool = True,
 ) -> list[Row]:
     """Train every row for every seed into `out_dir/<row>-seed<k>/` and write the tables."""
-    from edgecls.train import train
+    from edgecls.training import train
 
     rows = plan_rows(tricks, leave_one_out, recipe)
     dataset = load_configured_dataset(base, progress=progress)

@@ -137,7 +137,9 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, **options)
     DATA is a folder (train/ val/ [test/] of class folders, or just class folders), a CSV/TXT
     list of path,label, or a built-in name (digits, mnist5k, fashion-mnist, cifar10, ...).
     """
-    from edgecls.train import train as run_training
+    from edgecls.api import configure
+    from edgecls.report.plan import plan_tables
+    from edgecls.training import train as run_training
 
     started = runs.process_started()
     data, overrides = _split_args(args)
@@ -153,32 +155,18 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, **options)
         )
         run_dir = resume
     else:
-        if recipe is None and data is None:
-            recipe = "digits"
-        recipe_values = cfg.load_recipe(recipe) if recipe else {}
         cli_values = {k: v for k, v in options.items() if v is not None}
         if "lr" in cli_values:
             cli_values["lr"] = cfg.parse_overrides([f"lr={cli_values['lr']}"])["lr"]
-        if data is not None:
-            cli_values["data"] = data
         user_values = {**cfg.parse_overrides(overrides), **cli_values}
-        cfg.build_config(recipe_values, user_values)  # bad keys or values fail before planning
-        planned = {}
-        if recipe is None:
-            from edgecls.plan import make_plan
-            from edgecls.report.plan import plan_tables
-
-            plan = make_plan(data, user_values, started=started)
-            planned = plan.values
-            for table in plan_tables(plan) if plan.candidates else []:
+        config, plan = configure(data, recipe, user_values, started)
+        if plan is not None and plan.candidates:
+            for table in plan_tables(plan):
                 out.print(table)
         if plan_only:
             if plan is None:
                 raise UserError("--plan plans a run for DATA without a recipe")
             return
-        config = cfg.build_config(recipe_values, planned, user_values)
-        if config.data is None:
-            config.data = cfg.DEFAULT_DATA
         changed = {}
     run = run_training(
         config,
@@ -211,7 +199,7 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, **options)
 def lr_find(args, recipe, model, method, out_dir, quiet) -> None:
     """Estimate the initial learning rate for DATA alone: range test, TPE or grid search."""
     from edgecls.data import load_configured_dataset
-    from edgecls.train.lr_search import search_lr
+    from edgecls.training.lr_search import search_lr
 
     data, overrides = _split_args(args)
     layers = [cfg.load_recipe(recipe) if recipe else {}, cfg.parse_overrides(overrides)]

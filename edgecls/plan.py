@@ -269,7 +269,7 @@ def measure_ingredients(
     on this machine: SAM's second pass, mutual learning's second model, per-image AugMix."""
     from edgecls.data import Dataset, ImageSplit
     from edgecls.data.per_image import per_image_transform
-    from edgecls.train.loop import Trainer
+    from edgecls.training.loop import Trainer
 
     size, batch = candidate.input_size, candidate.batch_size
     images = torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8)

@@ -16,7 +16,7 @@ import torch
 
 from edgecls import runs
 from edgecls.cli import main
-from edgecls.train.loop import Trainer
+from edgecls.training.loop import Trainer
 
 point, limit, arguments = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 count = 0

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from edgecls.cli import main
 from edgecls.config import build_config
 from edgecls.data import Dataset, load_dataset
-from edgecls.train.loop import Trainer
-from edgecls.train.lr_search import lr_grid, lr_range_test, search_lr, valley_lr
+from edgecls.training.loop import Trainer
+from edgecls.training.lr_search import lr_grid, lr_range_test, search_lr, valley_lr
 
 SMALL = {
     "model": "mobilenetv3_small_050",

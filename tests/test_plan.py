@@ -24,8 +24,8 @@ from edgecls.plan import (
     make_plan,
     profile_data,
 )
-from edgecls.train.loop import Trainer
-from edgecls.train.schedules import BudgetLinearSchedule, ReduceLROnPlateauV2, TimeBudget
+from edgecls.training.loop import Trainer
+from edgecls.training.schedules import BudgetLinearSchedule, ReduceLROnPlateauV2, TimeBudget
 
 ONE_MODEL = {"model": "mobilenetv3_small_100"}  # one candidate model keeps planning fast
 

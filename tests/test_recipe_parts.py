@@ -10,10 +10,10 @@ from torch import nn
 from edgecls.config import build_config, load_recipe
 from edgecls.models import create_model
 from edgecls.models.heads import CosineHead, am_softmax_scale
-from edgecls.train.augment import LIGHT, basic_augment
-from edgecls.train.loop import set_lr
-from edgecls.train.losses import kl_to, margin_cross_entropy, mutual_objective
-from edgecls.train.optim import SAM, create_optimizer, parameter_groups, sam_update, scaled_lr
+from edgecls.training.augment import LIGHT, basic_augment
+from edgecls.training.loop import set_lr
+from edgecls.training.losses import kl_to, margin_cross_entropy, mutual_objective
+from edgecls.training.optim import SAM, create_optimizer, parameter_groups, sam_update, scaled_lr
 
 # --- SAM ---------------------------------------------------------------------------------------
 

@@ -22,8 +22,8 @@ from edgecls import runs
 from edgecls.cli import main
 from edgecls.config import build_config, load_recipe
 from edgecls.data import load_dataset
-from edgecls.train.loop import Trainer
-from edgecls.train.lr_search import search_lr, study_name
+from edgecls.training.loop import Trainer
+from edgecls.training.lr_search import search_lr, study_name
 
 TINY = ["--recipe", "digits", "--quiet", "input_size=16"]
 SMALL = {

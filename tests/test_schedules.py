@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from edgecls.train.loop import set_lr
-from edgecls.train.schedules import CosineSchedule, ReduceLROnPlateauV2
+from edgecls.training.loop import set_lr
+from edgecls.training.schedules import CosineSchedule, ReduceLROnPlateauV2
 
 
 def run(schedule, losses, top1s):

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 from edgecls.config import build_config
 from edgecls.errors import UserError
-from edgecls.train.early_stopping import EarlyStopping, create_early_stopping
-from edgecls.train.losses import margin_cross_entropy
-from edgecls.train.mixing import MixBatches, create_batch_transform, no_mixing
-from edgecls.train.optim import create_optimizer
-from edgecls.train.schedules import FormulaSchedule, create_schedule
+from edgecls.training.early_stopping import EarlyStopping, create_early_stopping
+from edgecls.training.losses import margin_cross_entropy
+from edgecls.training.mixing import MixBatches, create_batch_transform, no_mixing
+from edgecls.training.optim import create_optimizer
+from edgecls.training.schedules import FormulaSchedule, create_schedule
 
 
 def test_label_smoothing_is_cross_entropy_against_the_smoothed_distribution():
@@ -146,7 +146,7 @@ def test_early_stopping_is_its_own_switch_on_loss_or_top1():
 
 def test_a_run_with_early_stopping_stops_when_validation_stops_improving():
     from edgecls.data import load_dataset
-    from edgecls.train.loop import Trainer
+    from edgecls.training.loop import Trainer
 
     dataset = load_dataset("digits", input_size=16, grayscale=True, progress=False)
     settings = {"model": "mobilenetv3_small_100", "input_size": 16, "grayscale": True}
@@ -205,7 +205,7 @@ def test_stitch_mixup_joins_two_images_and_labels_them_by_area(direction):
 
 def test_distillation_at_t1_alpha1_is_cross_entropy_on_the_teachers_probabilities():
     from edgecls.models import create_model
-    from edgecls.train.losses import build_objective
+    from edgecls.training.losses import build_objective
 
     torch.manual_seed(0)
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
@@ -232,7 +232,7 @@ def test_distillation_at_t1_alpha1_is_cross_entropy_on_the_teachers_probabilitie
 def test_a_teacher_is_frozen_in_eval_mode_and_never_checkpointed(tmp_path):
     from edgecls import runs
     from edgecls.data import load_dataset
-    from edgecls.train.loop import Trainer
+    from edgecls.training.loop import Trainer
 
     dataset = load_dataset("digits", input_size=16, grayscale=True, progress=False)
     settings = {
@@ -262,7 +262,7 @@ def test_a_teacher_is_frozen_in_eval_mode_and_never_checkpointed(tmp_path):
 def test_a_timm_teacher_takes_its_weights_file_and_must_fit_the_classes(tmp_path):
     import timm
 
-    from edgecls.train.losses import load_teacher
+    from edgecls.training.losses import load_teacher
 
     weights = tmp_path / "teacher.pth"
     source = timm.create_model("resnet20_cifar", num_classes=3, in_chans=1)
@@ -280,7 +280,7 @@ def test_a_timm_teacher_takes_its_weights_file_and_must_fit_the_classes(tmp_path
 
 
 def test_a_cached_teacher_runs_once_per_image_and_gives_the_same_logits():
-    from edgecls.train.losses import CachedTeacher, build_objective
+    from edgecls.training.losses import CachedTeacher, build_objective
 
     torch.manual_seed(0)
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
@@ -333,7 +333,7 @@ def test_zero_gamma_zeroes_the_last_batch_norm_of_each_residual_block():
 
 def test_ema_weights_are_the_running_average_and_are_what_is_evaluated_and_kept():
     from edgecls.data import load_dataset
-    from edgecls.train.loop import Trainer
+    from edgecls.training.loop import Trainer
 
     dataset = load_dataset("digits", input_size=16, grayscale=True, progress=False)
     settings = {"model": "resnet20_cifar", "input_size": 16, "grayscale": True, "ema": 0.5}
@@ -356,7 +356,7 @@ def test_ema_weights_are_the_running_average_and_are_what_is_evaluated_and_kept(
 
 def test_random_erasing_blanks_a_box_of_2_to_25_percent_of_each_image():
     from edgecls.data import ImageSplit
-    from edgecls.train.augment import training_batches
+    from edgecls.training.augment import training_batches
 
     split = ImageSplit(torch.full((8, 1, 32, 32), 255, dtype=torch.uint8), torch.arange(8), [])
     config = build_config({"augment": "none", "random_erasing": 1.0, "batch_size": 8})
@@ -376,7 +376,7 @@ def test_random_erasing_blanks_a_box_of_2_to_25_percent_of_each_image():
 
 def test_normalize_train_uses_the_training_sets_own_statistics():
     from edgecls.data import load_dataset
-    from edgecls.train.loop import Trainer
+    from edgecls.training.loop import Trainer
 
     dataset = load_dataset("digits", input_size=16, grayscale=True, progress=False)
     settings = {"model": "resnet20_cifar", "input_size": 16, "grayscale": True, "workers": 0}
@@ -390,7 +390,7 @@ def test_normalize_train_uses_the_training_sets_own_statistics():
 
 
 def test_hsb_jitter_and_pca_lighting_change_colour_within_their_ranges():
-    from edgecls.train.augment import LIGHTING_EIGVEC, hsb_jitter, pca_lighting
+    from edgecls.training.augment import LIGHTING_EIGVEC, hsb_jitter, pca_lighting
 
     generator = torch.Generator().manual_seed(0)
     grey = torch.full((16, 1, 4, 4), 0.5)
@@ -434,7 +434,7 @@ def test_head_width_resizes_ghostnets_last_layer_and_the_classifier():
 
 
 def test_random_resized_crop_takes_the_asked_share_of_the_image():
-    from edgecls.train.augment import random_resized_crop
+    from edgecls.training.augment import random_resized_crop
 
     ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(8, 1, 64, 64).contiguous()
     generator = torch.Generator().manual_seed(0)
@@ -499,7 +499,7 @@ def test_freeze_bn_keeps_the_batch_norm_statistics_while_their_scale_still_learn
     from torch.nn.modules.batchnorm import _BatchNorm
 
     from edgecls.data import load_dataset
-    from edgecls.train.loop import Trainer
+    from edgecls.training.loop import Trainer
 
     dataset = load_dataset("digits", input_size=16, grayscale=True, progress=False)
     settings = {"model": "resnet20_cifar", "input_size": 16, "grayscale": True, "max_epochs": 1}

@@ -2,7 +2,7 @@
 RandAugment (paper 003), each timm's, after random flip, crop and rotation.
 
 These are per-image PIL ops, so unlike the batch-level tensor augmentation in
-`edgecls.train.augment` they run item by item, optionally in worker processes.
+`edgecls.training.augment` they run item by item, optionally in worker processes.
 
 timm draws from python `random` and `numpy.random`, torchvision from the global torch RNG. To make
 a run repeatable every image is augmented under its own seed, drawn from the loader's generator
@@ -155,8 +155,8 @@ def per_image_loader(
 ) -> DataLoader:
     """Shuffled `policy` batches (uint8 images (B, C, S, S), labels) depending only on `generator`.
 
-    Like `edgecls.train.loop.batches`, the last short batch is dropped when there is more than one
-    batch (batch norm needs > 1 sample), so a resumed run sees the same batches.
+    Like `edgecls.training.augment.index_batches`, the last short batch is dropped when there is
+    more than one batch (batch norm needs > 1 sample), so a resumed run sees the same batches.
     """
     dataset = PerImageDataset(
         split, input_size=input_size, grayscale=grayscale, hflip=hflip, policy=policy

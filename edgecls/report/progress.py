@@ -48,3 +48,14 @@ def progress_bar(items: Iterable, total: int, description: str, enabled: bool) -
         disable=not enabled,
         transient=True,
     )
+
+
+@contextmanager
+def messages_off(off: bool = True) -> Iterator[None]:
+    """No console output at all while inside (the Python API with progress=False)."""
+    before = console.quiet
+    console.quiet = off or before
+    try:
+        yield
+    finally:
+        console.quiet = before

@@ -19,10 +19,10 @@ from edgecls.models import create_model
 from edgecls.plan import BUDGET_RESERVE, EXPORT_RESERVE
 from edgecls.report import plot_confusion_matrix, plot_history
 from edgecls.report.progress import console
-from edgecls.train.callbacks import CheckpointWriter, ProgressBars
-from edgecls.train.loop import Diverged, Trainer
-from edgecls.train.losses import load_teacher
-from edgecls.train.lr_search import search_lr
+from edgecls.training.callbacks import CheckpointWriter, ProgressBars
+from edgecls.training.loop import Diverged, Trainer
+from edgecls.training.losses import load_teacher
+from edgecls.training.lr_search import search_lr
 
 
 @dataclass

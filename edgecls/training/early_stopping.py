@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 
 from edgecls.config import Config
-from edgecls.train.schedules import _SavedFields
+from edgecls.training.schedules import _SavedFields
 
 
 @dataclass

@@ -15,7 +15,7 @@ from edgecls.evaluate import Metrics
 from edgecls.report.progress import progress_bars
 
 if TYPE_CHECKING:
-    from edgecls.train.loop import Trainer
+    from edgecls.training.loop import Trainer
 
 
 class Callback:

@@ -1,6 +1,6 @@
 """Training: the pipeline, its loop, schedules, optimizers, losses and augmentation."""
 
-from edgecls.train.loop import RunState, Trainer
-from edgecls.train.pipeline import train
+from edgecls.training.loop import RunState, Trainer
+from edgecls.training.pipeline import train
 
 __all__ = ["RunState", "Trainer", "train"]

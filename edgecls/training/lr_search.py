@@ -34,9 +34,9 @@ from edgecls.evaluate import Metrics
 from edgecls.report.plots import plot_lr_range_test
 from edgecls.report.progress import console, progress_bars
 from edgecls.runs import REDACTED, redact_url
-from edgecls.train.augment import training_batches
-from edgecls.train.callbacks import Callback
-from edgecls.train.loop import (
+from edgecls.training.augment import training_batches
+from edgecls.training.callbacks import Callback
+from edgecls.training.loop import (
     Diverged,
     Trainer,
     epoch_generator,

@@ -38,13 +38,13 @@ from edgecls.evaluate import compute_metrics
 from edgecls.evaluate.inference import predict_logits, select_device
 from edgecls.models import Classifier, create_model
 from edgecls.report.progress import console
-from edgecls.train.augment import num_batches, training_batches
-from edgecls.train.callbacks import Callback
-from edgecls.train.early_stopping import create_early_stopping
-from edgecls.train.losses import Objective, build_objective, load_teacher
-from edgecls.train.mixing import BatchTransform, create_batch_transform
-from edgecls.train.optim import UpdateStrategy, create_optimizer, create_update, scaled_lr
-from edgecls.train.schedules import Schedule, TimeBudget, create_schedule
+from edgecls.training.augment import num_batches, training_batches
+from edgecls.training.callbacks import Callback
+from edgecls.training.early_stopping import create_early_stopping
+from edgecls.training.losses import Objective, build_objective, load_teacher
+from edgecls.training.mixing import BatchTransform, create_batch_transform
+from edgecls.training.optim import UpdateStrategy, create_optimizer, create_update, scaled_lr
+from edgecls.training.schedules import Schedule, TimeBudget, create_schedule
 
 
 @dataclass
