@@ -301,7 +301,7 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "device": OneOf(("auto", "cpu", "cuda")),
     "channels_last": BOOL,
     "eval_batch_size": Range(1, 65536),
-    "export": SomeOf(("onnx", "openvino", "torchscript", "tflite", "ncnn", "coreml")),
+    "export": SomeOf(("onnx", "openvino", "torchscript", "tflite", "ncnn", "coreml", "timm")),
     "max_rollbacks": Range(0, 100),
     "time_budget": Duration(),
     "max_latency_ms": Range(0, 1e6, open_low=True),

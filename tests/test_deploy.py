@@ -420,3 +420,57 @@ def test_bench_scores_a_checkpoints_exports_and_picks_the_fastest_within_the_lim
     unknown = [row("openvino", "int8", 1.0, None), row("openvino", "fp32", 2.0, None)]
     (line,) = fastest_lines(unknown)
     assert "openvino fp32" in line and "FP32 only" in line
+
+
+PLAIN_TIMM = """
+import sys, numpy as np, timm, torch
+model = timm.create_model("local-dir:" + sys.argv[1], pretrained=True).eval()
+assert "edgecls" not in sys.modules
+config = timm.data.resolve_data_config({}, model=model)
+pixels = torch.from_numpy(np.load(sys.argv[2]))
+mean = torch.tensor(config["mean"]).view(1, -1, 1, 1)
+std = torch.tensor(config["std"]).view(1, -1, 1, 1)
+with torch.no_grad():
+    np.save(sys.argv[3], model((pixels - mean) / std).numpy())
+print(",".join(model.pretrained_cfg["label_names"]), config["input_size"])
+"""
+
+
+def test_timm_folder_loads_in_plain_timm_with_the_checkpoints_logits(run_dir, tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    from edgecls.deploy.runtime import TorchPredictor
+
+    report = export_model(run_dir, "timm", out_dir=tmp_path)
+    folder = tmp_path / "timm"
+    assert report.top1_agreement == 1.0
+    assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors"}
+    pixels = np.random.default_rng(0).random((4, 1, 32, 32), dtype=np.float32)
+    np.save(tmp_path / "pixels.npy", pixels)
+    command = [sys.executable, "-c", PLAIN_TIMM, str(folder), str(tmp_path / "pixels.npy")]
+    done = subprocess.run([*command, str(tmp_path / "logits.npy")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[0] == ",".join(str(i) for i in range(10))
+    with torch.no_grad():
+        expected = TorchPredictor(run_dir).model(torch.from_numpy(pixels)).numpy()
+    assert np.allclose(np.load(tmp_path / "logits.npy"), expected, atol=1e-5)
+
+
+def test_timm_format_refuses_what_plain_timm_cannot_build(tmp_path):
+    from edgecls.config import build_config
+    from edgecls.deploy.hub import export_timm
+    from edgecls.deploy.runtime import ModelInfo
+    from edgecls.errors import UserError
+    from edgecls.models import create_model
+
+    info = ModelInfo(["a", "b"], 32, True)
+    for settings, reason in [
+        ({"model": "resnet20_cifar"}, "timm has no 'resnet20_cifar' without edgecls"),
+        ({"model": "mobilenetv3_small_050", "head": "am_softmax"}, "linear-head"),
+    ]:
+        config = build_config({**settings, "grayscale": True})
+        with pytest.raises(UserError, match=reason):
+            export_timm(create_model(config, 2), config, info, tmp_path / "timm")

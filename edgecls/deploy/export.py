@@ -29,6 +29,7 @@ from torch import nn
 
 from edgecls import runs
 from edgecls.data import ImageSplit, load_configured_dataset, to_float
+from edgecls.deploy.hub import TimmFolderPredictor, export_timm
 from edgecls.deploy.mobile import (
     CONVERTERS,
     export_coreml,
@@ -53,7 +54,7 @@ from edgecls.deploy.runtime import (
 )
 from edgecls.errors import UserError
 
-FORMATS = ("onnx", "openvino", "torchscript", "tflite", "ncnn", "coreml")
+FORMATS = ("onnx", "openvino", "torchscript", "tflite", "ncnn", "coreml", "timm")
 PRECISIONS = ("fp32", "fp16", "int8")
 FORMAT_PRECISIONS = {  # what each format exports, beside FP32
     "onnx": ("int8",),
@@ -386,6 +387,8 @@ def export_model(
             path = quantize_tflite(fp32_path, info, calibration, out_dir / "model_int8.tflite")
     elif fmt == "ncnn":
         path = export_ncnn(model, fp32_info, out_dir / "model.ncnn.param")
+    elif fmt == "timm":
+        path = export_timm(model, checkpoint_config, fp32_info, out_dir / "timm")
     else:
         name = "model.mlpackage" if precision == "fp32" else f"model_{precision}.mlpackage"
         path = export_coreml(model, info, out_dir / name, precision)
@@ -401,7 +404,7 @@ def export_model(
     else:
         report.checked_on = f"{data or checkpoint_config.data} (validation split)"
         reference = source.predict_proba(dataset.val.images)
-        exported = load_predictor(path)
+        exported = TimmFolderPredictor(path) if fmt == "timm" else load_predictor(path)
         compare(exported, reference, dataset.val, report)
         if fmt == "onnx" and precision == "fp32":
             check_runtimes(path, reference, dataset.val, report)
