@@ -116,6 +116,8 @@ class Config:
     channels_last: bool = True
     eval_batch_size: int = 256
     export: str | None = None  # e.g. "onnx,openvino": export best.pt (FP32) after training
+    tensorboard: bool = False  # event files in RUN/tensorboard
+    mlflow: bool | str = False  # true: the local store ./mlruns; or a tracking URI
     # planning (edgecls train DATA without a recipe): the whole run's wall-clock budget, e.g. 5m
     time_budget: str | float | None = None
     max_latency_ms: float | None = None
@@ -303,6 +305,8 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "eval_batch_size": Range(1, 65536),
     "export": SomeOf(("onnx", "openvino", "torchscript", "tflite", "ncnn", "coreml", "timm")),
     "max_rollbacks": Range(0, 100),
+    "tensorboard": BOOL,
+    "mlflow": CheckedWhenUsed("true, false or a tracking URI, when training starts"),
     "time_budget": Duration(),
     "max_latency_ms": Range(0, 1e6, open_low=True),
 }
@@ -329,7 +333,8 @@ def _check_value(key: str, value: Any) -> Any:
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if str in allowed and float not in allowed and isinstance(value, (int, float)):
-        value = str(value)
+        if not (isinstance(value, bool) and bool in allowed):
+            value = str(value)
     if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
         names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
         raise UserError(f"config key '{key}' expects {names}, got {value!r}")

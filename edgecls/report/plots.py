@@ -88,6 +88,12 @@ def plot_history(history: list[dict], out_dir: Path) -> list[Path]:
 def plot_confusion_matrix(
     confusion: list[list[int]], classes: list[str], path: Path, normalize: bool = True
 ) -> Path:
+    return _save(confusion_figure(confusion, classes, normalize), Path(path))
+
+
+def confusion_figure(
+    confusion: list[list[int]], classes: list[str], normalize: bool = True
+) -> Figure:
     """Heat map of true vs predicted class; row-normalised so rare classes are as visible."""
     counts = np.asarray(confusion, dtype=np.int64)
     num_classes = len(classes)
@@ -133,7 +139,7 @@ def plot_confusion_matrix(
                 fontsize=11 if num_classes <= 10 else 8,
                 color="white" if values[row, col] > threshold else "black",
             )
-    return _save(fig, Path(path))
+    return fig
 
 
 def plot_lr_range_test(

@@ -19,6 +19,7 @@ from edgecls.models import create_model
 from edgecls.plan import BUDGET_RESERVE, EXPORT_RESERVE
 from edgecls.report import plot_confusion_matrix, plot_history
 from edgecls.report.progress import console
+from edgecls.report.tracking import check_trackers, create_trackers
 from edgecls.training.callbacks import CheckpointWriter, ProgressBars
 from edgecls.training.loop import Diverged, Trainer
 from edgecls.training.losses import load_teacher
@@ -128,9 +129,10 @@ def _train_in(
     if checkpoint is not None:
         _check_same_classes(dataset, checkpoint)
     # Build the model (and teacher) once before writing anything: a wrong name, weights file or
-    # teacher fails here.
+    # teacher, or a missing tracking package, fails here.
     create_model(config, len(dataset.classes))
     load_teacher(config, dataset.classes, torch.device("cpu"))
+    check_trackers(config)
     runs.write_config(run_dir, config)
     if plan is not None:
         runs.write_json(run_dir / "plan.json", plan)
@@ -151,23 +153,30 @@ def _train_in(
             "seconds": round(search_summary["seconds"], 2),
             "trials": len(search_summary["trials"]),
         }
-    trainer = Trainer(
-        config,
-        dataset,
-        run_dir=run_dir,
-        train_seconds=_training_seconds(config, started),
-        callbacks=[CheckpointWriter(run_dir), ProgressBars(progress)],
-    )
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
-        _record_resume(trainer, checkpoint["config"]["lr"], resume_overrides)
-    trainer.fit()
-    metrics = evaluate_best(trainer, run_dir, {"lr": config.lr, **extra})
-    if config.export:
-        from edgecls.deploy.export import export_after_training  # onnx/openvino load slowly
+    trackers = create_trackers(config, run_dir)
+    try:
+        trainer = Trainer(
+            config,
+            dataset,
+            run_dir=run_dir,
+            train_seconds=_training_seconds(config, started),
+            callbacks=[CheckpointWriter(run_dir), ProgressBars(progress), *trackers],
+        )
+        if checkpoint is not None:
+            trainer.restore(checkpoint)
+            _record_resume(trainer, checkpoint["config"]["lr"], resume_overrides)
+        trainer.fit()
+        metrics = evaluate_best(trainer, run_dir, {"lr": config.lr, **extra})
+        if config.export:
+            from edgecls.deploy.export import export_after_training  # onnx/openvino load slowly
 
-        metrics["exports"] = export_after_training(run_dir, config.export.split(","))
-        runs.write_json(run_dir / "metrics.json", metrics)
+            metrics["exports"] = export_after_training(run_dir, config.export.split(","))
+            runs.write_json(run_dir / "metrics.json", metrics)
+        for tracker in trackers:
+            tracker.finish(run_dir, metrics)
+    finally:
+        for tracker in trackers:
+            tracker.close()
     return metrics
 
 
