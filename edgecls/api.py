@@ -66,6 +66,7 @@ def configure(
     config = cfg.build_config(recipe_values, plan.values if plan else {}, user_values)
     if config.data is None:
         config.data = cfg.DEFAULT_DATA
+    config.recipe = recipe or "plan"
     return config, plan
 
 

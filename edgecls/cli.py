@@ -97,6 +97,12 @@ def _print_summary(metrics: dict, run_dir: Path) -> None:
                 f"{metrics[f'{split}_top1']:.2%} / {metrics[f'{split}_top5']:.2%} / "
                 f"{metrics[f'{split}_map']:.4f}",
             )
+            table.add_row(
+                f"{split} balanced accuracy",
+                f"{metrics[split]['balanced_accuracy']:.2%} (mean per-class recall)",
+            )
+    if metrics.get("balance", "none") != "none":
+        table.add_row("class balance", str(metrics["balance"]))
     for rollback in metrics["rollbacks"]:
         table.add_row(
             f"rollback at epoch {rollback['epoch']}",
@@ -299,6 +305,40 @@ def check_data(data, input_size, grayscale, val_fraction, data_root, seed) -> No
     out.print(describe(dataset), highlight=False, markup=False)
     if dataset.fatal:
         sys.exit(2)
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--sort",
+    default="top1",
+    show_default=True,
+    help="top1, top5, map (best first), wall_s, latency_ms (lowest first) or epochs.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("runs/compare"),
+    show_default=True,
+    help="Where compare.md and compare.csv go.",
+)
+@user_errors
+def compare(run_dirs, sort, out_dir) -> None:
+    """A table of runs (folders, or folders of runs like runs/), sorted by a metric."""
+    from edgecls.report.compare import compare_runs, markdown_table, save_comparison
+
+    folders = []
+    for path in run_dirs:
+        if path.is_dir() and not runs.is_run_folder(path) and runs.holds_run_folders(path):
+            folders += sorted(child for child in path.iterdir() if runs.is_run_folder(child))
+        else:
+            folders.append(path)
+    runs.check_folder_writable(out_dir)
+    rows, differing = compare_runs(folders, sort)
+    out.print(markdown_table(rows, differing), highlight=False, markup=False, soft_wrap=True)
+    saved = save_comparison(rows, differing, out_dir)
+    out.print(f"saved {' and '.join(map(str, saved))}", highlight=False, markup=False)
 
 
 @main.command("eval")

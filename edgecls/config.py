@@ -28,6 +28,7 @@ OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "nadam", "rmsprop", "adadelta"
 
 @dataclass
 class Config:
+    recipe: str | None = None  # the recipe the run started from (recorded, for `edgecls compare`)
     # data
     data: str | None = None
     data_root: str | None = None
@@ -43,6 +44,7 @@ class Config:
     pca_lighting: float = 0.0  # std of AlexNet's PCA lighting noise (004: 0.1); 0: off
     random_erasing: float = 0.0  # share of training images with a random box erased (001, 003)
     normalize: str = "model"  # the model's mean/std (ImageNet's); `train`: the training set's (001)
+    balance: str = "auto"  # sampler, weights or none; auto: sampler above a 1:10 class imbalance
     workers: int = 2
     # model
     model: str = "mobilenetv3_large_100"
@@ -232,6 +234,7 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "bbox_crop": BOOL,
     "crop_scale": Interval(Range(0, 1, open_low=True)),
     "hflip": BOOL,
+    "balance": OneOf(("auto", "sampler", "weights", "none")),
     "hsb_jitter": Range(0, 1),
     "pca_lighting": Range(0, 10),
     "random_erasing": Range(0, 1),
@@ -305,6 +308,7 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "eval_batch_size": Range(1, 65536),
     "export": SomeOf(("onnx", "openvino", "torchscript", "tflite", "ncnn", "coreml", "timm")),
     "max_rollbacks": Range(0, 100),
+    "recipe": CheckedWhenUsed("the recipe's name, recorded when a run starts"),
     "tensorboard": BOOL,
     "mlflow": CheckedWhenUsed("true, false or a tracking URI, when training starts"),
     "time_budget": Duration(),

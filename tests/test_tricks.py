@@ -512,3 +512,57 @@ def test_freeze_bn_keeps_the_batch_norm_statistics_while_their_scale_still_learn
         same_means = all(torch.equal(a, m.running_mean) for a, m in zip(means, norms, strict=True))
         assert same_means is frozen
         assert not all(torch.equal(a, m.weight) for a, m in zip(scales, norms, strict=True))
+
+
+def test_a_balanced_sampler_draws_every_class_equally_often():
+    from edgecls.data.per_image import _SeededShuffle
+    from edgecls.training.augment import balanced_sample_weights, index_batches
+
+    labels = torch.tensor([0] * 2000 + [1] * 100)  # 1:20
+    weights = balanced_sample_weights(labels)
+    drawn = torch.cat(
+        list(index_batches(len(labels), 100, torch.Generator().manual_seed(0), weights))
+    )
+    share = (labels[drawn] == 1).float().mean().item()
+    assert 0.45 < share < 0.55  # about half, against 1/21 in a shuffle
+    order = [i for i, _ in _SeededShuffle(len(labels), torch.Generator().manual_seed(1), weights)]
+    assert 0.45 < (labels[order] == 1).float().mean().item() < 0.55
+    plain = torch.cat(list(index_batches(len(labels), 100, torch.Generator().manual_seed(0))))
+    assert sorted(plain.tolist()) == list(range(2100))
+
+
+def test_class_weights_give_every_class_the_same_total_weight_in_the_loss():
+    from edgecls.training.losses import class_weights
+
+    labels = torch.tensor([0] * 30 + [1] * 10 + [2] * 5)
+    weight = class_weights(labels, 3)
+    totals = [weight[c] * (labels == c).sum() for c in range(3)]
+    assert torch.allclose(torch.stack(totals), torch.full((3,), 15.0))
+    logits = torch.randn(45, 3)
+    expected = F.cross_entropy(logits, labels, weight=weight)
+    assert margin_cross_entropy(logits, labels, 0.0, 0.0, weight) == pytest.approx(expected.item())
+
+
+def test_balance_auto_picks_the_sampler_above_one_to_ten_and_says_so(capsys):
+    from edgecls.data import Dataset, ImageSplit
+    from edgecls.evaluate import compute_metrics
+    from edgecls.training.pipeline import resolve_balance
+
+    def dataset(counts):
+        labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+        split = ImageSplit(torch.zeros(len(labels), 1, 4, 4, dtype=torch.uint8), labels, [])
+        return Dataset("d", ["a", "b"], split, split, None, [], [], False)
+
+    auto = build_config({"balance": "auto"})
+    assert resolve_balance(auto, dataset([200, 10])).balance == "sampler"
+    assert "1:20" in capsys.readouterr().err
+    assert resolve_balance(auto, dataset([100, 50])).balance == "none"
+    assert (
+        resolve_balance(build_config({"balance": "weights"}), dataset([200, 10])).balance
+        == "weights"
+    )
+    # balanced accuracy: the mean of per-class recall, blind to how common each class is
+    logits = torch.tensor([[1.0, 0.0]] * 9 + [[0.0, 1.0]] + [[1.0, 0.0]])
+    metrics = compute_metrics(logits, torch.tensor([0] * 10 + [1]), ["a", "b"])
+    assert metrics.balanced_accuracy == pytest.approx((0.9 + 0.0) / 2)
+    assert metrics.to_dict()["balanced_accuracy"] == metrics.balanced_accuracy

@@ -129,15 +129,21 @@ class _SeededItems(Dataset):
 class _SeededShuffle(Sampler[tuple[int, int]]):
     """A fresh shuffle per pass, each index paired with a per-image seed from `generator`."""
 
-    def __init__(self, n: int, generator: torch.Generator) -> None:
+    def __init__(
+        self, n: int, generator: torch.Generator, weights: torch.Tensor | None = None
+    ) -> None:
         self.n = n
         self.generator = generator
+        self.weights = weights  # a class-balanced draw with replacement (balance=sampler)
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = torch.randperm(self.n, generator=self.generator)
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=self.generator)
+        else:
+            order = torch.multinomial(self.weights, self.n, True, generator=self.generator)
         seeds = torch.randint(2**32, (self.n,), generator=self.generator)
         return zip(order.tolist(), seeds.tolist(), strict=True)
 
@@ -152,6 +158,7 @@ def per_image_loader(
     hflip: bool,
     workers: int,
     policy: str = "augmix",
+    weights: torch.Tensor | None = None,
 ) -> DataLoader:
     """Shuffled `policy` batches (uint8 images (B, C, S, S), labels) depending only on `generator`.
 
@@ -164,7 +171,7 @@ def per_image_loader(
     return DataLoader(
         _SeededItems(dataset),
         batch_size=batch_size,
-        sampler=_SeededShuffle(len(split), generator),
+        sampler=_SeededShuffle(len(split), generator, weights),
         num_workers=workers,
         drop_last=len(split) > batch_size,
         persistent_workers=False,

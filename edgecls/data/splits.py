@@ -100,14 +100,23 @@ def split_off_val(
     return train.subset(np.sort(train_idx)), train.subset(np.sort(val_idx))
 
 
+IMBALANCE_RATIO = 10  # largest / smallest class above which training compensates (balance=auto)
+
+
+def imbalance_ratio(split: ImageSplit, num_classes: int) -> float:
+    """Images of the largest class per image of the smallest (inf when a class has none)."""
+    counts = split.class_counts(num_classes)
+    return max(counts) / min(counts) if min(counts) else float("inf")
+
+
 def warn_imbalance(
     split_name: str, split: ImageSplit, classes: list[str], problems: Problems
 ) -> None:
     """Flag strong imbalance: it silently hurts rare classes unless training compensates."""
     counts = split.class_counts(len(classes))
-    if len(split) and min(counts) * 10 < max(counts):
+    if len(split) and imbalance_ratio(split, len(classes)) > IMBALANCE_RATIO:
         lo, hi = counts.index(min(counts)), counts.index(max(counts))
         problems.warn(
             f"{split_name} is imbalanced: {classes[lo]!r} has {counts[lo]} images, "
-            f"{classes[hi]!r} has {counts[hi]}"
+            f"{classes[hi]!r} has {counts[hi]} (training compensates: balance=auto)"
         )

@@ -39,6 +39,12 @@ class Metrics:
         """Samples per true class (row sums of the confusion matrix)."""
         return [sum(row) for row in self.confusion]
 
+    @property
+    def balanced_accuracy(self) -> float:
+        """The mean recall over the classes present: top-1 as if every class were as common."""
+        present = [r for r, s in zip(self.recall, self.support, strict=True) if s]
+        return sum(present) / len(present) if present else 0.0
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable form, per-class figures grouped by class for easy reading."""
         per_class = [
@@ -51,6 +57,7 @@ class Metrics:
             "top1": self.top1,
             "top5": self.top5,
             "map": self.map,
+            "balanced_accuracy": self.balanced_accuracy,
             "loss": self.loss,
             "per_class": per_class,
             "confusion": self.confusion,
@@ -160,7 +167,7 @@ def format_metrics(metrics: Metrics, title: str = "") -> str:
     lines = [title] if title else []
     summary = (
         f"top-1 {metrics.top1:.2%}   top-5 {metrics.top5:.2%}   mAP {metrics.map:.2%}"
-        f"   samples {metrics.num_samples}"
+        f"   balanced accuracy {metrics.balanced_accuracy:.2%}   samples {metrics.num_samples}"
     )
     if metrics.loss is not None:
         summary += f"   loss {metrics.loss:.4f}"

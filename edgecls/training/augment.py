@@ -99,9 +99,25 @@ def random_resized_crop(
 LIGHT = {"max_rotation": 0.0, "scale": (0.95, 1.05), "max_shift": 0.08, "jitter": 0.0}
 
 
-def index_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Shuffled index batches; the last short batch is dropped (batch norm needs > 1 sample)."""
-    order = torch.randperm(n, generator=generator)
+def balanced_sample_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per image, 1 / its class's count: drawn by these, every class is equally likely."""
+    counts = torch.bincount(labels).float()
+    return 1.0 / counts[labels]
+
+
+def epoch_order(n: int, generator: torch.Generator, weights: torch.Tensor | None) -> torch.Tensor:
+    """A shuffle of the n images, or with `weights` n draws with replacement in proportion."""
+    if weights is None:
+        return torch.randperm(n, generator=generator)
+    return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+
+def index_batches(
+    n: int, batch_size: int, generator: torch.Generator, weights: torch.Tensor | None = None
+) -> Iterator[torch.Tensor]:
+    """Shuffled index batches (a balanced draw under `weights`); the last short batch is
+    dropped (batch norm needs > 1 sample)."""
+    order = epoch_order(n, generator, weights)
     usable = n if n <= batch_size else n - n % batch_size
     for start in range(0, usable, batch_size):
         yield order[start : start + batch_size]
@@ -169,6 +185,7 @@ def training_batches(
 def _augmented_batches(
     split: ImageSplit, config: Config, generator: torch.Generator, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    weights = balanced_sample_weights(split.labels) if config.balance == "sampler" else None
     if config.augment in POLICIES:
         loader = per_image_loader(
             split,
@@ -179,11 +196,12 @@ def _augmented_batches(
             hflip=config.hflip,
             workers=config.workers,
             policy=config.augment,
+            weights=weights,
         )
         for images, labels in loader:
             yield to_float(images).to(device), labels.to(device)
         return
-    for index in index_batches(len(split), config.batch_size, generator):
+    for index in index_batches(len(split), config.batch_size, generator, weights):
         images = to_float(split.images[index]).to(device)
         if config.augment == "basic":
             images = basic_augment(images, generator, hflip=config.hflip)

@@ -41,7 +41,7 @@ from edgecls.report.progress import console
 from edgecls.training.augment import num_batches, training_batches
 from edgecls.training.callbacks import Callback
 from edgecls.training.early_stopping import create_early_stopping
-from edgecls.training.losses import Objective, build_objective, load_teacher
+from edgecls.training.losses import Objective, build_objective, class_weights, load_teacher
 from edgecls.training.mixing import BatchTransform, create_batch_transform
 from edgecls.training.optim import UpdateStrategy, create_optimizer, create_update, scaled_lr
 from edgecls.training.schedules import Schedule, TimeBudget, create_schedule
@@ -158,7 +158,10 @@ class Trainer:
             if buffer is not None
         ]
         self.teacher = load_teacher(config, dataset.classes, self.device)
-        self.objective: Objective = build_objective(config, self.models, self.teacher)
+        weight = None
+        if config.balance == "weights":
+            weight = class_weights(dataset.train.labels, len(dataset.classes))
+        self.objective: Objective = build_objective(config, self.models, self.teacher, weight)
         self.optimizer = create_optimizer(self.models, config)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=config.amp and self.device.type == "cuda"

@@ -30,17 +30,24 @@ Objective = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], torch.Ten
 
 
 def margin_cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, margin: float, smoothing: float = 0.0
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    margin: float,
+    smoothing: float = 0.0,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy with `margin` subtracted from the target logit: AM-Softmax when the logits
     are s * cos(theta) and margin = s * m; plain cross-entropy when margin is 0.
 
     `targets` are class indices or, for mixed batches, class probabilities (the margin is then
-    subtracted in proportion); `smoothing` mixes them with the uniform distribution."""
+    subtracted in proportion); `smoothing` mixes them with the uniform distribution; `weight`
+    is a per-class weight (balance=weights)."""
     if margin:
         hot = targets if targets.is_floating_point() else F.one_hot(targets, logits.shape[1])
         logits = logits - margin * hot.to(logits.dtype)
-    return F.cross_entropy(logits, targets, label_smoothing=smoothing)
+    if weight is not None:
+        weight = weight.to(logits.device, logits.dtype)
+    return F.cross_entropy(logits, targets, weight=weight, label_smoothing=smoothing)
 
 
 def kl_to(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -49,23 +56,30 @@ def kl_to(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return F.kl_div(F.log_softmax(logits.float(), dim=1), target, reduction="batchmean")
 
 
-def single_objective(model: Classifier, smoothing: float = 0.0) -> Objective:
+def single_objective(
+    model: Classifier, smoothing: float = 0.0, weight: torch.Tensor | None = None
+) -> Objective:
     def objective(outputs: list[torch.Tensor], labels: torch.Tensor, images: torch.Tensor):
-        return margin_cross_entropy(outputs[0], labels, model.margin, smoothing)
+        return margin_cross_entropy(outputs[0], labels, model.margin, smoothing, weight)
 
     return objective
 
 
-def mutual_objective(fast: Classifier, slow: Classifier, smoothing: float = 0.0) -> Objective:
+def mutual_objective(
+    fast: Classifier,
+    slow: Classifier,
+    smoothing: float = 0.0,
+    weight: torch.Tensor | None = None,
+) -> Objective:
     """Paper 000, section 3.3: L_fast = CE(p1, y) + KL(p2 || p1) and
     L_slow = AMS(p2, y) + KL(p1 || p2), each partner detached; one backward of the sum gives
     each model exactly the gradient of its own loss."""
 
     def objective(outputs: list[torch.Tensor], labels: torch.Tensor, images: torch.Tensor):
         fast_logits, slow_logits = outputs
-        fast_loss = margin_cross_entropy(fast_logits, labels, fast.margin, smoothing)
+        fast_loss = margin_cross_entropy(fast_logits, labels, fast.margin, smoothing, weight)
         fast_loss = fast_loss + kl_to(slow_logits, fast_logits)
-        slow_loss = margin_cross_entropy(slow_logits, labels, slow.margin, smoothing)
+        slow_loss = margin_cross_entropy(slow_logits, labels, slow.margin, smoothing, weight)
         slow_loss = slow_loss + kl_to(fast_logits, slow_logits)
         return fast_loss + slow_loss
 
@@ -109,14 +123,24 @@ def distillation(
     return objective_with_teacher
 
 
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """n / (classes x count) per class: each class weighs as much in the loss (balance=weights)."""
+    counts = torch.bincount(labels, minlength=num_classes).float().clamp_min(1)
+    return len(labels) / (num_classes * counts)
+
+
 def build_objective(
-    config: Config, models: list[Classifier], teacher: torch.nn.Module | None = None
+    config: Config,
+    models: list[Classifier],
+    teacher: torch.nn.Module | None = None,
+    weight: torch.Tensor | None = None,
 ) -> Objective:
-    """The loss the trained models minimise together, as the config asks for it."""
+    """The loss the trained models minimise together, as the config asks for it; `weight` is
+    the per-class weight of balance=weights."""
     if config.mutual:
-        objective = mutual_objective(*models, smoothing=config.label_smoothing)
+        objective = mutual_objective(*models, smoothing=config.label_smoothing, weight=weight)
     else:
-        objective = single_objective(models[0], config.label_smoothing)
+        objective = single_objective(models[0], config.label_smoothing, weight)
     if teacher is None:
         return objective
     if config.kd_cache:

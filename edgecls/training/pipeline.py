@@ -14,6 +14,7 @@ import torch
 from edgecls import runs
 from edgecls.config import Config, parse_duration
 from edgecls.data import Dataset, load_configured_dataset
+from edgecls.data.splits import IMBALANCE_RATIO, imbalance_ratio
 from edgecls.errors import UserError
 from edgecls.models import create_model
 from edgecls.plan import BUDGET_RESERVE, EXPORT_RESERVE
@@ -77,6 +78,22 @@ def train(
     return TrainedRun(run_dir, metrics)
 
 
+def resolve_balance(config: Config, dataset: Dataset) -> Config:
+    """balance=auto: a class-balanced sampler when the largest class of the training split has
+    more than IMBALANCE_RATIO times the images of the smallest, else none; said when chosen."""
+    if config.balance != "auto":
+        return config
+    ratio = imbalance_ratio(dataset.train, len(dataset.classes))
+    if ratio <= IMBALANCE_RATIO:
+        return dataclasses.replace(config, balance="none")
+    console.print(
+        f"class imbalance 1:{ratio:.0f} in the training split (over 1:{IMBALANCE_RATIO}): "
+        "balance=sampler, each class drawn equally often",
+        highlight=False,
+    )
+    return dataclasses.replace(config, balance="sampler")
+
+
 def _training_seconds(config: Config, started: float) -> float | None:
     """What is left of the time budget for training, after what the job already spent and a
     reserve for the final evaluation (and export)."""
@@ -124,6 +141,7 @@ def _train_in(
     plan: dict[str, Any] | None,
 ) -> dict[str, Any]:
     dataset = dataset or load_configured_dataset(config, progress=progress)
+    config = resolve_balance(config, dataset)
     last = run_dir / "last.pt"
     checkpoint = runs.load_checkpoint(last) if resume and last.is_file() else None
     if checkpoint is not None:
@@ -190,7 +208,9 @@ def evaluate_best(trainer: Trainer, run_dir: Path, extra: dict[str, Any]) -> dic
         "val_top1": val.top1,
         "val_top5": val.top5,
         "val_map": val.map,
+        "val_balanced_accuracy": val.balanced_accuracy,
         "val_loss": val.loss,
+        "balance": trainer.config.balance,
         "best_epoch": state.best_epoch,
         "epochs_trained": state.epoch,
         "stopped_early": state.epoch < trainer.config.max_epochs,
@@ -207,7 +227,12 @@ def evaluate_best(trainer: Trainer, run_dir: Path, extra: dict[str, Any]) -> dic
     plot_confusion_matrix(val.confusion, dataset.classes, run_dir / "confusion_val.png")
     if dataset.test is not None and len(dataset.test.labels):
         test = trainer.evaluate(dataset.test)
-        metrics.update(test_top1=test.top1, test_top5=test.top5, test_map=test.map)
+        metrics.update(
+            test_top1=test.top1,
+            test_top5=test.top5,
+            test_map=test.map,
+            test_balanced_accuracy=test.balanced_accuracy,
+        )
         metrics["test"] = test.to_dict()
         plot_confusion_matrix(test.confusion, dataset.classes, run_dir / "confusion_test.png")
     runs.write_json(run_dir / "metrics.json", metrics)

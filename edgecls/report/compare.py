@@ -1,0 +1,111 @@
+"""`edgecls compare RUN...`: one table of runs, like the tracking table of paper 001: data,
+model, recipe, the settings that differ between them, top-1 / top-5 / mAP (on the test split
+when the run has one), epochs, wall time and, when `edgecls bench` saved it in the run folder,
+the exported model's latency; sorted by a metric, printed and saved as Markdown and CSV."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from edgecls import runs
+from edgecls.errors import UserError
+
+SORT_KEYS = ("top1", "top5", "map", "wall_s", "epochs", "latency_ms")
+# Settings that always differ or say nothing about the recipe.
+NOT_SETTINGS = {"data", "data_root", "recipe", "seed", "device", "workers", "eval_batch_size"}
+ALWAYS_SHOWN = ("model", "input_size")
+
+
+def _run_row(run_dir: Path) -> dict[str, Any]:
+    config = runs.read_config(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise UserError(f"{run_dir} has no metrics.json: it has not finished training")
+    metrics = runs.read_json(metrics_path)
+    split = "test" if "test_top1" in metrics else "val"
+    row: dict[str, Any] = {
+        "run": run_dir.name,
+        "data": config.get("data"),
+        "model": config.get("model"),
+        "recipe": config.get("recipe") or "-",
+        "split": split,
+        "top1": metrics[f"{split}_top1"],
+        "top5": metrics[f"{split}_top5"],
+        "map": metrics[f"{split}_map"],
+        "epochs": metrics["epochs_trained"],
+        "wall_s": metrics["train_seconds"],
+        "latency_ms": None,
+        "config": config,
+    }
+    bench = run_dir / "bench.json"
+    if bench.is_file():
+        latencies = [r["latency_ms"] for r in runs.read_json(bench)["rows"] if r["batch"] == 1]
+        row["latency_ms"] = min(latencies) if latencies else None
+    return row
+
+
+def compare_runs(run_dirs: list[Path], sort: str = "top1") -> tuple[list[dict[str, Any]], list]:
+    """The rows, best first by `sort` (lowest first for wall time and latency), and the config
+    keys whose values differ between the runs."""
+    if sort not in SORT_KEYS:
+        raise UserError(f"unknown sort key '{sort}': choose from {', '.join(SORT_KEYS)}")
+    folders = [d for d in run_dirs if d.is_dir() and runs.is_run_folder(d)]
+    if not folders:
+        raise UserError("no run folders among the given paths (a run folder holds config.yaml)")
+    rows = [_run_row(d) for d in folders]
+    keys = sorted({k for row in rows for k in row["config"]} - NOT_SETTINGS)
+    differing = [
+        k
+        for k in keys
+        if k not in ALWAYS_SHOWN and len({repr(row["config"].get(k)) for row in rows}) > 1
+    ]
+    ascending = sort in ("wall_s", "latency_ms")
+    missing = float("inf") if ascending else float("-inf")
+    rows.sort(key=lambda r: r[sort] if r[sort] is not None else missing, reverse=not ascending)
+    return rows, differing
+
+
+def _cells(row: dict[str, Any], differing: list[str]) -> list[str]:
+    latency = f"{row['latency_ms']:.2f}" if row["latency_ms"] is not None else "-"
+    return [
+        row["run"],
+        str(row["data"]),
+        str(row["model"]),
+        str(row["config"].get("input_size")),
+        row["recipe"],
+        *(str(row["config"].get(k)) for k in differing),
+        row["split"],
+        f"{100 * row['top1']:.2f}",
+        f"{100 * row['top5']:.2f}",
+        f"{row['map']:.4f}",
+        str(row["epochs"]),
+        f"{row['wall_s']:.0f}",
+        latency,
+    ]
+
+
+def header(differing: list[str]) -> list[str]:
+    return [
+        "run", "data", "model", "input", "recipe", *differing, "split", "top-1 %", "top-5 %",
+        "mAP", "epochs", "wall s", "latency ms",
+    ]  # fmt: skip
+
+
+def markdown_table(rows: list[dict[str, Any]], differing: list[str]) -> str:
+    names = header(differing)
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    lines += ["| " + " | ".join(_cells(row, differing)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def save_comparison(rows: list[dict[str, Any]], differing: list[str], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    markdown, table = out / "compare.md", out / "compare.csv"
+    runs.write_text(markdown, markdown_table(rows, differing) + "\n")
+    with open(table, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header(differing))
+        writer.writerows(_cells(row, differing) for row in rows)
+    return [markdown, table]
