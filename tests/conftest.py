@@ -1,4 +1,4 @@
-"""Data shared by the test files: small folders of real digit images."""
+"""Shared by the test files: small folders of real digit images, and one tracked run."""
 
 import numpy as np
 import pytest
@@ -20,3 +20,29 @@ def digit_folder(tmp_path_factory):
             image.save(folder / f"{counts[label]}.png")
             counts[label] += 1
     return root
+
+
+@pytest.fixture(scope="session")
+def tracked_run(tmp_path_factory):
+    """One tiny digits run through the Python API with TensorBoard, MLflow (./mlruns of its
+    folder) and an ONNX export: read by the tracking and comparison tests."""
+    pytest.importorskip("tensorboard", reason="the tracking extra is not installed")
+    pytest.importorskip("mlflow", reason="the tracking extra is not installed")
+    import edgecls
+
+    folder = tmp_path_factory.mktemp("tracked")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        run = edgecls.train(
+            "digits",
+            recipe="digits",
+            run_dir=folder / "run",
+            progress=False,
+            tensorboard=True,
+            mlflow=True,
+            export="onnx",
+            input_size=16,
+            max_epochs=3,
+            workers=0,
+        )
+    return run, folder

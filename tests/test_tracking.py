@@ -9,30 +9,10 @@ import edgecls
 SETTINGS = {"input_size": 16, "max_epochs": 3, "workers": 0}
 
 
-@pytest.fixture(scope="module")
-def tracked(tmp_path_factory):
-    pytest.importorskip("tensorboard", reason="the tracking extra is not installed")
-    pytest.importorskip("mlflow", reason="the tracking extra is not installed")
-    folder = tmp_path_factory.mktemp("tracked")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
-        run = edgecls.train(
-            "digits",
-            recipe="digits",
-            run_dir=folder / "run",
-            progress=False,
-            tensorboard=True,
-            mlflow=True,
-            export="onnx",
-            **SETTINGS,
-        )
-    return run, folder
-
-
-def test_tensorboard_holds_the_epochs_the_confusion_matrix_and_the_hyperparameters(tracked):
+def test_tensorboard_holds_the_epochs_the_confusion_matrix_and_the_hyperparameters(tracked_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run, _ = tracked
+    run, _ = tracked_run
     events = EventAccumulator(str(run.run_dir / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     for tag, column in [("val/top1", "val_top1"), ("train/loss", "train_loss"), ("lr", "lr")]:
@@ -46,10 +26,10 @@ def test_tensorboard_holds_the_epochs_the_confusion_matrix_and_the_hyperparamete
     assert final.value == pytest.approx(run.metrics["val_top1"])
 
 
-def test_mlflow_holds_params_epochs_final_metrics_and_the_run_folder(tracked):
+def test_mlflow_holds_params_epochs_final_metrics_and_the_run_folder(tracked_run):
     import mlflow
 
-    run, folder = tracked
+    run, folder = tracked_run
     uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
     (logged,) = client.search_runs([client.get_experiment_by_name("edgecls").experiment_id])
