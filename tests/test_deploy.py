@@ -457,8 +457,9 @@ def test_timm_folder_loads_in_plain_timm_with_the_checkpoints_logits(run_dir, tm
     done = subprocess.run([*command, str(tmp_path / "logits.npy")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[0] == ",".join(str(i) for i in range(10))
+    classifier = TorchPredictor(run_dir).model  # its logits divided by the fitted temperature
     with torch.no_grad():
-        expected = TorchPredictor(run_dir).model(torch.from_numpy(pixels)).numpy()
+        expected = (classifier(torch.from_numpy(pixels)) * classifier.temperature).numpy()
     assert np.allclose(np.load(tmp_path / "logits.npy"), expected, atol=1e-5)
 
 

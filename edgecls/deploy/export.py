@@ -13,6 +13,7 @@ disagrees is reported loudly.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import subprocess
@@ -343,8 +344,8 @@ def export_model(
     checkpoint_config = source.config
     run_dir = model_path if model_path.is_dir() else model_path.parent
     out_dir = out_dir or run_dir / "export"
-    info = ModelInfo(source.info.classes, source.info.input_size, source.info.grayscale, precision)
-    fp32_info = ModelInfo(source.info.classes, source.info.input_size, source.info.grayscale)
+    info = dataclasses.replace(source.info, precision=precision)
+    fp32_info = source.info
     try:
         dataset = load_configured_dataset(checkpoint_config, data, progress=False)
     except UserError as error:

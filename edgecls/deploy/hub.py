@@ -42,7 +42,8 @@ def export_timm(model: Classifier, config: Config, info: ModelInfo, folder: Path
     save_for_hf(
         model.backbone,
         str(folder),
-        model_config={"label_names": info.classes},
+        # the temperature edgecls divides the logits by (timm does not apply it)
+        model_config={"label_names": info.classes, "edgecls_temperature": info.temperature},
         model_args={"num_classes": len(info.classes), "in_chans": channels},
         safe_serialization=True,
         data_config={
@@ -74,4 +75,4 @@ class TimmFolderPredictor(Predictor):
     @torch.inference_mode()
     def run(self, pixels: np.ndarray) -> np.ndarray:
         batch = (torch.from_numpy(pixels) - self.mean) / self.std
-        return self.model(batch).softmax(1).numpy()
+        return (self.model(batch) / self.info.temperature).softmax(1).numpy()

@@ -39,6 +39,7 @@ class ModelInfo:
     input_size: int
     grayscale: bool
     precision: str = "fp32"
+    temperature: float = 1.0  # inside the graph: the probabilities are softmax(logits / T)
     preprocessing: str = (
         "RGB (or grayscale) image, EXIF orientation applied; shorter side resized to input_size "
         "(bilinear, antialiased), centre crop to input_size x input_size; float32 NCHW in [0, 1]; "
@@ -59,7 +60,7 @@ class ModelInfo:
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> ModelInfo:
         keys = ("classes", "input_size", "grayscale", "precision")
-        return cls(**{key: values[key] for key in keys})
+        return cls(**{key: values[key] for key in keys}, temperature=values.get("temperature", 1.0))
 
     @classmethod
     def load(cls, path: Path) -> ModelInfo:
@@ -142,7 +143,10 @@ class TorchPredictor(Predictor):
         checkpoint = runs.load_checkpoint(path)
         self.model, self.config = model_from_checkpoint(checkpoint)
         self.info = ModelInfo(
-            list(checkpoint["classes"]), self.config.input_size, self.config.grayscale
+            list(checkpoint["classes"]),
+            self.config.input_size,
+            self.config.grayscale,
+            temperature=float(self.model.temperature),
         )
 
     @torch.inference_mode()

@@ -82,9 +82,12 @@ class Classifier(nn.Module):
         self.margin = margin  # subtracted from the target logit by the training loss
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        # Temperature scaling fitted after training (1 while training): logits / T. Kept in the
+        # checkpoint beside the weights, and inside every exported graph.
+        self.register_buffer("temperature", torch.ones(()), persistent=False)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone((pixels - self.mean) / self.std))
+        return self.head(self.backbone((pixels - self.mean) / self.std)) / self.temperature
 
     def setnormalization(self, mean: list[float], std: list[float]) -> None:
         """Normalize with other statistics (the training set's): saved with the weights, so
@@ -223,4 +226,5 @@ def model_from_checkpoint(checkpoint: dict) -> tuple[Classifier, Config]:
     config.pretrained, config.weights = False, None
     model = create_model(config, len(checkpoint["classes"]))
     model.load_state_dict(checkpoint["model"])
+    model.temperature.fill_(checkpoint.get("temperature", 1.0))
     return model.eval(), config

@@ -174,3 +174,49 @@ def plot_ablation(labels: list[str], top1_percent: list[float], out_dir: Path) -
     ax.set_title("ablation")
     ax.grid(True, axis="x", alpha=0.3)
     return _save(fig, out_dir / "ablation.png")
+
+
+def plot_reliability(calibration: dict, path: Path) -> Path:
+    """Reliability diagrams before and after temperature scaling: accuracy per confidence bin
+    against the diagonal a calibrated model follows, with each ECE in the legend."""
+    split = "test" if "test" in calibration else "val"
+    fig = Figure(figsize=(6, 5), layout="tight")
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="calibrated")
+    for key, label in ((split, "as trained"), (f"{split}_calibrated", "temperature-scaled")):
+        bins = calibration[key]
+        shown = [i for i, n in enumerate(bins["count"]) if n]
+        ax.plot(
+            [bins["confidence"][i] for i in shown],
+            [bins["accuracy"][i] for i in shown],
+            marker="o",
+            label=f"{label} (ECE {bins['ece']:.3f})",
+        )
+    ax.set_title(f"Reliability on {split} (T = {calibration['temperature']:.2f})")
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def plot_mistakes(
+    images: np.ndarray, true: list[str], predicted: list[str], confidence: list[float], path: Path
+) -> Path:
+    """The most confident mistakes as a grid of thumbnails (uint8 N, C, S, S), each titled with
+    its true and predicted class and the probability the model gave the wrong one."""
+    columns = min(6, max(1, len(images)))
+    rows = max(1, -(-len(images) // columns))
+    fig = Figure(figsize=(2 * columns, 2.3 * rows), layout="tight")
+    for index, image in enumerate(images):
+        ax = fig.add_subplot(rows, columns, index + 1)
+        pixels = image.transpose(1, 2, 0)
+        ax.imshow(
+            pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=255
+        )
+        ax.set_title(
+            f"true {true[index]}\npred {predicted[index]} ({confidence[index]:.0%})", fontsize=8
+        )
+        ax.axis("off")
+    return _save(fig, path)

@@ -271,15 +271,17 @@ class Trainer:
             raise Diverged("no finite loss in the epoch")
         return total_loss / seen
 
-    def evaluate(self, split: ImageSplit):
-        logits = predict_logits(
+    def logits(self, split: ImageSplit) -> torch.Tensor:
+        return predict_logits(
             self.evaluated_model,
             split.images,
             self.config.eval_batch_size,
             self.device,
             self.config.channels_last,
         )
-        return compute_metrics(logits, split.labels, self.dataset.classes)
+
+    def evaluate(self, split: ImageSplit):
+        return compute_metrics(self.logits(split), split.labels, self.dataset.classes)
 
     # the loop ------------------------------------------------------------------------------
     def roll_back(self, epoch: int, reason: str) -> None:

@@ -13,12 +13,16 @@ import torch
 
 from edgecls import runs
 from edgecls.config import Config, parse_duration
-from edgecls.data import Dataset, load_configured_dataset
+from edgecls.data import Dataset, ImageSplit, load_configured_dataset
 from edgecls.data.splits import IMBALANCE_RATIO, imbalance_ratio
 from edgecls.errors import UserError
+from edgecls.evaluate import compute_metrics
+from edgecls.evaluate.calibration import fit_temperature, reliability
 from edgecls.models import create_model
 from edgecls.plan import BUDGET_RESERVE, EXPORT_RESERVE
 from edgecls.report import plot_confusion_matrix, plot_history
+from edgecls.report.html import write_report
+from edgecls.report.plots import plot_mistakes, plot_reliability
 from edgecls.report.progress import console
 from edgecls.report.tracking import check_trackers, create_trackers
 from edgecls.training.callbacks import CheckpointWriter, ProgressBars
@@ -76,6 +80,37 @@ def train(
             kept = f"; the best checkpoint so far is {best}" if best.is_file() else ""
             raise UserError(f"{why}{kept}; try a lower lr") from None
     return TrainedRun(run_dir, metrics)
+
+
+MISTAKES_SHOWN = 12
+
+
+def confident_mistakes(
+    split: ImageSplit, logits: torch.Tensor, classes: list[str], run_dir: Path
+) -> list[dict[str, Any]]:
+    """The wrong predictions the model was surest of, drawn as mistakes.png and listed with
+    where each image came from."""
+    confidence, predicted = logits.softmax(dim=1).max(dim=1)
+    wrong = torch.nonzero(predicted != split.labels).flatten()
+    worst = wrong[confidence[wrong].argsort(descending=True)][:MISTAKES_SHOWN].tolist()
+    mistakes = [
+        {
+            "source": split.sources[i] if i < len(split.sources) else str(i),
+            "true": classes[int(split.labels[i])],
+            "predicted": classes[int(predicted[i])],
+            "confidence": float(confidence[i]),
+        }
+        for i in worst
+    ]
+    if mistakes:
+        plot_mistakes(
+            split.images[worst].numpy(),
+            [m["true"] for m in mistakes],
+            [m["predicted"] for m in mistakes],
+            [m["confidence"] for m in mistakes],
+            run_dir / "mistakes.png",
+        )
+    return mistakes
 
 
 def resolve_balance(config: Config, dataset: Dataset) -> Config:
@@ -190,6 +225,7 @@ def _train_in(
 
             metrics["exports"] = export_after_training(run_dir, config.export.split(","))
             runs.write_json(run_dir / "metrics.json", metrics)
+        write_report(run_dir)
         for tracker in trackers:
             tracker.finish(run_dir, metrics)
     finally:
@@ -201,9 +237,21 @@ def _train_in(
 def evaluate_best(trainer: Trainer, run_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
     """Evaluate best.pt on validation (and test); write metrics.json (with `extra`) and plots."""
     best = runs.load_checkpoint(run_dir / "best.pt")
-    trainer.evaluated_model.load_state_dict(best["model"])
+    model = trainer.evaluated_model
+    model.load_state_dict(best["model"])
     dataset, state = trainer.dataset, trainer.state
-    val = trainer.evaluate(dataset.val)
+    val_logits = trainer.logits(dataset.val)
+    val = compute_metrics(val_logits, dataset.val.labels, dataset.classes)
+    # Temperature scaling on validation: stored in best.pt, so eval, predict and every export
+    # give calibrated probabilities.
+    temperature = fit_temperature(val_logits, dataset.val.labels)
+    best["temperature"] = temperature
+    runs.save_checkpoint(best, run_dir / "best.pt")
+    calibration: dict[str, Any] = {
+        "temperature": temperature,
+        "val": reliability(val_logits, dataset.val.labels).to_dict(),
+        "val_calibrated": reliability(val_logits / temperature, dataset.val.labels).to_dict(),
+    }
     metrics: dict[str, Any] = {
         "val_top1": val.top1,
         "val_top5": val.top5,
@@ -226,7 +274,12 @@ def evaluate_best(trainer: Trainer, run_dir: Path, extra: dict[str, Any]) -> dic
     }
     plot_confusion_matrix(val.confusion, dataset.classes, run_dir / "confusion_val.png")
     if dataset.test is not None and len(dataset.test.labels):
-        test = trainer.evaluate(dataset.test)
+        test_logits = trainer.logits(dataset.test)
+        test = compute_metrics(test_logits, dataset.test.labels, dataset.classes)
+        calibration["test"] = reliability(test_logits, dataset.test.labels).to_dict()
+        calibration["test_calibrated"] = reliability(
+            test_logits / temperature, dataset.test.labels
+        ).to_dict()
         metrics.update(
             test_top1=test.top1,
             test_top5=test.top5,
@@ -235,6 +288,13 @@ def evaluate_best(trainer: Trainer, run_dir: Path, extra: dict[str, Any]) -> dic
         )
         metrics["test"] = test.to_dict()
         plot_confusion_matrix(test.confusion, dataset.classes, run_dir / "confusion_test.png")
+    metrics["calibration"] = calibration
+    scored = dataset.test if "test" in metrics else dataset.val
+    scored_logits = test_logits if "test" in metrics else val_logits
+    metrics["mistakes"] = confident_mistakes(
+        scored, scored_logits / temperature, dataset.classes, run_dir
+    )
     runs.write_json(run_dir / "metrics.json", metrics)
     plot_history(state.history, run_dir)
+    plot_reliability(calibration, run_dir / "reliability.png")
     return metrics

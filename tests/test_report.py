@@ -1,0 +1,90 @@
+"""report.html / report.md, calibration (ECE, temperature scaling) and confident mistakes."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from edgecls.evaluate.calibration import expected_calibration_error, fit_temperature, reliability
+
+
+def test_temperature_scaling_lowers_the_ece_of_an_over_confident_model():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 5, (2000,), generator=generator)
+    honest = torch.randn(2000, 5, generator=generator)
+    honest[torch.arange(2000), labels] += 1.5  # about 60% right
+    over_confident = honest * 6  # same ranking, far too sure
+    before = expected_calibration_error(over_confident, labels)
+    temperature = fit_temperature(over_confident, labels)
+    after = expected_calibration_error(over_confident / temperature, labels)
+    assert 2 < temperature < 10  # it undoes most of the 6x that was applied
+    assert before > 0.2 and after < 0.05 and after < before / 4
+    bins = reliability(over_confident, labels)
+    assert sum(bins.count) == 2000 and bins.ece == pytest.approx(before)
+
+
+def test_a_run_writes_a_self_contained_report_with_every_section(tracked_run):
+    run, _ = tracked_run
+    folder = run.run_dir
+    page = (folder / "report.html").read_text()
+    for section in (
+        "Summary",
+        "Plan and configuration",
+        "Training curves",
+        "Confusion matrix",
+        "Per class",
+        "Most confident mistakes",
+        "Calibration",
+        "Deployment",
+    ):
+        assert f"<h2>{section}" in page
+    assert 'src="data:image/png;base64,' in page and "<script" not in page
+    assert "http://" not in page and "https://" not in page  # opens offline
+    markdown = (folder / "report.md").read_text()
+    assert "## Calibration" in markdown and "![reliability diagram](reliability.png)" in markdown
+    metrics = json.loads((folder / "metrics.json").read_text())
+    temperature = metrics["calibration"]["temperature"]
+    assert torch.load(folder / "best.pt", weights_only=False)["temperature"] == temperature
+    assert metrics["mistakes"] and {"source", "true", "predicted", "confidence"} <= set(
+        metrics["mistakes"][0]
+    )
+    exported = json.loads((folder / "export" / "model.json").read_text())
+    assert exported["temperature"] == pytest.approx(temperature)  # in the export's metadata
+
+
+def test_predict_returns_the_calibrated_probabilities(tracked_run):
+    from edgecls.deploy.runtime import OnnxPredictor, TorchPredictor
+
+    run, _ = tracked_run
+    checkpoint = TorchPredictor(run.run_dir)
+    temperature = checkpoint.info.temperature
+    assert temperature != 1.0
+    images = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8)
+    raw = TorchPredictor(run.run_dir).model
+    raw.temperature.fill_(1.0)  # the logits as trained
+    with torch.no_grad():
+        expected = torch.softmax(raw(images.float() / 255) / temperature, 1).numpy()
+    assert np.allclose(checkpoint.predict_proba(images), expected, atol=1e-5)
+    onnx = OnnxPredictor(run.run_dir / "export" / "model.onnx")
+    assert np.allclose(onnx.predict_proba(images), expected, atol=1e-4)
+
+
+def test_the_report_renders_in_a_headless_browser(tracked_run, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium; CI installs it)")
+    from PIL import Image
+
+    run, _ = tracked_run
+    shot = tmp_path / "report.png"
+    command = [
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+        f"--screenshot={shot}", "--window-size=1100,2400", (run.run_dir / "report.html").as_uri(),
+    ]  # fmt: skip
+    subprocess.run(command, capture_output=True, timeout=120, check=False)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.std() > 10  # text, tables and figures drawn, not a blank page
