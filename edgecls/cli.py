@@ -353,20 +353,54 @@ def compare(run_dirs, sort, out_dir) -> None:
 )
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Where to save metrics.")
 @click.option("--data-root", type=click.Path())
+@click.option(
+    "--corruptions",
+    is_flag=True,
+    help="Also top-1 under 10 common corruptions at 5 severities, mCE and flip rates.",
+)
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    help="A run (or .pt) that mCE and mFR are relative to.",
+)
+@click.option(
+    "--corruption-images",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Images (a seeded subset of the split) the corruptions are measured on.",
+)
 @user_errors
-def evaluate(model, data, split, out_dir, data_root) -> None:
+def evaluate(
+    model, data, split, out_dir, data_root, corruptions, reference, corruption_images
+) -> None:
     """Top-1, top-5, mAP, per-class table, confusion matrix of MODEL (run or .pt) on DATA."""
     from edgecls.evaluate import format_metrics
     from edgecls.evaluate.checkpoint import evaluate_checkpoint
 
     if out_dir:
         runs.check_folder_writable(out_dir)
+    if reference is not None and not corruptions:
+        raise UserError("--reference is the model mCE is relative to: add --corruptions")
     split_name, metrics, saved = evaluate_checkpoint(
-        model, data, split=split, out_dir=out_dir, data_root=data_root
+        model,
+        data,
+        split=split,
+        out_dir=out_dir,
+        data_root=data_root,
+        corruptions=corruptions,
+        reference=reference,
+        corruption_images=corruption_images,
     )
     out.print(
         format_metrics(metrics, title=f"{data} ({split_name})"), highlight=False, markup=False
     )
+    if corruptions:
+        result = runs.read_json(saved / "robustness.json")
+        out.print(result["summary"], highlight=False, markup=False)
+        for name, row in result["corruptions"].items():
+            cells = " ".join(f"{100 * t:5.1f}" for t in row["top1"])
+            out.print(f"  {name:<15} top-1 % at severity 1-5: {cells}", highlight=False)
     out.print(f"saved to {saved}", highlight=False, markup=False)
 
 

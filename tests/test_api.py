@@ -106,3 +106,25 @@ def test_check_data_and_a_torchvision_style_dataset(tmp_path, monkeypatch, capsy
     assert check.ok and "diagonal" in str(check)
     (data / "rows" / "broken.png").write_bytes(b"not a png")
     assert "broken.png" in str(edgecls.check_data(data))
+
+
+def test_the_api_gives_the_cli_metrics_for_the_same_seed(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from edgecls.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    options = [f"{key}={value}" for key, value in SETTINGS.items() if value is not None]
+    result = CliRunner().invoke(
+        main, ["train", "--recipe", "digits", "--quiet", "--run-dir", "cli", *options]
+    )
+    assert result.exit_code == 0, result.output
+    run = edgecls.train(recipe="digits", run_dir="api", progress=False, **SETTINGS)
+    cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    for key in ("val_top1", "val_top5", "val_map", "val_loss", "best_epoch", "epochs_trained"):
+        assert run.metrics[key] == cli[key], key
+    assert [r["val_loss"] for r in run.history] == [
+        r["val_loss"] for r in edgecls.load(tmp_path / "cli").history
+    ]

@@ -88,3 +88,38 @@ def test_the_report_renders_in_a_headless_browser(tracked_run, tmp_path):
     assert shot.is_file() and shot.stat().st_size > 10_000
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 10  # text, tables and figures drawn, not a blank page
+
+
+def test_each_corruption_changes_the_images_and_severity_5_changes_them_most():
+    from edgecls.evaluate.robustness import CORRUPTIONS, corrupt
+
+    images = torch.randint(40, 216, (4, 1, 32, 32), dtype=torch.uint8)
+    for name in CORRUPTIONS:
+        mild = (corrupt(images, name, 1).float() - images.float()).abs().mean()
+        severe = (corrupt(images, name, 5).float() - images.float()).abs().mean()
+        assert corrupt(images, name, 3).shape == images.shape
+        assert 0 < mild < severe, name
+    assert torch.equal(corrupt(images, "fog", 2, seed=1), corrupt(images, "fog", 2, seed=1))
+
+
+def test_corruptions_at_severity_5_lower_accuracy_and_the_report_shows_them(tracked_run):
+    from click.testing import CliRunner
+
+    from edgecls.cli import main
+
+    run, _ = tracked_run
+    result = CliRunner().invoke(
+        main,
+        ["eval", str(run.run_dir), "digits", "--corruptions", "--reference", str(run.run_dir),
+         "--corruption-images", "200"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    robustness = json.loads((run.run_dir / "eval" / "robustness.json").read_text())
+    assert robustness["images"] == 200
+    mean_at_5 = np.mean([row["top1"][4] for row in robustness["corruptions"].values()])
+    assert mean_at_5 < robustness["clean_top1"]
+    assert robustness["mce"] == pytest.approx(1.0) and robustness["mfr"] == pytest.approx(1.0)
+    assert set(robustness["flip_rates"]) == {"gaussian_noise", "translate", "brightness"}
+    assert "<h2>Robustness" in (run.run_dir / "report.html").read_text()
+    bad = CliRunner().invoke(main, ["eval", str(run.run_dir), "digits", "--reference", "x"])
+    assert bad.exit_code == 2 and "--corruptions" in bad.output

@@ -11,8 +11,10 @@ from edgecls.data import ImageSplit, load_configured_dataset
 from edgecls.errors import UserError
 from edgecls.evaluate.inference import predict_logits, select_device
 from edgecls.evaluate.metrics import Metrics, compute_metrics
+from edgecls.evaluate.robustness import robustness_report
 from edgecls.models import model_from_checkpoint
 from edgecls.report import plot_confusion_matrix
+from edgecls.report.html import write_report
 
 SPLITS = ("auto", "train", "val", "test", "all")
 
@@ -41,8 +43,13 @@ def evaluate_checkpoint(
     out_dir: Path | None = None,
     data_root: str | None = None,
     progress: bool = True,
+    corruptions: bool = False,
+    reference: Path | None = None,
+    corruption_images: int = 1000,
 ) -> tuple[str, Metrics, Path]:
-    """Measure a checkpoint on `split` of `data`; save metrics.json and the confusion matrix."""
+    """Measure a checkpoint on `split` of `data`; save metrics.json and the confusion matrix;
+    with `corruptions`, robustness.json too (on a seeded subset of `corruption_images`), beside
+    them and in the run's eval/ folder, where report.html finds it."""
     checkpoint = runs.load_checkpoint(model_path)
     model, config = model_from_checkpoint(checkpoint)
     classes = list(checkpoint["classes"])
@@ -69,4 +76,38 @@ def evaluate_checkpoint(
         out_dir / "metrics.json", {"data": data, "split": split_name, **metrics.to_dict()}
     )
     plot_confusion_matrix(metrics.confusion, classes, out_dir / "confusion.png")
+    if corruptions:
+        run_dir = model_path if model_path.is_dir() else model_path.parent
+        subset = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+        subset = subset[:corruption_images]
+        result = _robustness(
+            model, config, chosen.images[subset], labels[subset], classes, device, reference
+        )
+        runs.write_json(out_dir / "robustness.json", result)
+        if (run_dir / "metrics.json").is_file():
+            runs.write_json(run_dir / "eval" / "robustness.json", result)
+            write_report(run_dir)
     return split_name, metrics, out_dir
+
+
+def _robustness(model, config, images, labels, classes, device, reference: Path | None) -> dict:
+    def predictor(net):
+        net = net.to(device)
+        return lambda batch: predict_logits(net, batch, config.eval_batch_size, device).argmax(1)
+
+    other = None
+    if reference is not None:
+        checkpoint = runs.load_checkpoint(reference)
+        reference_model, reference_config = model_from_checkpoint(checkpoint)
+        if list(checkpoint["classes"]) != classes:
+            raise UserError(f"reference {reference} was trained on other classes")
+        same_input = (reference_config.input_size, reference_config.grayscale)
+        if same_input != (config.input_size, config.grayscale):
+            raise UserError(
+                f"reference {reference} takes {reference_config.input_size} px "
+                f"{'grey' if reference_config.grayscale else 'colour'} images; the model "
+                f"{config.input_size} px {'grey' if config.grayscale else 'colour'} ones"
+            )
+        other = predictor(reference_model)
+    name = str(reference) if reference is not None else None
+    return robustness_report(predictor(model), images, labels, other, name)
