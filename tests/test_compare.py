@@ -33,6 +33,8 @@ def test_compare_sorts_by_the_metric_and_shows_only_the_settings_that_differ(two
     assert {r["recipe"] for r in rows} == {"digits"} and {r["model"] for r in rows} == {
         "mobilenetv3_small_100"
     }
+    latency = {r["run"]: r["latency_ms"] for r in rows}  # from the tracked run's ONNX export
+    assert latency["tracked"] > 0 and latency["plain"] is None
     rows, _ = compare_runs([two_runs / "plain", two_runs / "tracked"], sort="wall_s")
     assert rows[0]["wall_s"] <= rows[1]["wall_s"]
 

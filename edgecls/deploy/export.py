@@ -16,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,6 +86,7 @@ class ExportReport:
     fallback: str | None = None  # INT8 over max_drop: the FP32 model to deploy instead
     opset: int | None = None  # ONNX only
     runtimes: dict[str, float] = field(default_factory=dict)  # ONNX: agreement per runtime
+    latency_ms: float | None = None  # median batch-1 latency of the export here (its runtime)
     notes: list[str] = field(default_factory=list)
 
 
@@ -284,6 +287,23 @@ def _top1(probabilities: np.ndarray, labels: torch.Tensor) -> float:
     return float((probabilities.argmax(1) == labels.numpy()).mean())
 
 
+LATENCY_RUNS = 20
+
+
+def batch1_latency(predictor: Predictor, split: ImageSplit) -> float:
+    """Median milliseconds for one image, after a few warm-up runs: the export report's latency
+    (`edgecls bench` measures more carefully, with repeats, batches and backends)."""
+    pixels = to_float(split.images[:1]).numpy()
+    for _ in range(3):
+        predictor.run(pixels)
+    times = []
+    for _ in range(LATENCY_RUNS):
+        started = time.perf_counter()
+        predictor.run(pixels)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
 def compare(
     exported: Predictor, reference: np.ndarray, split: ImageSplit, report: ExportReport
 ) -> np.ndarray:
@@ -407,6 +427,7 @@ def export_model(
         reference = source.predict_proba(dataset.val.images)
         exported = TimmFolderPredictor(path) if fmt == "timm" else load_predictor(path)
         compare(exported, reference, dataset.val, report)
+        report.latency_ms = batch1_latency(exported, dataset.val)
         if fmt == "onnx" and precision == "fp32":
             check_runtimes(path, reference, dataset.val, report)
         if precision == "int8":
@@ -441,7 +462,8 @@ def report_lines(report: ExportReport) -> list[str]:
             f"on {report.num_images} images of {report.checked_on}: top-1 agreement with the "
             f"checkpoint {report.top1_agreement:.2%}, max probability difference "
             f"{report.max_probability_difference:.2e}, top-1 {report.top1:.2%} "
-            f"(checkpoint {report.checkpoint_top1:.2%})"
+            f"(checkpoint {report.checkpoint_top1:.2%}); batch-1 latency here "
+            f"{report.latency_ms:.2f} ms"
         )
     if report.runtimes:
         lines.append(

@@ -1,7 +1,7 @@
 """`edgecls compare RUN...`: one table of runs, like the tracking table of paper 001: data,
 model, recipe, the settings that differ between them, top-1 / top-5 / mAP (on the test split
-when the run has one), epochs, wall time and, when `edgecls bench` saved it in the run folder,
-the exported model's latency; sorted by a metric, printed and saved as Markdown and CSV."""
+when the run has one), epochs, wall time and the fastest batch-1 latency of its exports (or of
+a bench saved in the run folder); sorted by a metric, printed and saved as Markdown and CSV."""
 
 from __future__ import annotations
 
@@ -39,10 +39,15 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
         "latency_ms": None,
         "config": config,
     }
+    latencies = [
+        report["latency_ms"]
+        for report in map(runs.read_json, sorted((run_dir / "export").glob("*_report.json")))
+        if report.get("latency_ms") is not None
+    ]
     bench = run_dir / "bench.json"
     if bench.is_file():
-        latencies = [r["latency_ms"] for r in runs.read_json(bench)["rows"] if r["batch"] == 1]
-        row["latency_ms"] = min(latencies) if latencies else None
+        latencies += [r["latency_ms"] for r in runs.read_json(bench)["rows"] if r["batch"] == 1]
+    row["latency_ms"] = min(latencies) if latencies else None
     return row
 
 

@@ -185,6 +185,7 @@ def _deployment(page: Page, run_dir: Path) -> None:
             report = runs.read_json(path)
             per_runtime = report.get("runtimes", {}).items()
             runtimes = ", ".join(f"{name} {_percent(share)}" for name, share in per_runtime)
+            latency = report.get("latency_ms")
             rows.append(
                 [
                     Path(report["path"]).name,
@@ -192,10 +193,12 @@ def _deployment(page: Page, run_dir: Path) -> None:
                     report["precision"],
                     _percent(report.get("top1_agreement")),
                     _percent(report.get("top1")),
+                    "-" if latency is None else f"{latency:.2f}",
                     runtimes or "-",
                 ]
             )
-        page.table(["file", "format", "precision", "agreement", "top-1", "per runtime"], rows)
+        header = ["file", "format", "precision", "agreement", "top-1", "batch-1 ms", "per runtime"]
+        page.table(header, rows)
     if bench is not None:
         page.table(
             ["backend", "precision", "batch", "latency ms", "file MB", "peak MB", "top-1 drop"],
