@@ -42,6 +42,7 @@ def test_a_run_writes_a_self_contained_report_with_every_section(tracked_run):
     ):
         assert f"<h2>{section}" in page
     assert 'src="data:image/png;base64,' in page and "<script" not in page
+    assert "<th>batch-1 ms</th>" in page and "model.onnx" in page  # the exports' latency
     assert "http://" not in page and "https://" not in page  # opens offline
     markdown = (folder / "report.md").read_text()
     assert "## Calibration" in markdown and "![reliability diagram](reliability.png)" in markdown
