@@ -6,6 +6,8 @@ from PIL import Image
 
 import edgecls
 
+pytestmark = pytest.mark.slow  # each trains for real
+
 SETTINGS = {"input_size": 16, "max_epochs": 2, "workers": 0, "export": None}
 
 

@@ -9,6 +9,8 @@ import edgecls
 from edgecls.cli import main
 from edgecls.report.compare import compare_runs
 
+pytestmark = pytest.mark.slow  # each trains for real
+
 SETTINGS = {"input_size": 16, "max_epochs": 2, "workers": 0}
 
 

@@ -26,6 +26,7 @@ def test_temperature_scaling_lowers_the_ece_of_an_over_confident_model():
     assert sum(bins.count) == 2000 and bins.ece == pytest.approx(before)
 
 
+@pytest.mark.slow
 def test_a_run_writes_a_self_contained_report_with_every_section(tracked_run):
     run, _ = tracked_run
     folder = run.run_dir
@@ -56,6 +57,7 @@ def test_a_run_writes_a_self_contained_report_with_every_section(tracked_run):
     assert exported["temperature"] == pytest.approx(temperature)  # in the export's metadata
 
 
+@pytest.mark.slow
 def test_predict_returns_the_calibrated_probabilities(tracked_run):
     from edgecls.deploy.runtime import OnnxPredictor, TorchPredictor
 
@@ -73,6 +75,7 @@ def test_predict_returns_the_calibrated_probabilities(tracked_run):
     assert np.allclose(onnx.predict_proba(images), expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_report_renders_in_a_headless_browser(tracked_run, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
@@ -103,6 +106,7 @@ def test_each_corruption_changes_the_images_and_severity_5_changes_them_most():
     assert torch.equal(corrupt(images, "fog", 2, seed=1), corrupt(images, "fog", 2, seed=1))
 
 
+@pytest.mark.slow
 def test_corruptions_at_severity_5_lower_accuracy_and_the_report_shows_them(tracked_run):
     from click.testing import CliRunner
 

@@ -6,6 +6,8 @@ import pytest
 
 import edgecls
 
+pytestmark = pytest.mark.slow  # each trains for real
+
 SETTINGS = {"input_size": 16, "max_epochs": 3, "workers": 0}
 
 
