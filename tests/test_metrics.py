@@ -124,6 +124,7 @@ def test_to_dict_is_json_serialisable():
         "top1",
         "top5",
         "map",
+        "balanced_accuracy",
         "loss",
         "per_class",
         "confusion",
