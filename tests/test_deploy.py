@@ -54,7 +54,7 @@ def test_train_exports_at_the_end(run_dir):
 
 def test_onnx_export_has_a_dynamic_batch_metadata_and_matches_the_checkpoint(run_dir):
     folder = run_dir / "export"
-    report = json.loads((folder / "model_report.json").read_text())
+    report = json.loads((folder / "model_onnx_report.json").read_text())
     assert report["num_images"] == 359 and report["top1_agreement"] >= 0.995
     assert report["max_probability_difference"] < 1e-3
     assert report["top1"] == pytest.approx(report["checkpoint_top1"], abs=0.005)
@@ -71,7 +71,7 @@ def test_onnx_export_has_a_dynamic_batch_metadata_and_matches_the_checkpoint(run
 
 
 def test_openvino_export_matches_the_checkpoint(run_dir, tmp_path):
-    fp32 = json.loads((run_dir / "export" / "model_fp32_report.json").read_text())
+    fp32 = json.loads((run_dir / "export" / "model_fp32_xml_report.json").read_text())
     assert fp32["top1_agreement"] >= 0.995 and fp32["max_probability_difference"] < 1e-3
     report = export_model(run_dir, "openvino", "fp16", out_dir=tmp_path)
     assert Path(report.path).name == "model_fp16.xml"
@@ -93,7 +93,7 @@ def test_int8_export_reports_its_accuracy_drop(run_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "drop" in result.output
-    report = json.loads((tmp_path / "model_int8_report.json").read_text())
+    report = json.loads((tmp_path / "model_int8_xml_report.json").read_text())
     assert report["precision"] == "int8" and report["calibration_images"] == 200
     assert report["int8_top1_drop"] == pytest.approx(100 * (report["fp32_top1"] - report["top1"]))
     assert report["int8_top1_drop"] <= 1.0
@@ -207,7 +207,7 @@ def test_bad_export_and_predict_input(run_dir, tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"garbage")
     fails_cleanly("export", str(corrupt), "--format", "onnx", contains="cannot read checkpoint")
-    fails_cleanly("export", str(run_dir), "--format", "tflite", contains="unknown export format")
+    fails_cleanly("export", str(run_dir), "--format", "tensorrt", contains="unknown export format")
     fails_cleanly(
         "export",
         str(run_dir),
@@ -242,7 +242,7 @@ def test_onnx_is_opset_17_carries_its_metadata_and_agrees_in_every_runtime(run_d
     embedded = json.loads({p.key: p.value for p in model.metadata_props}["edgecls"])
     assert embedded["input_size"] == 32 and embedded["grayscale"] is True
     assert embedded["classes"] == [str(i) for i in range(10)]
-    report = json.loads((run_dir / "export" / "model_report.json").read_text())
+    report = json.loads((run_dir / "export" / "model_onnx_report.json").read_text())
     assert set(report["runtimes"]) == {"onnxruntime", "openvino", "opencv"}
     assert all(share >= 0.99 for share in report["runtimes"].values()), report["runtimes"]
     alone = tmp_path / "model.onnx"  # the file alone, without model.json beside it
@@ -275,7 +275,7 @@ def test_int8_under_an_accuracy_limit_keeps_the_drop_or_falls_back(run_dir, tmp_
         [sys.executable, "-m", "edgecls", *command, "--out", str(tmp_path)], capture_output=True
     )
     assert done.returncode == 0, done.stderr.decode()[-2000:]
-    report = json.loads((tmp_path / "model_int8_report.json").read_text())
+    report = json.loads((tmp_path / "model_int8_xml_report.json").read_text())
     assert report["max_drop"] == 0.5 and len(report["per_class_drop"]) == 10
     if report["fallback"] is None:
         assert report["int8_top1_drop"] <= 0.5
@@ -355,7 +355,7 @@ def test_ncnn_export_through_pnnx_has_metadata_parity_and_predicts(run_dir, tmp_
         "model.ncnn.bin",
         "model.ncnn.json",
         "model.ncnn.param",
-        "model.ncnn_report.json",
+        "model_ncnn_param_report.json",
     ]  # pnnx's intermediate files are gone
     predictions, skipped = predict_images(tmp_path / "model.ncnn.param", [digit_files], top_k=3)
     reference, _ = predict_images(run_dir, [digit_files], top_k=3)

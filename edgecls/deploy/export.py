@@ -450,8 +450,14 @@ def export_model(
                         f"--max-drop {max_drop:g}{control}: deploy the FP32 model "
                         f"{report.fallback} instead"
                     )
-    runs.write_json(path.with_name(f"{path.stem}_report.json"), asdict(report))
+    runs.write_json(report_path(path), asdict(report))
     return report
+
+
+def report_path(model_path: Path) -> Path:
+    """`<file name with dots as underscores>_report.json` beside the export: one per file, so an
+    ONNX, TorchScript and TFLite export in one folder keep their own."""
+    return model_path.with_name(model_path.name.replace(".", "_") + "_report.json")
 
 
 def report_lines(report: ExportReport) -> list[str]:

@@ -239,10 +239,15 @@ def quiet() -> Iterator[None]:
     """The converters print pages of progress, warnings and C++ logs; the export report is what
     counts. Their output goes to a file (at the descriptor level, for the C++ parts), shown only
     when the conversion fails."""
-    with tempfile.TemporaryFile("w+") as log, warnings.catch_warnings():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with (
+        tempfile.TemporaryFile("w+") as log,
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(log),  # Python-level prints, wherever sys.stdout points
+        contextlib.redirect_stderr(log),
+    ):
         warnings.simplefilter("ignore")
-        sys.stdout.flush()
-        sys.stderr.flush()
         saved = [os.dup(1), os.dup(2)]
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
@@ -255,8 +260,7 @@ def quiet() -> Iterator[None]:
             raise UserError("\n".join([str(error), *tail])) from None
         finally:
             logging.disable(logging.NOTSET)
-            sys.stdout.flush()
-            sys.stderr.flush()
+            log.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             for descriptor in saved:
