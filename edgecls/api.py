@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,7 @@ def train(
     from edgecls.report.plan import plan_tables
     from edgecls.training import train as run_training
 
-    started = runs.process_started()
+    started = time.monotonic()  # a notebook's process may be hours old: the budget starts now
     if data is not None and not isinstance(data, (str, Path)):
         data = write_memory_data(data, progress=progress)
     user_values = cfg.parse_overrides([f"{k}={_as_text(v)}" for k, v in overrides.items()])

@@ -89,7 +89,7 @@ class Classifier(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone((pixels - self.mean) / self.std)) / self.temperature
 
-    def setnormalization(self, mean: list[float], std: list[float]) -> None:
+    def set_normalization(self, mean: list[float], std: list[float]) -> None:
         """Normalize with other statistics (the training set's): saved with the weights, so
         checkpoints and exports apply them too."""
         self.mean.copy_(torch.tensor(mean).view_as(self.mean))
