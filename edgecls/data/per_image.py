@@ -28,7 +28,7 @@ from timm.data.auto_augment import (
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode, v2
 
-from edgecls.data.splits import ImageSplit
+from edgecls.data.splits import ImageSplit, epoch_order
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -140,10 +140,7 @@ class _SeededShuffle(Sampler[tuple[int, int]]):
         return self.n
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.weights is None:
-            order = torch.randperm(self.n, generator=self.generator)
-        else:
-            order = torch.multinomial(self.weights, self.n, True, generator=self.generator)
+        order = epoch_order(self.n, self.generator, self.weights)
         seeds = torch.randint(2**32, (self.n,), generator=self.generator)
         return zip(order.tolist(), seeds.tolist(), strict=True)
 

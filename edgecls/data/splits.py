@@ -120,3 +120,17 @@ def warn_imbalance(
             f"{split_name} is imbalanced: {classes[lo]!r} has {counts[lo]} images, "
             f"{classes[hi]!r} has {counts[hi]} (training compensates: balance=auto)"
         )
+
+
+def balanced_sample_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per image, 1 / its class's count: drawn by these, every class is equally likely."""
+    counts = torch.bincount(labels).float()
+    return 1.0 / counts[labels]
+
+
+def epoch_order(n: int, generator: torch.Generator, weights: torch.Tensor | None) -> torch.Tensor:
+    """A shuffle of the n images, or with `weights` n draws with replacement in proportion
+    (balance=sampler); both the batch path and the per-image loader draw their epoch here."""
+    if weights is None:
+        return torch.randperm(n, generator=generator)
+    return torch.multinomial(weights, n, replacement=True, generator=generator)

@@ -20,6 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 from edgecls.config import Config
 from edgecls.data import ImageSplit, to_float
 from edgecls.data.per_image import POLICIES, per_image_loader
+from edgecls.data.splits import balanced_sample_weights, epoch_order
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -97,19 +98,6 @@ def random_resized_crop(
 
 # A short run underfits under `basic`: the same warp without rotation or colour jitter.
 LIGHT = {"max_rotation": 0.0, "scale": (0.95, 1.05), "max_shift": 0.08, "jitter": 0.0}
-
-
-def balanced_sample_weights(labels: torch.Tensor) -> torch.Tensor:
-    """Per image, 1 / its class's count: drawn by these, every class is equally likely."""
-    counts = torch.bincount(labels).float()
-    return 1.0 / counts[labels]
-
-
-def epoch_order(n: int, generator: torch.Generator, weights: torch.Tensor | None) -> torch.Tensor:
-    """A shuffle of the n images, or with `weights` n draws with replacement in proportion."""
-    if weights is None:
-        return torch.randperm(n, generator=generator)
-    return torch.multinomial(weights, n, replacement=True, generator=generator)
 
 
 def index_batches(
