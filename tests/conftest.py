@@ -1,4 +1,5 @@
-"""Shared by the test files: small folders of real digit images, and one tracked run."""
+"""Shared by the test files: small folders of real digit images, one trained digits run and one
+tracked run (each trained once per session)."""
 
 import numpy as np
 import pytest
@@ -20,6 +21,22 @@ def digit_folder(tmp_path_factory):
             image.save(folder / f"{counts[label]}.png")
             counts[label] += 1
     return root
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """The digits recipe trained for 10 epochs on the embedded digits (well above chance) and
+    exported to ONNX and OpenVINO at the end: read by the end-to-end, deployment and robustness
+    tests. Tests write their outputs elsewhere or into new subfolders of it."""
+    from click.testing import CliRunner
+
+    from edgecls.cli import main
+
+    run = tmp_path_factory.mktemp("digits") / "run"
+    arguments = ["train", "--recipe", "digits", "--quiet", "--epochs", "10", "--run-dir", str(run)]
+    result = CliRunner().invoke(main, [*arguments, "export=onnx,openvino"])
+    assert result.exit_code == 0, result.output
+    return run
 
 
 @pytest.fixture(scope="session")

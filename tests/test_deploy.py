@@ -24,23 +24,10 @@ def invoke(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+@pytest.fixture
+def run_dir(digits_run) -> Path:
     """A small trained model on digits, exported to both formats at the end of training."""
-    run = tmp_path_factory.mktemp("deploy") / "run"
-    result = invoke(
-        "train",
-        "--recipe",
-        "digits",
-        "--quiet",
-        "--epochs",
-        "10",
-        "--run-dir",
-        str(run),
-        "export=onnx,openvino",
-    )
-    assert result.exit_code == 0, result.output
-    return run
+    return digits_run
 
 
 def test_train_exports_at_the_end(run_dir):

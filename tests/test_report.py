@@ -107,24 +107,23 @@ def test_each_corruption_changes_the_images_and_severity_5_changes_them_most():
 
 
 @pytest.mark.slow
-def test_corruptions_at_severity_5_lower_accuracy_and_the_report_shows_them(tracked_run):
+def test_corruptions_at_severity_5_lower_accuracy_and_the_report_shows_them(digits_run):
     from click.testing import CliRunner
 
     from edgecls.cli import main
 
-    run, _ = tracked_run
     result = CliRunner().invoke(
         main,
-        ["eval", str(run.run_dir), "digits", "--corruptions", "--reference", str(run.run_dir),
-         "--corruption-images", "200"],
+        ["eval", str(digits_run), "digits", "--corruptions", "--reference", str(digits_run),
+         "--corruption-images", "100"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    robustness = json.loads((run.run_dir / "eval" / "robustness.json").read_text())
-    assert robustness["images"] == 200
+    robustness = json.loads((digits_run / "eval" / "robustness.json").read_text())
+    assert robustness["images"] == 100
     mean_at_5 = np.mean([row["top1"][4] for row in robustness["corruptions"].values()])
     assert mean_at_5 < robustness["clean_top1"]
     assert robustness["mce"] == pytest.approx(1.0) and robustness["mfr"] == pytest.approx(1.0)
     assert set(robustness["flip_rates"]) == {"gaussian_noise", "translate", "brightness"}
-    assert "<h2>Robustness" in (run.run_dir / "report.html").read_text()
-    bad = CliRunner().invoke(main, ["eval", str(run.run_dir), "digits", "--reference", "x"])
+    assert "<h2>Robustness" in (digits_run / "report.html").read_text()
+    bad = CliRunner().invoke(main, ["eval", str(digits_run), "digits", "--reference", "x"])
     assert bad.exit_code == 2 and "--corruptions" in bad.output

@@ -60,4 +60,4 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.exp().clamp(*TEMPERATURE_RANGE))
+    return float(log_t.detach().exp().clamp(*TEMPERATURE_RANGE))
