@@ -46,6 +46,10 @@ class Config:
     normalize: str = "model"  # the model's mean/std (ImageNet's); `train`: the training set's (001)
     balance: str = "auto"  # sampler, weights or none; auto: sampler above a 1:10 class imbalance
     workers: int = 2
+    # where decoded images live: memory, a memory-mapped file in cache_dir (disk), or auto (disk
+    # when they would not fit comfortably in the free memory); folders and list files only
+    cache: str = "auto"
+    cache_dir: str | None = None  # default: $EDGECLS_CACHE_DIR or ~/.cache/edgecls/images
     # model
     model: str = "mobilenetv3_large_100"
     pretrained: bool = False
@@ -240,6 +244,8 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "random_erasing": Range(0, 1),
     "normalize": OneOf(("model", "train")),
     "workers": Range(0, 256),
+    "cache": OneOf(("auto", "memory", "disk")),
+    "cache_dir": CheckedWhenUsed("a folder, created when the disk cache is built"),
     "model": CheckedWhenUsed("a timm model name, when the model is built"),
     "pretrained": BOOL,
     "weights": CheckedWhenUsed("a state dict file, when the model is built"),
@@ -427,6 +433,8 @@ RESUME_KEYS = (
     "export",
     "eval_batch_size",
     "workers",
+    "cache",
+    "cache_dir",
     "lr_search_storage",
 )
 

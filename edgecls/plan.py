@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from edgecls.config import Config, build_config, parse_duration
+from edgecls.data.cache import choose_cache, decoded_bytes
 from edgecls.errors import UserError
 from edgecls.models import create_model, packaged_weights
 
@@ -99,6 +100,7 @@ class DataProfile:
     imbalance: float  # largest class / smallest class
     training_images: int = 0  # what an epoch trains on (the train split less its validation part)
     validation_images: int = 0
+    files: bool = False  # a folder or list file (which the disk cache can hold), not a built-in
 
 
 @dataclass
@@ -178,6 +180,7 @@ def profile_data(spec: str) -> DataProfile:
         median_side=sides[len(sides) // 2] if sides else 224,
         grayscale=bool(sides) and grey == len(sides),
         imbalance=max(per_class.values()) / max(1, min(per_class.values())) if per_class else 1.0,
+        files=True,
     )
 
 
@@ -457,8 +460,11 @@ def make_plan(
         spent = time.monotonic() - (started if started is not None else planning_clock)
         decoding = profile.images * DECODE_SECONDS_PER_IMAGE
         train_seconds = budget_seconds * (1 - BUDGET_RESERVE) - spent - decoding
+    cache = user.get("cache", Config.cache)
     for candidate in candidates:
-        data_bytes = profile.images * channels * candidate.input_size**2
+        data_bytes = decoded_bytes(profile.images, channels, candidate.input_size)
+        if _on_disk(profile, cache, channels, candidate.input_size):
+            data_bytes = 0  # read from the disk cache, a batch at a time
         if data_bytes + candidate.memory_bytes > 0.7 * free_bytes:
             candidate.fits, candidate.why_not = False, "needs more memory than is free"
             continue
@@ -594,6 +600,12 @@ def make_plan(
         reasons["warmup_epochs"] = f"{WARMUP_SHARE:.0%} of the epochs, 1 to {MAX_WARMUP_EPOCHS}"
     if not pretrained:
         notes.append(_why_scratch(profile, candidates, user))
+    if _on_disk(profile, cache, channels, chosen.input_size):
+        size = decoded_bytes(profile.images, channels, chosen.input_size) / 2**30
+        notes.append(
+            f"images: the disk cache ({size:.1f} GB decoded"
+            + (", more than memory holds comfortably)" if cache == "auto" else ", cache=disk)")
+        )
     values["eval_batch_size"] = _eval_batch(chosen, free_bytes)
     user_keys = sorted(k for k in user if k in Config.__dataclass_fields__)
     for key in user_keys:
@@ -611,6 +623,11 @@ def make_plan(
         seconds=round(time.perf_counter() - planning_started, 2),
         chosen=candidates.index(chosen),
     )
+
+
+def _on_disk(profile: DataProfile, cache: str, channels: int, input_size: int) -> bool:
+    """Whether loading will decode into the disk cache, as `cache` and the free memory say."""
+    return profile.files and choose_cache(cache, profile.images, channels, input_size) == "disk"
 
 
 def _why_scratch(profile: DataProfile, candidates: list[Candidate], user: dict[str, Any]) -> str:

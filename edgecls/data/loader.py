@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from edgecls.data.builtin import BUILTIN_DATASETS, load_builtin
+from edgecls.data.cache import CACHE_MODES, DiskCache, choose_cache
 from edgecls.data.images import BadImageError, load_image, printable_path, to_tensor
 from edgecls.data.sources import Box, SplitFiles, discover
 from edgecls.data.splits import Dataset, ImageSplit, Problems, split_off_val, warn_imbalance
@@ -33,9 +35,12 @@ def load_dataset(
     strict: bool = True,
     progress: bool = True,
     bbox_crop: bool = True,
+    cache: str = "memory",
+    cache_dir: str | None = None,
 ) -> Dataset:
     """Load a folder, list file or built-in; images of list rows with a box are cropped to it
-    unless `bbox_crop` is False.
+    unless `bbox_crop` is False. A folder or list file's images are decoded into memory or,
+    with `cache` disk (or auto, when they would not fit), into the disk cache under `cache_dir`.
 
     strict=True raises UserError with the first fatal problem; strict=False (check-data) returns
     the Dataset with all problems listed, its splits possibly empty.
@@ -44,12 +49,13 @@ def load_dataset(
         raise UserError(f"input_size must be a positive number of pixels, got {input_size}")
     if not 0 < val_fraction < 1:
         raise UserError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    if cache not in CACHE_MODES:
+        raise UserError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
     problems = Problems()
     path = Path(spec).expanduser()
     if path.exists():
-        dataset = _load_files(
-            path, input_size, grayscale, val_fraction, seed, progress, problems, bbox_crop
-        )
+        decoder = Decoder(input_size, grayscale, progress, bbox_crop, cache, cache_dir)
+        dataset = _load_files(path, decoder, val_fraction, seed, problems)
     elif spec.lower() in BUILTIN_DATASETS:
         name = spec.lower()
         parts = load_builtin(
@@ -93,26 +99,68 @@ def load_configured_dataset(
         download=config.download,
         progress=progress,
         bbox_crop=config.bbox_crop,
+        cache=config.cache,
+        cache_dir=config.cache_dir,
     )
+
+
+class Decoder:
+    """How a folder's files become pixels: size, channels, boxes, and where they are kept."""
+
+    def __init__(
+        self,
+        input_size: int,
+        grayscale: bool,
+        progress: bool,
+        bbox_crop: bool,
+        cache: str,
+        cache_dir: str | None,
+    ) -> None:
+        self.input_size, self.grayscale, self.progress = input_size, grayscale, progress
+        self.bbox_crop, self.cache, self.cache_dir = bbox_crop, cache, cache_dir
+        self.disk: DiskCache | None = None
+        self.mapped: torch.Tensor | None = None
+
+    def decode(
+        self, files: list[Path], boxes: dict[Path, Box]
+    ) -> dict[Path, torch.Tensor | int | BadImageError]:
+        """Each file's image (memory), its row in the disk cache (disk) or why it failed."""
+        boxes = boxes if self.bbox_crop else {}
+        decode_one = partial(
+            _decode_one, input_size=self.input_size, grayscale=self.grayscale, boxes=boxes
+        )
+        channels = 1 if self.grayscale else 3
+        if choose_cache(self.cache, len(files), channels, self.input_size) == "disk" and files:
+            self.disk = DiskCache.for_files(
+                files, self.input_size, self.grayscale, boxes, self.cache_dir
+            )
+            self.mapped, failures = self.disk.build(files, decode_one, self.progress)
+            return {
+                file: failure or row
+                for row, (file, failure) in enumerate(zip(files, failures, strict=True))
+            }
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            results = pool.map(decode_one, files)
+            images = list(progress_bar(results, len(files), "decoding images", self.progress))
+        return dict(zip(files, images, strict=True))
+
+    def stack(self, decoded: list[torch.Tensor | int]) -> torch.Tensor:
+        if self.disk is not None:
+            return self.disk.take(self.mapped, decoded)
+        return torch.stack(decoded)
+
+    @property
+    def storage(self) -> str:
+        return "memory" if self.disk is None else f"disk cache {self.disk.folder}"
 
 
 def _load_files(
-    path: Path,
-    input_size: int,
-    grayscale: bool,
-    val_fraction: float,
-    seed: int,
-    progress: bool,
-    problems: Problems,
-    bbox_crop: bool,
+    path: Path, decoder: Decoder, val_fraction: float, seed: int, problems: Problems
 ) -> Dataset:
     files = discover(path, problems)
     all_files = list(dict.fromkeys(file for split in files.values() for file, _ in split.items))
-    boxes = (
-        {f: box for split in files.values() for f, box in split.boxes.items()} if bbox_crop else {}
-    )
-    images = _decode(all_files, input_size, grayscale, progress, boxes)
-    decoded = dict(zip(all_files, images, strict=True))
+    boxes = {f: box for split in files.values() for f, box in split.boxes.items()}
+    decoded = decoder.decode(all_files, boxes)
     skipped = [missing for split in files.values() for missing in split.missing]
     skipped += [(d.path, d.reason) for d in decoded.values() if isinstance(d, BadImageError)]
     _check_classes(path, files, decoded, problems)
@@ -124,52 +172,43 @@ def _load_files(
         kept = [
             (file, label)
             for file, label in split.items
-            if label in index and isinstance(decoded[file], torch.Tensor)
+            if label in index and not isinstance(decoded[file], BadImageError)
         ]
         if kept:
             splits[name] = ImageSplit(
-                torch.stack([decoded[file] for file, _ in kept]),
+                decoder.stack([decoded[file] for file, _ in kept]),
                 torch.tensor([index[label] for _, label in kept], dtype=torch.int64),
                 [printable_path(file) for file, _ in kept],
             )
         else:
-            splits[name] = ImageSplit.empty(1 if grayscale else 3, input_size)
-    return _finish(printable_path(path), classes, splits, skipped, val_fraction, seed, problems)
+            splits[name] = ImageSplit.empty(1 if decoder.grayscale else 3, decoder.input_size)
+    dataset = _finish(printable_path(path), classes, splits, skipped, val_fraction, seed, problems)
+    dataset.storage = decoder.storage
+    return dataset
 
 
-def _decode(
-    files: list[Path],
-    input_size: int,
-    grayscale: bool,
-    progress: bool,
-    boxes: dict[Path, Box] | None = None,
-) -> list[torch.Tensor | BadImageError]:
-    """Decode in threads (PIL releases the GIL), cropped to a file's box if it has one; failures
-    are returned so they can be listed."""
-    boxes = boxes or {}
-
-    def decode_one(file: Path) -> torch.Tensor | BadImageError:
-        try:
-            box = boxes.get(file)
-            image = load_image(file, grayscale, min_size=None if box else input_size)
-            if box is not None:
-                x0, y0, x1, y1 = box
-                if x0 >= image.width or y0 >= image.height:
-                    return BadImageError(file, f"box {box} lies outside its {image.size} image")
-                image = image.crop((x0, y0, min(x1, image.width), min(y1, image.height)))
-            return to_tensor(image, input_size)
-        except BadImageError as exc:
-            return exc
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        results = pool.map(decode_one, files)
-        return list(progress_bar(results, len(files), "decoding images", progress))
+def _decode_one(
+    file: Path, *, input_size: int, grayscale: bool, boxes: dict[Path, Box]
+) -> torch.Tensor | BadImageError:
+    """One file's pixels, cropped to its box if it has one (run in threads: PIL releases the
+    GIL); a failure is returned so that it can be listed."""
+    try:
+        box = boxes.get(file)
+        image = load_image(file, grayscale, min_size=None if box else input_size)
+        if box is not None:
+            x0, y0, x1, y1 = box
+            if x0 >= image.width or y0 >= image.height:
+                return BadImageError(file, f"box {box} lies outside its {image.size} image")
+            image = image.crop((x0, y0, min(x1, image.width), min(y1, image.height)))
+        return to_tensor(image, input_size)
+    except BadImageError as exc:
+        return exc
 
 
 def _check_classes(
     path: Path,
     files: dict[str, SplitFiles],
-    decoded: dict[Path, torch.Tensor | BadImageError],
+    decoded: dict[Path, torch.Tensor | int | BadImageError],
     problems: Problems,
 ) -> None:
     """Problems that only folder and list datasets can have: empty, unknown or too few classes."""
@@ -179,7 +218,7 @@ def _check_classes(
     train_classes = set(files["train"].classes)
     for split in files.values():
         readable = Counter(
-            label for f, label in split.items if isinstance(decoded[f], torch.Tensor)
+            label for f, label in split.items if not isinstance(decoded[f], BadImageError)
         )
         listed = Counter(label for _, label in split.items)
         for name in split.classes:

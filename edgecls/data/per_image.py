@@ -28,6 +28,7 @@ from timm.data.auto_augment import (
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode, v2
 
+from edgecls.data.cache import note_read
 from edgecls.data.splits import ImageSplit, epoch_order
 
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -92,7 +93,9 @@ class PerImageDataset(Dataset):
         return len(self.split)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = v2.functional.to_pil_image(self.split.images[i])
+        pixels = self.split.images[i]
+        note_read(pixels, self.split.images)
+        image = v2.functional.to_pil_image(pixels)
         return self.transform(image), self.split.labels[i]
 
 

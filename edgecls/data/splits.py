@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from edgecls.data.cache import mapped_subset
+
 
 @dataclass
 class ImageSplit:
@@ -29,7 +31,9 @@ class ImageSplit:
     def subset(self, indices: np.ndarray) -> ImageSplit:
         index = torch.as_tensor(indices, dtype=torch.int64)
         return ImageSplit(
-            self.images[index], self.labels[index], [self.sources[i] for i in indices]
+            mapped_subset(self.images, indices),
+            self.labels[index],
+            [self.sources[i] for i in indices],
         )
 
     def class_counts(self, n_classes: int) -> list[int]:
@@ -62,6 +66,7 @@ class Dataset:
     skipped: list[tuple[str, str]]
     problems: list[str]
     fatal: bool
+    storage: str = "memory"  # or "disk cache FOLDER"
 
 
 class Problems:

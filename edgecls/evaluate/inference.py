@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from edgecls.data import to_float
+from edgecls.data.cache import note_read
 from edgecls.errors import UserError
 
 
@@ -33,7 +34,9 @@ def predict_logits(
     model.eval()
     outputs = []
     for start in range(0, images.shape[0], batch_size):
-        batch = to_float(images[start : start + batch_size]).to(device, memory_format=memory_format)
+        pixels = images[start : start + batch_size]
+        note_read(pixels, images)
+        batch = to_float(pixels).to(device, memory_format=memory_format)
         outputs.append(model(batch).float().cpu())
     model.train(was_training)
     if not outputs:

@@ -19,6 +19,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from edgecls.config import Config
 from edgecls.data import ImageSplit, to_float
+from edgecls.data.cache import note_read
 from edgecls.data.per_image import POLICIES, per_image_loader
 from edgecls.data.splits import balanced_sample_weights, epoch_order
 
@@ -190,7 +191,9 @@ def _augmented_batches(
             yield to_float(images).to(device), labels.to(device)
         return
     for index in index_batches(len(split), config.batch_size, generator, weights):
-        images = to_float(split.images[index]).to(device)
+        pixels = split.images[index]
+        note_read(pixels, split.images)
+        images = to_float(pixels).to(device)
         if config.augment == "basic":
             images = basic_augment(images, generator, hflip=config.hflip)
         elif config.augment == "light":

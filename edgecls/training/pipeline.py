@@ -190,6 +190,8 @@ def _train_in(
     if plan is not None:
         runs.write_json(run_dir / "plan.json", plan)
     console.print(f"run folder: {run_dir}", highlight=False)
+    if dataset.storage != "memory":
+        console.print(f"images: {dataset.storage}", highlight=False, soft_wrap=True)
     write_skipped(run_dir, dataset)
     extra: dict[str, Any] = {}
     if isinstance(config.lr, str):

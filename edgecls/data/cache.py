@@ -1,0 +1,282 @@
+"""The disk image cache: a folder's images decoded once, at the run's input size and channels,
+into a memory-mapped uint8 file that every later run with the same fingerprint reuses.
+
+Training then reads its batches from the map as it reads them from memory (the same tensors,
+the same augmentation), so a dataset no longer has to fit in RAM. Pages read from the map are
+dropped from the process every RELEASE_BYTES, so a run's resident memory does not grow with the
+dataset; the kernel keeps them in its page cache while memory allows.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import mmap
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from edgecls.data.images import BadImageError
+from edgecls.errors import UserError
+from edgecls.report.progress import progress_bar
+
+CACHE_MODES = ("auto", "memory", "disk")
+FORMAT_VERSION = 1  # part of every fingerprint: a new layout never reads an old file
+# `cache=auto` decodes into memory when the images take less than this share of the free memory
+# (training needs the rest: models, activations, the batch pipeline).
+MEMORY_SHARE = 0.4
+RELEASE_BYTES = 512 * 2**20  # read from maps between two releases of their pages
+CHUNK = 256  # images decoded between two flushes of the map and its status
+
+PENDING, DECODED, UNREADABLE = 0, 1, 2
+
+
+def default_cache_dir() -> Path:
+    """$EDGECLS_CACHE_DIR, else the user's cache folder (XDG), never the data's own folder."""
+    if os.environ.get("EDGECLS_CACHE_DIR"):
+        return Path(os.environ["EDGECLS_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "edgecls" / "images"
+
+
+def decoded_bytes(count: int, channels: int, input_size: int) -> int:
+    return count * channels * input_size * input_size
+
+
+def choose_cache(mode: str, count: int, channels: int, input_size: int) -> str:
+    """memory or disk: `auto` keeps the decoded images in memory while they fit comfortably."""
+    if mode != "auto":
+        return mode
+    free = psutil.virtual_memory().available
+    return "memory" if decoded_bytes(count, channels, input_size) < MEMORY_SHARE * free else "disk"
+
+
+def fingerprint(
+    files: list[Path], input_size: int, grayscale: bool, boxes: dict[Path, tuple] | None = None
+) -> str:
+    """What the decoded pixels depend on: each file's path, size and modification time (a changed
+    file gives a new fingerprint), its box, the input size and the channels."""
+    digest = hashlib.sha256(f"v{FORMAT_VERSION} {input_size} {grayscale}\n".encode())
+    boxes = boxes or {}
+    for file in files:
+        stat = file.stat()
+        digest.update(os.fsencode(os.path.abspath(file)))
+        digest.update(f" {stat.st_size} {stat.st_mtime_ns} {boxes.get(file)}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+# Every open map, so that their pages can be released from the process together.
+_OPEN_MAPS: list[mmap.mmap] = []
+_read_since_release = 0
+
+
+def note_read(images: torch.Tensor, source: torch.Tensor) -> None:
+    """Count a batch read from `source`; every RELEASE_BYTES read from maps, drop their pages
+    from this process (MADV_DONTNEED: they stay in the page cache, the file is untouched)."""
+    global _read_since_release
+    if not _OPEN_MAPS or not is_mapped(source):
+        return
+    _read_since_release += images.numel() * images.element_size()
+    if _read_since_release >= RELEASE_BYTES:
+        release_pages()
+
+
+def release_pages() -> None:
+    global _read_since_release
+    _read_since_release = 0
+    for mapping in _OPEN_MAPS:
+        if not mapping.closed:
+            mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def is_mapped(images: torch.Tensor) -> bool:
+    return getattr(images, "_edgecls_map", None) is not None
+
+
+def _mark(tensor: torch.Tensor, mapping: mmap.mmap, folder: Path) -> torch.Tensor:
+    """Remember the map behind a tensor (and keep it alive) and the folder its subsets go to."""
+    tensor._edgecls_map = mapping
+    tensor._edgecls_folder = folder
+    return tensor
+
+
+def mapped_subset(images: torch.Tensor, rows: list[int] | np.ndarray) -> torch.Tensor:
+    """`images[rows]`, in a map of its own when `images` is mapped (never all in memory)."""
+    if not is_mapped(images):
+        return images[torch.as_tensor(rows, dtype=torch.int64)]
+    return take_rows(images, rows, images._edgecls_folder)
+
+
+def open_map(path: Path, shape: tuple[int, ...], create: bool = False) -> torch.Tensor:
+    """A uint8 tensor of `shape` backed by the file at `path` (created at its full size)."""
+    size = int(np.prod(shape))
+    if create:
+        with open(path, "wb") as handle:
+            handle.truncate(size)
+    with open(path, "r+b") as handle:
+        mapping = mmap.mmap(handle.fileno(), size) if size else None
+    if mapping is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    _OPEN_MAPS.append(mapping)
+    array = np.frombuffer(mapping, dtype=np.uint8).reshape(shape)
+    return _mark(torch.from_numpy(array), mapping, path.parent)
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """One process builds a cache at a time; another waits, then reuses what it built."""
+    with open(folder / "lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass
+class DiskCache:
+    """The cache of one fingerprint: images.u8 (N, C, S, S) and status.u8 (one byte per image:
+    pending, decoded or unreadable), both memory-mapped."""
+
+    folder: Path
+    shape: tuple[int, int, int, int]
+
+    @classmethod
+    def for_files(
+        cls,
+        files: list[Path],
+        input_size: int,
+        grayscale: bool,
+        boxes: dict[Path, tuple] | None,
+        cache_dir: str | Path | None,
+    ) -> DiskCache:
+        root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        folder = root / fingerprint(files, input_size, grayscale, boxes)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"cannot create the image cache folder {folder} ({exc.strerror}): "
+                "set cache_dir=FOLDER or cache=memory"
+            ) from None
+        channels = 1 if grayscale else 3
+        return cls(folder, (len(files), channels, input_size, input_size))
+
+    @property
+    def complete(self) -> bool:
+        return (self.folder / "complete.json").is_file()
+
+    def build(
+        self,
+        files: list[Path],
+        decode_one: Callable[[Path], torch.Tensor | BadImageError],
+        progress: bool,
+    ) -> tuple[torch.Tensor, list[BadImageError | None]]:
+        """Decode the files not decoded yet (all of them the first time; the rest after an
+        interrupted build) into the map; returns the images and, per file, its failure."""
+        self._check_space()
+        with _locked(self.folder):
+            images_path, status_path = self.folder / "images.u8", self.folder / "status.u8"
+            fresh = not status_path.is_file()
+            images = open_map(images_path, self.shape, create=fresh)
+            status = open_map(status_path, (len(files),), create=fresh)
+            pending = np.flatnonzero(status.numpy() == PENDING).tolist()
+            failures: list[BadImageError | None] = [None] * len(files)
+            if pending:
+                self._decode_into(files, pending, decode_one, images, status, failures, progress)
+            for i in np.flatnonzero(status.numpy() == UNREADABLE).tolist():
+                if failures[i] is None:  # found by an earlier build: decoded again for its reason
+                    failure = decode_one(files[i])
+                    failures[i] = failure if isinstance(failure, BadImageError) else None
+            (self.folder / "complete.json").write_text(json.dumps({"images": len(files)}))
+        return images, failures
+
+    def _decode_into(
+        self,
+        files: list[Path],
+        pending: list[int],
+        decode_one: Callable[[Path], torch.Tensor | BadImageError],
+        images: torch.Tensor,
+        status: torch.Tensor,
+        failures: list[BadImageError | None],
+        progress: bool,
+    ) -> None:
+        done = len(files) - len(pending)
+        label = "decoding images into the disk cache" + (f" ({done} done before)" if done else "")
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            # A window of files at a time: an interrupted build waits for one window, not all.
+            window = 4 * CHUNK
+            windows = (pending[start : start + window] for start in range(0, len(pending), window))
+            decoded = (
+                pair
+                for window in windows
+                for pair in pool.map(lambda i: (i, decode_one(files[i])), window)
+            )
+            written: list[int] = []
+            for i, image in progress_bar(decoded, len(pending), label, progress):
+                if isinstance(image, BadImageError):
+                    status[i], failures[i] = UNREADABLE, image
+                    continue
+                images[i] = image
+                written.append(i)
+                if len(written) == CHUNK:
+                    self._commit(images, status, written)
+                    written = []
+            self._commit(images, status, written)
+
+    @staticmethod
+    def _commit(images: torch.Tensor, status: torch.Tensor, rows: list[int]) -> None:
+        """Pixels reach the file before their status says so: an interrupted build resumes
+        from the last commit and never trusts a half-written row."""
+        images._edgecls_map.flush()
+        for i in rows:
+            status[i] = DECODED
+        status._edgecls_map.flush()
+        release_pages()
+
+    def _check_space(self) -> None:
+        if self.complete or (self.folder / "status.u8").is_file():
+            return
+        needed = int(np.prod(self.shape))
+        free = psutil.disk_usage(str(self.folder)).free
+        if needed > free:
+            raise UserError(
+                f"the image cache needs {needed / 2**30:.1f} GB in {self.folder}, "
+                f"{free / 2**30:.1f} GB are free: set cache_dir=FOLDER elsewhere or cache=memory"
+            )
+
+    def take(self, images: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """The images at `rows` of the map: a view when they are one run of rows, else a map of
+        their own beside it (written once, reused like the cache)."""
+        if rows and rows == list(range(rows[0], rows[0] + len(rows))):
+            view = images[rows[0] : rows[0] + len(rows)]
+            return _mark(view, images._edgecls_map, self.folder)
+        return take_rows(images, rows, self.folder)
+
+
+def take_rows(images: torch.Tensor, rows: list[int] | np.ndarray, folder: Path) -> torch.Tensor:
+    """`images[rows]` copied into a map of its own in `folder`, chunk by chunk (never all in
+    memory); named after the rows, so the same subset is written once."""
+    rows = [int(r) for r in rows]
+    if not rows:
+        return torch.empty((0, *images.shape[1:]), dtype=torch.uint8)
+    name = hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
+    shape = (len(rows), *images.shape[1:])
+    path, done = folder / f"rows-{name}.u8", folder / f"rows-{name}.done"
+    subset = open_map(path, shape, create=not done.is_file())
+    if not done.is_file():
+        for start in range(0, len(rows), CHUNK):
+            index = torch.as_tensor(rows[start : start + CHUNK])
+            subset[start : start + len(index)] = images[index]
+            release_pages()
+        subset._edgecls_map.flush()
+        done.touch()
+    return subset

@@ -1,0 +1,168 @@
+"""The disk image cache: decoded once per fingerprint, reused, invalidated by a changed file,
+resumed after an interrupted build, and giving the same batches as memory."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import edgecls.data.cache as cache_module
+import edgecls.data.loader as loader
+from edgecls.config import Config
+from edgecls.data import load_dataset
+from edgecls.data.cache import choose_cache, is_mapped
+from edgecls.training.augment import training_batches
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """60 colour images in 3 classes, one of them unreadable, no val/ (split off at load)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for c in range(3):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(20):
+            pixels = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+            pixels[..., c] = 255
+            Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
+    (root / "class0" / "broken.png").write_bytes(b"not an image")
+    return root
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """How many files were decoded since the fixture was made."""
+    calls = []
+    real = loader._decode_one
+
+    def counting(file, **kwargs):
+        calls.append(file)
+        return real(file, **kwargs)
+
+    monkeypatch.setattr(loader, "_decode_one", counting)
+    return calls
+
+
+def load(folder, cache, cache_dir):
+    return load_dataset(
+        str(folder), input_size=16, progress=False, cache=cache, cache_dir=str(cache_dir)
+    )
+
+
+def same_splits(a, b):
+    for name in ("train", "val"):
+        left, right = getattr(a, name), getattr(b, name)
+        assert torch.equal(left.images, right.images), name
+        assert torch.equal(left.labels, right.labels) and left.sources == right.sources
+
+
+def test_a_disk_cache_holds_what_memory_holds_and_is_reused_without_decoding(
+    folder, tmp_path, decodes
+):
+    memory = load(folder, "memory", tmp_path / "cache")
+    assert memory.storage == "memory" and not (tmp_path / "cache").exists()
+    decodes.clear()
+    disk = load(folder, "disk", tmp_path / "cache")
+    assert len(decodes) == 61 and disk.storage.startswith("disk cache ")
+    assert is_mapped(disk.train.images) and is_mapped(disk.val.images)
+    same_splits(memory, disk)
+    assert disk.skipped == memory.skipped and len(disk.skipped) == 1
+
+    decodes.clear()
+    again = load(folder, "disk", tmp_path / "cache")
+    assert [f.name for f in decodes] == ["broken.png"]  # only to say again why it was skipped
+    same_splits(memory, again)
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # one fingerprint
+
+
+def test_a_changed_file_or_input_size_gives_a_new_cache(folder, tmp_path, decodes):
+    first = load(folder, "disk", tmp_path / "cache")
+    image = folder / "class1" / "3.png"
+    Image.fromarray(np.zeros((24, 24, 3), dtype=np.uint8)).save(image)
+    os.utime(image, ns=(1, 1))  # a new modification time, whatever the clock's resolution
+    decodes.clear()
+    second = load(folder, "disk", tmp_path / "cache")
+    assert len(decodes) == 61
+    (split,) = [s for s in (second.train, second.val) if str(image) in s.sources]
+    assert split.images[split.sources.index(str(image))].max() == 0
+    (before,) = [s for s in (first.train, first.val) if str(image) in s.sources]
+    assert before.images[before.sources.index(str(image))].max() == 255
+    load_dataset(
+        str(folder), input_size=8, progress=False, cache="disk", cache_dir=str(tmp_path / "cache")
+    )
+    assert len(list((tmp_path / "cache").iterdir())) == 3
+
+
+def test_an_interrupted_build_resumes_where_it_stopped(folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_module, "CHUNK", 10)
+    real, calls = loader._decode_one, []
+
+    def dies_after_35(file, **kwargs):
+        calls.append(file)
+        if len(calls) > 35:
+            raise KeyboardInterrupt
+        return real(file, **kwargs)
+
+    monkeypatch.setattr(loader, "_decode_one", dies_after_35)
+    with pytest.raises(KeyboardInterrupt):
+        load(folder, "disk", tmp_path / "cache")
+    (built,) = (tmp_path / "cache").iterdir()
+    assert not (built / "complete.json").exists()
+    done = int((np.fromfile(built / "status.u8", dtype=np.uint8) != 0).sum())
+    assert done in (30, 31)  # whole commits of 10 decoded images (and the broken file, if seen)
+
+    resumed_calls = []
+    monkeypatch.setattr(
+        loader, "_decode_one", lambda file, **kw: resumed_calls.append(file) or real(file, **kw)
+    )
+    resumed = load(folder, "disk", tmp_path / "cache")
+    assert len(resumed_calls) == 61 - done + 1  # the rest, and the broken file for its reason
+    same_splits(load(folder, "memory", tmp_path / "unused"), resumed)
+
+
+def test_training_batches_from_disk_equal_those_from_memory(folder, tmp_path):
+    memory = load(folder, "memory", tmp_path / "cache")
+    disk = load(folder, "disk", tmp_path / "cache")
+    config = Config(input_size=16, batch_size=8, augment="basic")
+    batches = [
+        list(
+            training_batches(d.train, config, torch.Generator().manual_seed(3), torch.device("cpu"))
+        )
+        for d in (memory, disk)
+    ]
+    assert len(batches[0]) == len(batches[1]) == len(memory.train) // 8
+    for (a, la), (b, lb) in zip(*batches, strict=True):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_auto_keeps_small_data_in_memory_and_large_on_disk():
+    assert choose_cache("auto", 1000, 3, 32) == "memory"
+    assert choose_cache("auto", 10**9, 3, 224) == "disk"  # 150 TB
+    assert choose_cache("memory", 10**9, 3, 224) == "memory"
+
+
+def test_a_run_on_the_disk_cache_trains_resumes_and_says_where_its_images_are(folder, tmp_path):
+    run = tmp_path / "run"
+    common = ["--quiet", "workers=0", f"cache_dir={tmp_path / 'cache'}"]
+    command = [sys.executable, "-m", "edgecls", "train", str(folder), "--run-dir", str(run)]
+    settings = ["model=resnet20_cifar", "input_size=16", "max_epochs=2", "lr=0.05", "cache=disk"]
+    done = subprocess.run([*command, *common, *settings], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"images: disk cache {tmp_path / 'cache'}" in done.stderr
+    assert (run / "best.pt").is_file()
+    more = [sys.executable, "-m", "edgecls", "train", "--resume", str(run), "max_epochs=3"]
+    resumed = subprocess.run([*more, "--quiet"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert len((run / "history.csv").read_text().splitlines()) == 1 + 3
+    assert "decoding" not in resumed.stderr  # the cache built by the first run
+    bad = subprocess.run(
+        [*command[:-1], str(tmp_path / "run2"), "cache=disk", "cache_dir=/proc/no", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "cache_dir=FOLDER" in bad.stderr + bad.stdout
+    assert "Traceback" not in bad.stderr
