@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 from sklearn.svm import SVC
 
@@ -108,15 +109,14 @@ def run_edgecls(data: Path, run_dir: Path, options: list[str]) -> dict:
         raise SystemExit(f"edgecls failed on {data}: {result.stderr[-2000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     split = "test" if "test_top1" in metrics else "val"
-    plan_file = run_dir / "plan.json"
-    plan = json.loads(plan_file.read_text())["values"] if plan_file.is_file() else {}
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())  # planned or given
     return {
         "top1": metrics[f"{split}_top1"],
         "split": split,
         "epochs": metrics["epochs_trained"],
         "wall": wall,
-        "model": plan.get("model", "mobilenetv3_small_100 (recipe)"),
-        "input": plan.get("input_size", 32),
+        "model": config["model"],
+        "input": config["input_size"],
     }
 
 

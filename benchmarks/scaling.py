@@ -101,9 +101,8 @@ def main() -> None:
         big = make_folder(root / "big", args.images)
         print(f"wrote {args.images} JPEGs in {time.monotonic() - started:.0f} s", flush=True)
         cache = f"cache_dir={root / 'cache'}"
-        disk = train(
-            big, root / "run-disk", [*model, "input_size=224", "max_epochs=1", "cache=disk", cache]
-        )
+        one_epoch = [*model, "input_size=224", "max_epochs=1", "time_budget=2h"]
+        disk = train(big, root / "run-disk", [*one_epoch, "cache=disk", cache])
         print("disk", json.dumps(disk), flush=True)
         memory_decode = run_measured(
             [sys.executable, "-c", "from edgecls.data import load_dataset; "
@@ -131,7 +130,8 @@ def main() -> None:
         f"| `edgecls train` 1 epoch at 224 px, `cache=disk` (decode included) | "
         f"{decoded_gb:.1f} GB | {disk['peak_gb']:.2f} GB | {disk['wall']:.0f} s |",
         f"| decoding the same folder into memory (`cache=memory`), nothing else | "
-        f"{decoded_gb:.1f} GB | {memory_decode['peak_gb']:.2f} GB | {memory_decode['wall']:.0f} s |",
+        f"{decoded_gb:.1f} GB | {memory_decode['peak_gb']:.2f} GB | "
+        f"{memory_decode['wall']:.0f} s |",
         "",
         f"Training speed on {args.subset} images at 64 px, 3 epochs, ABAB: memory "
         f"{' / '.join(f'{s:.1f}' for s in speed['memory'])} s, disk "

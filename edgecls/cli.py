@@ -200,12 +200,22 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, **options)
     type=click.Path(path_type=Path),
     help="Where to keep the plot, trials and study (default: runs/lr-find-<auto>).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Run the tpe or grid trials in N local processes sharing one study (a journal file "
+    "in --out, or lr_search_storage=URL); the same command on other machines with the same "
+    "lr_search_storage joins the study.",
+)
+@click.option("--worker-index", type=int, default=0, hidden=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def lr_find(args, recipe, model, method, out_dir, quiet) -> None:
+def lr_find(args, recipe, model, method, out_dir, workers, worker_index, quiet) -> None:
     """Estimate the initial learning rate for DATA alone: range test, TPE or grid search."""
     from edgecls.data import load_configured_dataset
-    from edgecls.training.lr_search import search_lr
+    from edgecls.training.lr_search import run_workers, search_lr, shared_storage
 
     data, overrides = _split_args(args)
     layers = [cfg.load_recipe(recipe) if recipe else {}, cfg.parse_overrides(overrides)]
@@ -215,10 +225,17 @@ def lr_find(args, recipe, model, method, out_dir, quiet) -> None:
     config = cfg.build_config(*layers)
     if config.data is None:
         raise UserError("lr-find needs DATA (or a recipe that names one)")
+    if workers > 1 and method == "range":
+        raise UserError("--workers runs trials in parallel: use it with --method tpe or grid")
     out_dir = out_dir or runs.auto_run_dir(config, prefix="lr-find")
     runs.check_folder_writable(out_dir)
-    dataset = load_configured_dataset(config, progress=not quiet)
-    result = search_lr(config, dataset, out_dir, progress=not quiet)
+    config = shared_storage(config, out_dir, workers)
+    command = ["lr-find", *args, "--method", method, "--quiet"]
+    command += [*(["--recipe", recipe] if recipe else []), *(["--model", model] if model else [])]
+    command += [f"lr_search_storage={config.lr_search_storage}"]
+    with run_workers(command, out_dir, workers - 1):  # they start while this one loads the data
+        dataset = load_configured_dataset(config, progress=not quiet)
+        result = search_lr(config, dataset, out_dir, progress=not quiet, worker=worker_index)
     runs.write_json(out_dir / "lr_search.json", result.to_dict())
     if result.trials:
         table = Table(title=f"LR search ({result.method})")

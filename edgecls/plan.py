@@ -74,6 +74,12 @@ SCHEDULE_REASONS = {
 # fine-tuned from ImageNet at 64 px; on 160 images it lost to it).
 SMALL_DATA = 20_000
 TINY_SIDE, TINY_SMALL_DATA = 32, 2_000
+# ImageNet features on images smaller than their 64 px minimum are also measured at UPSCALED px,
+# chosen when it still gets UPSCALED_MIN_EPOCHS: on 200 Fashion-MNIST images in 2 minutes,
+# MobileNetV2 reached 68.3% test top-1 at 64 px (139 epochs), 72.3% at 96 px (48 epochs), 72.7%
+# at 128 px (20 epochs, but 135 s wall); SVC on pixels 69.3% (benchmarks/auto_plan.py
+# --subsets-only --options input_size=N, before this rule).
+UPSCALED, UPSCALED_MIN_EPOCHS = 96, 40
 SCRATCH_MODELS = ("mobilenetv3_small_100", "mobilenetv3_large_100")
 CIFAR_MODELS = ("resnet20_cifar",)  # full resolution to the last stage: for tiny images only
 PRETRAINED_MODELS = ("mobilenetv2_100", "tf_efficientnet_lite0", "mobilenetv3_large_100")
@@ -359,7 +365,8 @@ def candidates_for(profile: DataProfile, user: dict[str, Any]) -> list[Candidate
         if "input_size" in user:
             return [user["input_size"]]
         if weights != "scratch":
-            return input_sizes(profile.median_side, 64)
+            upscaled = [UPSCALED] if profile.median_side < 64 else []
+            return [*upscaled, *input_sizes(profile.median_side, 64)]
         if model in CIFAR_MODELS:
             return [TINY_SIDE]
         # Tiny images also at 64 px, upscaled: the model then keeps a 2x2 last feature map, and
@@ -483,6 +490,12 @@ def make_plan(
         if candidate.epochs < MIN_EPOCHS[kind]:
             candidate.fits = False
             candidate.why_not = f"only {candidate.epochs} epochs fit the budget"
+        elif _upscaled(candidate, profile) and candidate.epochs < UPSCALED_MIN_EPOCHS:
+            candidate.fits = False
+            candidate.why_not = (
+                f"upscaled {profile.median_side} px images: {candidate.epochs} epochs fit, "
+                f"it needs {UPSCALED_MIN_EPOCHS}"
+            )
     short = [c for c in candidates if c.why_not.endswith("fit the budget")]
     if short and not any(c.fits for c in candidates):
         longest = max(short, key=lambda c: c.epochs)
@@ -622,6 +635,13 @@ def make_plan(
         notes=notes,
         seconds=round(time.perf_counter() - planning_started, 2),
         chosen=candidates.index(chosen),
+    )
+
+
+def _upscaled(candidate: Candidate, profile: DataProfile) -> bool:
+    """An ImageNet model at more than its 64 px minimum, on images smaller than that."""
+    return candidate.weights != "scratch" and candidate.input_size > max(
+        64, math.ceil(profile.median_side / 32) * 32
     )
 
 

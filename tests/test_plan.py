@@ -18,6 +18,8 @@ from edgecls.data import Dataset, ImageSplit
 from edgecls.plan import (
     BUDGET_SCHEDULE,
     TINY_SMALL_DATA,
+    UPSCALED,
+    UPSCALED_MIN_EPOCHS,
     affordable_ingredients,
     describe_machine,
     input_sizes,
@@ -70,11 +72,27 @@ def test_small_grey_images_get_a_small_grey_input(small_grey):
     plan = make_plan(str(small_grey), {"time_budget": "10m"})
     assert plan.values["grayscale"] is True
     assert plan.values["pretrained"] is True  # 18 images: ImageNet weights beat scratch
-    assert plan.values["input_size"] == 64  # the smallest an ImageNet model is given
+    # ImageNet features want 64 px or more; 18 images in 10 minutes afford the upscaled 96
+    assert plan.values["input_size"] == UPSCALED
+    imagenet = {c.input_size for c in plan.candidates if c.weights != "scratch"}
+    assert imagenet == {UPSCALED, 64}
     scratch = [c.input_size for c in plan.candidates if c.weights == "scratch"]
     assert set(scratch) == {64, 32}  # from scratch: the images' own scale rounded up, and 64
     assert all(c.train_images_per_second > 0 and c.memory_bytes > 0 for c in plan.candidates)
     assert plan.values["schedule"] == BUDGET_SCHEDULE and plan.budget_seconds == 600
+
+
+def test_an_upscaled_input_is_chosen_only_with_the_epochs_it_needs(tmp_path):
+    folder = make_folder(tmp_path / "small", side=20, colour=False, per_class=150)
+    plan = make_plan(str(folder), {"time_budget": "1m", "pretrained": True})
+    by_size = {c.input_size: c for c in plan.candidates if c.model == plan.values["model"]}
+    upscaled = by_size[UPSCALED]
+    if upscaled.epochs >= UPSCALED_MIN_EPOCHS:
+        assert plan.values["input_size"] == UPSCALED
+    else:
+        assert not upscaled.fits and f"it needs {UPSCALED_MIN_EPOCHS}" in upscaled.why_not
+        assert plan.values["input_size"] == 64
+        assert by_size[64].epochs > upscaled.epochs
 
 
 def test_enough_tiny_images_get_a_cifar_resnet_at_their_own_scale(tmp_path):

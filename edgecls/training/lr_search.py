@@ -17,14 +17,21 @@ import hashlib
 import itertools
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
+import psutil
 from optuna.trial import TrialState
 
 from edgecls.config import Config
@@ -143,10 +150,13 @@ def _storage(config: Config, run_dir: Path | None) -> optuna.storages.BaseStorag
             "lr_search_storage=URL again"
         )
     try:
+        if url.startswith("journal:"):  # journal:PATH or journal:///PATH: processes of one machine
+            path = Path(url.removeprefix("journal:").removeprefix("//")).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            backend = optuna.storages.journal.JournalFileBackend(str(path))
+            return optuna.storages.JournalStorage(backend)
         if url.startswith(("sqlite:", "postgresql", "mysql")):
-            with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
+            return _rdb_storage(url)
         return optuna.storages.get_storage(url)
     except Exception as error:  # sqlalchemy and drivers raise their own types
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -155,30 +165,120 @@ def _storage(config: Config, run_dir: Path | None) -> optuna.storages.BaseStorag
         ) from None
 
 
+def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """An SQL storage with a heartbeat, so that a trial whose process died is failed. Workers
+    started together on a new database race to create Optuna's tables: the losers retry."""
+    import sqlalchemy.exc
+
+    def open_storage() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
+
+    for attempt in range(attempts - 1):
+        try:
+            return open_storage()
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(0.5 * (attempt + 1))
+    return open_storage()
+
+
 def _fail_dead_trials(study: optuna.Study, storage_is_private: bool) -> None:
     """Trials left running by a killed process. In the run folder's own storage (locked by this
     run) every running trial is dead; a shared storage relies on the heartbeat."""
     if storage_is_private:
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             study.tell(trial.number, state=TrialState.FAIL)
-    else:
+        return
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    # Storages without a heartbeat (a journal file): the process of a trial that ran on this
+    # machine is known; if it is gone, so is the trial.
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        if attrs.get("host") == socket.gethostname() and not _alive(attrs.get("pid")):
+            study.tell(trial.number, state=TrialState.FAIL)
+
+
+def _alive(pid: int | None) -> bool:
+    try:
+        return pid is not None and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def shared_storage(config: Config, out_dir: Path, workers: int) -> Config:
+    """Several local workers and no lr_search_storage: a journal file in `out_dir` they share."""
+    if workers <= 1 or config.lr_search_storage is not None:
+        return config
+    journal = (out_dir / "lr_search.journal").resolve()
+    return dataclasses.replace(config, lr_search_storage=f"journal:{journal}")
+
+
+@contextmanager
+def run_workers(command: list[str], out_dir: Path, count: int) -> Iterator[None]:
+    """`count` more processes of `edgecls COMMAND` beside this one, joining the same study; each
+    writes into out_dir/worker-N (its log beside). One that fails fails the search."""
+    started = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for index in range(1, count + 1):
+        folder = out_dir / f"worker-{index}"
+        log = open(out_dir / f"worker-{index}.log", "wb")  # noqa: SIM115 (closed below)
+        full = [sys.executable, "-m", "edgecls", *command, "--out", str(folder)]
+        process = subprocess.Popen(
+            [*full, "--worker-index", str(index)], stdout=log, stderr=subprocess.STDOUT
+        )
+        started.append((index, process, log))
+    if started:
+        console.print(f"LR search: {count} more worker(s), logs in {out_dir}", highlight=False)
+    try:
+        yield
+    except BaseException:
+        for _, process, _ in started:
+            process.terminate()
+        raise
+    finally:
+        for _, process, log in started:
+            process.wait()
+            log.close()
+    for index, process, _ in started:
+        if process.returncode != 0:
+            raise UserError(
+                f"LR-search worker {index} failed (exit {process.returncode}): "
+                f"see {out_dir / f'worker-{index}.log'}"
+            )
 
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+LIVE = (*COUNTED, TrialState.RUNNING)
+WAIT_SECONDS = 1.0  # between two looks at a shared study whose last trials run elsewhere
+
+
+class SurplusTrial(Exception):
+    """Workers sharing a study started more trials than it needs: this one stops unrun."""
 
 
 def trial_search(
-    config: Config, dataset: Dataset, method: str, run_dir: Path | None, progress: bool = True
+    config: Config,
+    dataset: Dataset,
+    method: str,
+    run_dir: Path | None,
+    progress: bool = True,
+    worker: int = 0,
 ) -> LRSearchResult:
     """TPE (with median pruning) or grid search; finished trials in the storage are reused.
 
     Trials run one at a time with the sampler seeded by the number of trials already counted,
     so a search that was killed and resumed suggests what an uninterrupted one would have.
+    Several workers (processes, machines) may share one study through `lr_search_storage`:
+    together they run exactly `lr_search_trials` (or the grid), each trial checking, under
+    the number the storage gave it, that it is not one too many, and all read the same best LR.
     """
     started = time.perf_counter()
     low, high = lr_range_for(config)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    shared = config.lr_search_storage is not None
     study = optuna.create_study(
         study_name=study_name(config, dataset, method),
         storage=_storage(config, run_dir),
@@ -190,10 +290,24 @@ def trial_search(
             else optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
         ),
     )
-    _fail_dead_trials(study, storage_is_private=config.lr_search_storage is None)
+    _fail_dead_trials(study, storage_is_private=not shared)
+    grid = lr_grid(config) if method == "grid" else []
+    planned = len(grid) if method == "grid" else config.lr_search_trials
+
+    def counted() -> list[optuna.trial.FrozenTrial]:
+        return study.get_trials(deepcopy=False, states=COUNTED)
 
     def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_float("lr", low, high, step=config.lr_search_step)
+        live = study.get_trials(deepcopy=False, states=LIVE)
+        ahead = [t for t in live if t.number < trial.number]
+        if len(ahead) >= planned:
+            raise SurplusTrial
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        if method == "grid":
+            lr = trial.suggest_float("lr", *[_free_grid_point(study, grid, ahead)] * 2)
+        else:
+            lr = trial.suggest_float("lr", low, high, step=config.lr_search_step)
         trainer = Trainer(trial_config(config, lr), dataset, callbacks=[ReportToTrial(trial)])
         try:
             state = trainer.fit()
@@ -201,27 +315,23 @@ def trial_search(
             raise optuna.TrialPruned(str(why)) from None
         return state.best_top1
 
-    grid = lr_grid(config) if method == "grid" else []
-    planned = len(grid) if method == "grid" else config.lr_search_trials
-
-    def counted() -> list[optuna.trial.FrozenTrial]:
-        return study.get_trials(deepcopy=False, states=COUNTED)
-
     if len(counted()) < planned:
         console.print(
             f"LR search ({method}): {planned} trials of {config.lr_search_epochs} epochs "
-            f"in [{low}, {high}]",
+            f"in [{low}, {high}]" + (f", worker {worker}" if worker else ""),
             highlight=False,
         )
     with progress_bars(progress) as bars:
         task = bars.add_task("LR search", total=planned, completed=len(counted()), status="")
         while len(done := counted()) < planned:
-            if method == "grid":
-                tried = {t.params["lr"] for t in done}
-                study.enqueue_trial({"lr": next(lr for lr in grid if lr not in tried)})
+            if len(study.get_trials(deepcopy=False, states=LIVE)) >= planned:
+                time.sleep(WAIT_SECONDS)  # the last trials run in other workers
+                _fail_dead_trials(study, storage_is_private=False)
             else:
-                study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(done))
-            study.optimize(objective, n_trials=1)
+                study.sampler = optuna.samplers.TPESampler(
+                    seed=config.seed + len(done) + 1000 * worker, constant_liar=shared
+                )
+                study.optimize(objective, n_trials=1, catch=(SurplusTrial,))
             best = max((t.value for t in counted() if t.value is not None), default=None)
             status = "" if best is None else f"best top-1 {best:.1%}"
             bars.update(task, completed=len(counted()), status=status)
@@ -234,6 +344,7 @@ def trial_search(
             "epochs": len(t.intermediate_values),
         }
         for t in study.trials
+        if t.state != TrialState.FAIL or t.params
     ]
     completed = [t for t in counted() if t.state == TrialState.COMPLETE]
     if not completed:
@@ -245,6 +356,21 @@ def trial_search(
     return LRSearchResult(
         method, float(best_trial.params["lr"]), time.perf_counter() - started, trials
     )
+
+
+def _free_grid_point(study: optuna.Study, grid: list[float], ahead: list) -> float:
+    """The first grid LR that no live trial before this one has taken (a trial that died gives
+    its point back). A trial just started elsewhere names its LR within moments: wait for it."""
+    numbers = {t.number for t in ahead}
+    while True:
+        live = [t for t in study.get_trials(deepcopy=False, states=LIVE) if t.number in numbers]
+        if all("lr" in t.params for t in live):
+            taken = {t.params["lr"] for t in live}
+            free = next((lr for lr in grid if lr not in taken), None)
+            if free is None:
+                raise SurplusTrial
+            return free
+        time.sleep(0.05)
 
 
 def _snapshot(trainer: Trainer) -> dict[str, Any]:
@@ -342,10 +468,15 @@ def range_search(config: Config, dataset: Dataset, run_dir: Path | None) -> LRSe
 
 
 def search_lr(
-    config: Config, dataset: Dataset, run_dir: Path | None, progress: bool = True
+    config: Config,
+    dataset: Dataset,
+    run_dir: Path | None,
+    progress: bool = True,
+    worker: int = 0,
 ) -> LRSearchResult:
-    """Estimate the initial LR with `config.lr` as the method (auto means tpe)."""
+    """Estimate the initial LR with `config.lr` as the method (auto means tpe); `worker` numbers
+    the processes sharing one study (0: the one that reports)."""
     method = "tpe" if config.lr == "auto" else str(config.lr)
     if method == "range":
         return range_search(config, dataset, run_dir)
-    return trial_search(config, dataset, method, run_dir, progress)
+    return trial_search(config, dataset, method, run_dir, progress, worker)
