@@ -14,6 +14,7 @@ import hashlib
 import json
 import mmap
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -73,8 +74,8 @@ def fingerprint(
     return digest.hexdigest()[:24]
 
 
-# Every open map, so that their pages can be released from the process together.
-_OPEN_MAPS: list[mmap.mmap] = []
+# Every open map (while a tensor uses it), so that their pages can be released together.
+_OPEN_MAPS: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
 _read_since_release = 0
 
 
@@ -92,7 +93,7 @@ def note_read(images: torch.Tensor, source: torch.Tensor) -> None:
 def release_pages() -> None:
     global _read_since_release
     _read_since_release = 0
-    for mapping in _OPEN_MAPS:
+    for mapping in list(_OPEN_MAPS):
         if not mapping.closed:
             mapping.madvise(mmap.MADV_DONTNEED)
 
@@ -125,7 +126,7 @@ def open_map(path: Path, shape: tuple[int, ...], create: bool = False) -> torch.
         mapping = mmap.mmap(handle.fileno(), size) if size else None
     if mapping is None:
         return torch.empty(shape, dtype=torch.uint8)
-    _OPEN_MAPS.append(mapping)
+    _OPEN_MAPS.add(mapping)
     array = np.frombuffer(mapping, dtype=np.uint8).reshape(shape)
     return _mark(torch.from_numpy(array), mapping, path.parent)
 

@@ -221,6 +221,7 @@ def _train_in(
             trainer.restore(checkpoint)
             _record_resume(trainer, checkpoint["config"]["lr"], resume_overrides)
         trainer.fit()
+        finishing = time.perf_counter()
         metrics = evaluate_best(trainer, run_dir, {"lr": config.lr, **extra})
         if config.export:
             from edgecls.deploy.export import export_after_training  # onnx/openvino load slowly
@@ -228,6 +229,11 @@ def _train_in(
             metrics["exports"] = export_after_training(run_dir, config.export.split(","))
             runs.write_json(run_dir / "metrics.json", metrics)
         write_report(run_dir)
+        # What evaluating, exporting and reporting took, against what a budget kept for it.
+        metrics["final_seconds"] = round(time.perf_counter() - finishing, 2)
+        if trainer.budget is not None:
+            metrics["final_seconds_reserved"] = round(trainer.budget.final_seconds, 2)
+        runs.write_json(run_dir / "metrics.json", metrics)
         for tracker in trackers:
             tracker.finish(run_dir, metrics)
     finally:
