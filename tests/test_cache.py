@@ -2,16 +2,16 @@
 resumed after an interrupted build, and giving the same batches as memory."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
 import edgecls.data.cache as cache_module
 import edgecls.data.loader as loader
+from edgecls.cli import main
 from edgecls.config import Config
 from edgecls.data import load_dataset
 from edgecls.data.cache import choose_cache, is_mapped
@@ -146,23 +146,21 @@ def test_auto_keeps_small_data_in_memory_and_large_on_disk():
 
 
 def test_a_run_on_the_disk_cache_trains_resumes_and_says_where_its_images_are(folder, tmp_path):
-    run = tmp_path / "run"
-    common = ["--quiet", "workers=0", f"cache_dir={tmp_path / 'cache'}"]
-    command = [sys.executable, "-m", "edgecls", "train", str(folder), "--run-dir", str(run)]
+    run, cache = tmp_path / "run", tmp_path / "cache"
     settings = ["model=resnet20_cifar", "input_size=16", "max_epochs=2", "lr=0.05", "cache=disk"]
-    done = subprocess.run([*command, *common, *settings], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert f"images: disk cache {tmp_path / 'cache'}" in done.stderr
+    common = ["--quiet", "workers=0", f"cache_dir={cache}"]
+    command = ["train", str(folder), "--run-dir", str(run), *common, *settings]
+    train = CliRunner().invoke(main, command)
+    assert train.exit_code == 0, train.output
+    assert f"images: disk cache {cache}" in train.stderr
     assert (run / "best.pt").is_file()
-    more = [sys.executable, "-m", "edgecls", "train", "--resume", str(run), "max_epochs=3"]
-    resumed = subprocess.run([*more, "--quiet"], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = CliRunner().invoke(main, ["train", "--resume", str(run), "max_epochs=3", "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
     assert len((run / "history.csv").read_text().splitlines()) == 1 + 3
     assert "decoding" not in resumed.stderr  # the cache built by the first run
-    bad = subprocess.run(
-        [*command[:-1], str(tmp_path / "run2"), "cache=disk", "cache_dir=/proc/no", "--quiet"],
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode == 2 and "cache_dir=FOLDER" in bad.stderr + bad.stdout
-    assert "Traceback" not in bad.stderr
+    bad = CliRunner().invoke(
+        main, ["train", str(folder), "--run-dir", str(tmp_path / "run2"), "cache=disk",
+               "cache_dir=/proc/no", "--quiet"],
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "cache_dir=FOLDER" in bad.output
+    assert "Traceback" not in bad.output
