@@ -123,14 +123,14 @@ def main() -> None:
     ratio = sum(speed["memory"]) / sum(speed["disk"])
     lines = [
         f"`python benchmarks/scaling.py --images {args.images}` (2-core CPU, MobileNetV3-small "
-        "from scratch, batch 64, no loader workers).",
+        "from scratch, batch and eval batch as the plan chooses, no loader workers).",
         "",
         "| run | decoded images | peak resident memory | wall |",
         "|---|---|---|---|",
         f"| `edgecls train` 1 epoch at 224 px, `cache=disk` (decode included) | "
-        f"{decoded_gb:.1f} GB | {disk['peak_gb']:.2f} GB | {disk['wall']:.0f} s |",
+        f"{decoded_gb:.1f} GiB | {disk['peak_gb']:.2f} GiB | {disk['wall']:.0f} s |",
         f"| decoding the same folder into memory (`cache=memory`), nothing else | "
-        f"{decoded_gb:.1f} GB | {memory_decode['peak_gb']:.2f} GB | "
+        f"{decoded_gb:.1f} GiB | {memory_decode['peak_gb']:.2f} GiB | "
         f"{memory_decode['wall']:.0f} s |",
         "",
         f"Training speed on {args.subset} images at 64 px, 3 epochs, ABAB: memory "

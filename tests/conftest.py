@@ -1,6 +1,12 @@
 """Shared by the test files: small folders of real digit images, one trained digits run and one
 tracked run (each trained once per session)."""
 
+import os
+
+# One thread per test process and per process it starts: the tiny models here spend more time
+# synchronising threads than computing, and pytest-xdist runs two workers side by side.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 from PIL import Image

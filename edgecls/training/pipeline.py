@@ -189,7 +189,7 @@ def _train_in(
     runs.write_config(run_dir, config)
     if plan is not None:
         runs.write_json(run_dir / "plan.json", plan)
-    console.print(f"run folder: {run_dir}", highlight=False)
+    console.print(f"run folder: {run_dir}", highlight=False, soft_wrap=True)
     if dataset.storage != "memory":
         console.print(f"images: {dataset.storage}", highlight=False, soft_wrap=True)
     write_skipped(run_dir, dataset)
