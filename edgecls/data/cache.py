@@ -36,6 +36,7 @@ FORMAT_VERSION = 1  # part of every fingerprint: a new layout never reads an old
 MEMORY_SHARE = 0.4
 RELEASE_BYTES = 512 * 2**20  # read from maps between two releases of their pages
 CHUNK = 256  # images decoded between two flushes of the map and its status
+DECODE_THREADS = min(8, os.cpu_count() or 1)  # PIL releases the GIL while it decodes
 
 PENDING, DECODED, UNREADABLE = 0, 1, 2
 
@@ -110,9 +111,14 @@ def _mark(tensor: torch.Tensor, mapping: mmap.mmap, folder: Path) -> torch.Tenso
 
 
 def mapped_subset(images: torch.Tensor, rows: list[int] | np.ndarray) -> torch.Tensor:
-    """`images[rows]`, in a map of its own when `images` is mapped (never all in memory)."""
+    """`images[rows]`; of a mapped tensor, a view when the rows are one run, else a map of their
+    own beside it (written once, reused like the cache), never all in memory."""
     if not is_mapped(images):
         return images[torch.as_tensor(rows, dtype=torch.int64)]
+    rows = [int(r) for r in rows]
+    if rows and rows == list(range(rows[0], rows[0] + len(rows))):
+        view = images[rows[0] : rows[0] + len(rows)]
+        return _mark(view, images._edgecls_map, images._edgecls_folder)
     return take_rows(images, rows, images._edgecls_folder)
 
 
@@ -212,7 +218,7 @@ class DiskCache:
     ) -> None:
         done = len(files) - len(pending)
         label = "decoding images into the disk cache" + (f" ({done} done before)" if done else "")
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
             # A window of files at a time: an interrupted build waits for one window, not all.
             window = 4 * CHUNK
             windows = (pending[start : start + window] for start in range(0, len(pending), window))
@@ -253,14 +259,6 @@ class DiskCache:
                 f"the image cache needs {needed / 2**30:.1f} GB in {self.folder}, "
                 f"{free / 2**30:.1f} GB are free: set cache_dir=FOLDER elsewhere or cache=memory"
             )
-
-    def take(self, images: torch.Tensor, rows: list[int]) -> torch.Tensor:
-        """The images at `rows` of the map: a view when they are one run of rows, else a map of
-        their own beside it (written once, reused like the cache)."""
-        if rows and rows == list(range(rows[0], rows[0] + len(rows))):
-            view = images[rows[0] : rows[0] + len(rows)]
-            return _mark(view, images._edgecls_map, self.folder)
-        return take_rows(images, rows, self.folder)
 
 
 def take_rows(images: torch.Tensor, rows: list[int] | np.ndarray, folder: Path) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from edgecls.data.builtin import BUILTIN_DATASETS, load_builtin
-from edgecls.data.cache import CACHE_MODES, DiskCache, choose_cache
+from edgecls.data.cache import CACHE_MODES, DECODE_THREADS, DiskCache, choose_cache, mapped_subset
 from edgecls.data.images import BadImageError, load_image, printable_path, to_tensor
 from edgecls.data.sources import Box, SplitFiles, discover
 from edgecls.data.splits import Dataset, ImageSplit, Problems, split_off_val, warn_imbalance
@@ -139,14 +138,14 @@ class Decoder:
                 file: failure or row
                 for row, (file, failure) in enumerate(zip(files, failures, strict=True))
             }
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
             results = pool.map(decode_one, files)
             images = list(progress_bar(results, len(files), "decoding images", self.progress))
         return dict(zip(files, images, strict=True))
 
     def stack(self, decoded: list[torch.Tensor | int]) -> torch.Tensor:
         if self.disk is not None:
-            return self.disk.take(self.mapped, decoded)
+            return mapped_subset(self.mapped, decoded)
         return torch.stack(decoded)
 
     @property
