@@ -4,7 +4,7 @@ tracked run (each trained once per session)."""
 import os
 
 # One thread per test process and per process it starts: the tiny models here spend more time
-# synchronising threads than computing, and pytest-xdist runs two workers side by side.
+# synchronising threads than computing.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
