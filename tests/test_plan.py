@@ -172,16 +172,16 @@ def test_plan_prints_and_exits_without_training(small_grey, tmp_path, monkeypatc
 @pytest.mark.slow
 def test_a_planned_run_saves_its_plan_and_keeps_the_budget(small_grey, tmp_path):
     run = tmp_path / "run"
-    command = ["train", str(small_grey), "--run-dir", str(run), "--quiet", "time_budget=25s"]
+    command = ["train", str(small_grey), "--run-dir", str(run), "--quiet", "time_budget=40s"]
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "edgecls", *command], capture_output=True)
     wall = time.monotonic() - started
     assert result.returncode == 0, result.stderr.decode()
     plan = json.loads((run / "plan.json").read_text())
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert plan["budget_seconds"] == 25 and config["model"] == plan["values"]["model"]
+    assert plan["budget_seconds"] == 40 and config["model"] == plan["values"]["model"]
     assert config["schedule"] == BUDGET_SCHEDULE
-    assert wall <= 25 * 1.05, f"the 25 s budget took {wall:.1f} s"
+    assert wall <= 40 * 1.05, f"the 40 s budget took {wall:.1f} s"
     assert (run / "best.pt").is_file() and (run / "metrics.json").is_file()
 
 
