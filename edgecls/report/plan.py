@@ -61,15 +61,18 @@ def plan_tables(plan: Plan) -> list[Table]:
     for column in columns:
         candidates.add_column(column, overflow="fold")
     for index, c in enumerate(plan.candidates):
-        candidates.add_row(
-            c.model,
-            c.weights,
-            str(c.input_size),
+        figures = (
             f"{c.train_images_per_second:.0f}",
             f"{c.memory_bytes / 2**20:.0f}",
             str(c.epochs) if plan.budget_seconds is not None else "-",
             f"{c.parameters / 1e6:.2f}",
             "-" if c.latency_ms is None else f"{c.latency_ms:.1f}",
+        )
+        candidates.add_row(
+            c.model,
+            c.weights,
+            str(c.input_size),
+            *(figures if c.measured else ["-"] * len(figures)),
             "[bold]chosen[/bold]" if index == plan.chosen else c.why_not,
         )
     return [summary, candidates]
