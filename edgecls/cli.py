@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -22,8 +23,10 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str) -> NoReturn:
-    """How every bad input ends: one line on stderr (as plain text, not markup), exit status 2."""
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    """How every bad input ends: one line on stderr (as plain text, not markup), exit status 2;
+    under torchrun, from rank 0 only (every rank meets the same problem)."""
+    if os.environ.get("RANK", "0") == "0":
+        err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(2)
 
 
@@ -86,6 +89,19 @@ def _split_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
     return (data[0] if data else None), [a for a in args if "=" in a]
 
 
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """`argv` less `option VALUE` or `option=VALUE`."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(f"{option}="):
+            kept.append(arg)
+    return kept
+
+
 def _print_summary(metrics: dict, run_dir: Path) -> None:
     table = Table(title="edgecls train: best checkpoint", show_header=False)
     table.add_row("best epoch", f"{metrics['best_epoch']} of {metrics['epochs_trained']} trained")
@@ -136,8 +152,13 @@ def _print_summary(metrics: dict, run_dir: Path) -> None:
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--plan", "plan_only", is_flag=True, help="Print the plan for DATA and exit.")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    help="Train in N processes on this machine (DDP through torchrun; batch_size is per process).",
+)
 @user_errors
-def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, **options) -> None:
+def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, nproc, **options) -> None:
     """Train on DATA (default: the built-in digits) with optional key=value overrides.
 
     DATA is a folder (train/ val/ [test/] of class folders, or just class folders), a CSV/TXT
@@ -145,9 +166,13 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, **options)
     """
     from edgecls.api import configure
     from edgecls.report.plan import plan_tables
+    from edgecls.training import distributed
     from edgecls.training import train as run_training
 
+    if nproc and nproc > 1 and not plan_only and not distributed.under_torchrun():
+        sys.exit(distributed.launch(nproc, _without_option(sys.argv[1:], "--nproc")))
     started = runs.process_started()
+    world = distributed.join()
     data, overrides = _split_args(args)
     plan = None
     if resume:
@@ -165,8 +190,10 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, **options)
         if "lr" in cli_values:
             cli_values["lr"] = cfg.parse_overrides([f"lr={cli_values['lr']}"])["lr"]
         user_values = {**cfg.parse_overrides(overrides), **cli_values}
-        config, plan = configure(data, recipe, user_values, started)
-        if plan is not None and plan.candidates:
+        if world.main:  # the others wait for its plan
+            config, plan = configure(data, recipe, user_values, started)
+        config, plan = world.share((config, plan) if world.main else None)
+        if plan is not None and plan.candidates and world.main:
             for table in plan_tables(plan):
                 out.print(table)
         if plan_only:
@@ -174,17 +201,30 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, **options)
                 raise UserError("--plan plans a run for DATA without a recipe")
             return
         changed = {}
-    run = run_training(
-        config,
-        run_dir,
-        resume=resume is not None,
-        overwrite=overwrite,
-        resume_overrides=changed,
-        progress=not quiet,
-        started=started,
-        plan=plan.to_dict() if plan else None,
-    )
-    _print_summary(run.metrics, run.run_dir)
+    try:
+        run = run_training(
+            config,
+            run_dir,
+            resume=resume is not None,
+            overwrite=overwrite,
+            resume_overrides=changed,
+            progress=not quiet,
+            started=started,
+            plan=plan.to_dict() if plan else None,
+            world=world,
+        )
+    except RuntimeError as error:
+        if not distributed.lost_a_process(error):
+            raise
+        if world.main:
+            err.print(
+                "error: another training process of this run stopped; the last checkpoint is "
+                "intact: continue with edgecls train --resume RUN_FOLDER",
+                highlight=False,
+            )
+        sys.exit(1)
+    if world.main:
+        _print_summary(run.metrics, run.run_dir)
 
 
 @main.command("lr-find", context_settings={"ignore_unknown_options": True})

@@ -75,6 +75,7 @@ class Config:
     no_bias_decay: bool = False
     bias_lr_factor: float = 2.0
     freeze_bn: bool = False  # batch norms keep their (pretrained) statistics while training
+    sync_bn: bool = False  # several processes on GPUs: batch statistics over the global batch
     sam: bool = False
     sam_rho: float = 0.05
     sam_adaptive: bool = False
@@ -266,6 +267,7 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "weight_decay": Range(0, 1, open_high=True),
     "no_bias_decay": BOOL,
     "freeze_bn": BOOL,
+    "sync_bn": BOOL,
     "bias_lr_factor": Range(0, 100, open_low=True),
     "sam": BOOL,
     "sam_rho": Range(0, 10, open_low=True),

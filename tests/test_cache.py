@@ -37,13 +37,13 @@ def folder(tmp_path):
 def decodes(monkeypatch):
     """How many files were decoded since the fixture was made."""
     calls = []
-    real = loader._decode_one
+    real = loader.decode_file
 
     def counting(file, **kwargs):
         calls.append(file)
         return real(file, **kwargs)
 
-    monkeypatch.setattr(loader, "_decode_one", counting)
+    monkeypatch.setattr(loader, "decode_file", counting)
     return calls
 
 
@@ -99,7 +99,7 @@ def test_a_changed_file_or_input_size_gives_a_new_cache(folder, tmp_path, decode
 
 def test_an_interrupted_build_resumes_where_it_stopped(folder, tmp_path, monkeypatch):
     monkeypatch.setattr(cache_module, "CHUNK", 10)
-    real, calls = loader._decode_one, []
+    real, calls = loader.decode_file, []
 
     def dies_after_35(file, **kwargs):
         calls.append(file)
@@ -107,7 +107,7 @@ def test_an_interrupted_build_resumes_where_it_stopped(folder, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real(file, **kwargs)
 
-    monkeypatch.setattr(loader, "_decode_one", dies_after_35)
+    monkeypatch.setattr(loader, "decode_file", dies_after_35)
     with pytest.raises(KeyboardInterrupt):
         load(folder, "disk", tmp_path / "cache")
     (built,) = (tmp_path / "cache").iterdir()
@@ -117,7 +117,7 @@ def test_an_interrupted_build_resumes_where_it_stopped(folder, tmp_path, monkeyp
 
     resumed_calls = []
     monkeypatch.setattr(
-        loader, "_decode_one", lambda file, **kw: resumed_calls.append(file) or real(file, **kw)
+        loader, "decode_file", lambda file, **kw: resumed_calls.append(file) or real(file, **kw)
     )
     resumed = load(folder, "disk", tmp_path / "cache")
     assert len(resumed_calls) == 61 - done + 1  # the rest, and the broken file for its reason

@@ -57,6 +57,7 @@ def test_the_data_profile_comes_from_the_files(small_grey, large_colour):
     grey = profile_data(str(small_grey))
     assert (grey.images, grey.classes, grey.median_side, grey.grayscale) == (18, 3, 20, True)
     assert (grey.training_images, grey.validation_images) == (14, 4)  # 20% split off
+    assert 0 < grey.decode_seconds_per_image < 0.05  # timed on a sample of the files
     colour = profile_data(str(large_colour))
     assert colour.median_side == 200 and not colour.grayscale
 
@@ -122,6 +123,8 @@ def test_large_colour_images_get_a_larger_input(large_colour):
     assert sizes == [224, 128, 64]
     memory = {c.input_size: c.memory_bytes for c in plan.candidates}
     assert memory[224] > memory[128] > memory[64]  # activations grow with the input
+    if plan.machine["device"] == "cpu":  # a batch that stays in cache: 32 images of 224 px
+        assert plan.values["eval_batch_size"] == 32
 
 
 def test_explicit_options_win_and_are_named(small_grey):

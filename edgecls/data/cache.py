@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -37,6 +38,10 @@ MEMORY_SHARE = 0.4
 RELEASE_BYTES = 512 * 2**20  # read from maps between two releases of their pages
 CHUNK = 256  # images decoded between two flushes of the map and its status
 DECODE_THREADS = min(8, os.cpu_count() or 1)  # PIL releases the GIL while it decodes
+# Files per task of the decoding threads: one future per file made 20,000 28 px PNGs take
+# 10.5 s in 2 threads against 6.0 s in one; in tasks of 64, 6.7 s (and large JPEGs still decode
+# in parallel).
+DECODE_CHUNK = 64
 
 PENDING, DECODED, UNREADABLE = 0, 1, 2
 
@@ -225,7 +230,11 @@ class DiskCache:
             decoded = (
                 pair
                 for window in windows
-                for pair in pool.map(lambda i: (i, decode_one(files[i])), window)
+                for pair in zip(
+                    window,
+                    decode_in_threads(pool, decode_one, [files[i] for i in window]),
+                    strict=True,
+                )
             )
             written: list[int] = []
             for i, image in progress_bar(decoded, len(pending), label, progress):
@@ -279,3 +288,12 @@ def take_rows(images: torch.Tensor, rows: list[int] | np.ndarray, folder: Path) 
         subset._edgecls_map.flush()
         done.touch()
     return subset
+
+
+def decode_in_threads(
+    pool: ThreadPoolExecutor, decode: Callable[[Path], Any], files: list[Path]
+) -> Iterator[Any]:
+    """`decode` of each file, in order, run by `pool` in tasks of DECODE_CHUNK files."""
+    chunks = [files[start : start + DECODE_CHUNK] for start in range(0, len(files), DECODE_CHUNK)]
+    for chunk in pool.map(lambda chunk: [decode(file) for file in chunk], chunks):
+        yield from chunk

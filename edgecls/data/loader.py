@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from edgecls.data.builtin import BUILTIN_DATASETS, load_builtin
-from edgecls.data.cache import CACHE_MODES, DECODE_THREADS, DiskCache, choose_cache, mapped_subset
+from edgecls.data.cache import (
+    CACHE_MODES,
+    DECODE_THREADS,
+    DiskCache,
+    choose_cache,
+    decode_in_threads,
+    mapped_subset,
+)
 from edgecls.data.images import BadImageError, load_image, printable_path, to_tensor
 from edgecls.data.sources import Box, SplitFiles, discover
 from edgecls.data.splits import Dataset, ImageSplit, Problems, split_off_val, warn_imbalance
@@ -126,7 +133,7 @@ class Decoder:
         """Each file's image (memory), its row in the disk cache (disk) or why it failed."""
         boxes = boxes if self.bbox_crop else {}
         decode_one = partial(
-            _decode_one, input_size=self.input_size, grayscale=self.grayscale, boxes=boxes
+            decode_file, input_size=self.input_size, grayscale=self.grayscale, boxes=boxes
         )
         channels = 1 if self.grayscale else 3
         if choose_cache(self.cache, len(files), channels, self.input_size) == "disk" and files:
@@ -139,7 +146,7 @@ class Decoder:
                 for row, (file, failure) in enumerate(zip(files, failures, strict=True))
             }
         with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-            results = pool.map(decode_one, files)
+            results = decode_in_threads(pool, decode_one, files)
             images = list(progress_bar(results, len(files), "decoding images", self.progress))
         return dict(zip(files, images, strict=True))
 
@@ -186,7 +193,7 @@ def _load_files(
     return dataset
 
 
-def _decode_one(
+def decode_file(
     file: Path, *, input_size: int, grayscale: bool, boxes: dict[Path, Box]
 ) -> torch.Tensor | BadImageError:
     """One file's pixels, cropped to its box if it has one (run in threads: PIL releases the

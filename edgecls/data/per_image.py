@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode, v2
 
 from edgecls.data.cache import note_read
-from edgecls.data.splits import ImageSplit, epoch_order
+from edgecls.data.splits import WHOLE, ImageSplit, Shard, epoch_order
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -133,19 +133,26 @@ class _SeededShuffle(Sampler[tuple[int, int]]):
     """A fresh shuffle per pass, each index paired with a per-image seed from `generator`."""
 
     def __init__(
-        self, n: int, generator: torch.Generator, weights: torch.Tensor | None = None
+        self,
+        n: int,
+        generator: torch.Generator,
+        weights: torch.Tensor | None = None,
+        batch_size: int | None = None,
+        shard: Shard = WHOLE,
     ) -> None:
         self.n = n
         self.generator = generator
         self.weights = weights  # a class-balanced draw with replacement (balance=sampler)
+        self.batch_size, self.shard = batch_size or n, shard  # this process's part of a batch
 
     def __len__(self) -> int:
-        return self.n
+        return sum(len(b) for b in self.shard.batches(torch.arange(self.n), self.batch_size))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = epoch_order(self.n, self.generator, self.weights)
         seeds = torch.randint(2**32, (self.n,), generator=self.generator)
-        return zip(order.tolist(), seeds.tolist(), strict=True)
+        positions = torch.cat(self.shard.batches(torch.arange(self.n), self.batch_size))
+        return zip(order[positions].tolist(), seeds[positions].tolist(), strict=True)
 
 
 def per_image_loader(
@@ -159,6 +166,7 @@ def per_image_loader(
     workers: int,
     policy: str = "augmix",
     weights: torch.Tensor | None = None,
+    shard: Shard = WHOLE,
 ) -> DataLoader:
     """Shuffled `policy` batches (uint8 images (B, C, S, S), labels) depending only on `generator`.
 
@@ -171,9 +179,9 @@ def per_image_loader(
     return DataLoader(
         _SeededItems(dataset),
         batch_size=batch_size,
-        sampler=_SeededShuffle(len(split), generator, weights),
+        sampler=_SeededShuffle(len(split), generator, weights, batch_size, shard),
         num_workers=workers,
-        drop_last=len(split) > batch_size,
+        pin_memory=torch.cuda.is_available(),  # for non-blocking copies to the GPU
         persistent_workers=False,
         generator=generator,  # the loader draws a worker base seed: not from the global RNG
     )

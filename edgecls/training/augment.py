@@ -21,7 +21,7 @@ from edgecls.config import Config
 from edgecls.data import ImageSplit, to_float
 from edgecls.data.cache import note_read
 from edgecls.data.per_image import POLICIES, per_image_loader
-from edgecls.data.splits import balanced_sample_weights, epoch_order
+from edgecls.data.splits import WHOLE, Shard, balanced_sample_weights, epoch_order
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -102,18 +102,20 @@ LIGHT = {"max_rotation": 0.0, "scale": (0.95, 1.05), "max_shift": 0.08, "jitter"
 
 
 def index_batches(
-    n: int, batch_size: int, generator: torch.Generator, weights: torch.Tensor | None = None
+    n: int,
+    batch_size: int,
+    generator: torch.Generator,
+    weights: torch.Tensor | None = None,
+    shard: Shard = WHOLE,
 ) -> Iterator[torch.Tensor]:
-    """Shuffled index batches (a balanced draw under `weights`); the last short batch is
-    dropped (batch norm needs > 1 sample)."""
-    order = epoch_order(n, generator, weights)
-    usable = n if n <= batch_size else n - n % batch_size
-    for start in range(0, usable, batch_size):
-        yield order[start : start + batch_size]
+    """Shuffled index batches (a balanced draw under `weights`), this process's `shard` of
+    each; the last short batch is dropped (batch norm needs > 1 sample)."""
+    yield from shard.batches(epoch_order(n, generator, weights), batch_size)
 
 
-def num_batches(n: int, batch_size: int) -> int:
-    return 1 if n <= batch_size else n // batch_size
+def num_batches(n: int, batch_size: int, shard: Shard = WHOLE) -> int:
+    step = batch_size * shard.size
+    return 1 if n <= step else n // step
 
 
 # Principal components of ImageNet's RGB pixels (AlexNet's lighting noise, as paper 004 uses it).
@@ -150,9 +152,14 @@ def pca_lighting(images: torch.Tensor, std: float, generator: torch.Generator) -
 
 
 def training_batches(
-    split: ImageSplit, config: Config, generator: torch.Generator, device: torch.device
+    split: ImageSplit,
+    config: Config,
+    generator: torch.Generator,
+    device: torch.device,
+    shard: Shard = WHOLE,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(augmented float images in [0, 1], labels) on `device`, in an order set by `generator`:
+    """(augmented float images in [0, 1], labels) on `device`, this process's `shard` of each
+    batch, in an order set by `generator`:
     the `augment` policy, then `hsb_jitter` and `pca_lighting`, then, with `random_erasing`,
     timm's RandomErasing (boxes of 2-25% of the image set to 0, as in paper 001; it draws from
     python's RNG, which checkpoints restore)."""
@@ -161,7 +168,7 @@ def training_batches(
         erase = RandomErasing(
             config.random_erasing, min_area=0.02, max_area=0.25, mode="const", device=device.type
         )
-    for images, labels in _augmented_batches(split, config, generator, device):
+    for images, labels in _augmented_batches(split, config, generator, device, shard):
         if config.hsb_jitter:
             images = hsb_jitter(images, config.hsb_jitter, generator)
         if config.pca_lighting:
@@ -172,7 +179,11 @@ def training_batches(
 
 
 def _augmented_batches(
-    split: ImageSplit, config: Config, generator: torch.Generator, device: torch.device
+    split: ImageSplit,
+    config: Config,
+    generator: torch.Generator,
+    device: torch.device,
+    shard: Shard,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     weights = balanced_sample_weights(split.labels) if config.balance == "sampler" else None
     if config.augment in POLICIES:
@@ -186,14 +197,18 @@ def _augmented_batches(
             workers=config.workers,
             policy=config.augment,
             weights=weights,
+            shard=shard,
         )
         for images, labels in loader:
-            yield to_float(images).to(device), labels.to(device)
+            yield to_float(images.to(device, non_blocking=True)), labels.to(device)
         return
-    for index in index_batches(len(split), config.batch_size, generator, weights):
+    pinned = device.type == "cuda"  # copied to the GPU while the previous batch trains
+    for index in index_batches(len(split), config.batch_size, generator, weights, shard):
         pixels = split.images[index]
         note_read(pixels, split.images)
-        images = to_float(pixels).to(device)
+        if pinned:
+            pixels = pixels.pin_memory()
+        images = to_float(pixels.to(device, non_blocking=pinned))
         if config.augment == "basic":
             images = basic_augment(images, generator, hflip=config.hflip)
         elif config.augment == "light":
@@ -201,4 +216,4 @@ def _augmented_batches(
         elif config.augment == "crop":
             scale = tuple(config.crop_scale)
             images = random_resized_crop(images, generator, hflip=config.hflip, scale=scale)
-        yield images, split.labels[index].to(device)
+        yield images, split.labels[index].to(device, non_blocking=pinned)

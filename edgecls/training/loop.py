@@ -40,6 +40,7 @@ from edgecls.models import Classifier, create_model
 from edgecls.report.progress import console
 from edgecls.training.augment import num_batches, training_batches
 from edgecls.training.callbacks import Callback
+from edgecls.training.distributed import SINGLE, World, device_of, replicate
 from edgecls.training.early_stopping import create_early_stopping
 from edgecls.training.losses import Objective, build_objective, class_weights, load_teacher
 from edgecls.training.mixing import BatchTransform, create_batch_transform
@@ -121,7 +122,8 @@ class Trainer:
 
     `run_dir` is where a diverging run rolls back from (its last.pt; None: the start);
     `train_seconds` is the training time of a budgeted run: training stops when another epoch
-    would not fit.
+    would not fit. In a `world` of several processes each trains its shard of every batch
+    through DistributedDataParallel replicas, and they agree on every decision.
     """
 
     def __init__(
@@ -132,12 +134,14 @@ class Trainer:
         run_dir: Path | None = None,
         train_seconds: float | None = None,
         callbacks: Sequence[Callback] = (),
+        world: World = SINGLE,
     ):
         self.config = config
+        self.world = world
         self.run_dir = run_dir
         self.dataset = dataset
         self.callbacks = list(callbacks)
-        self.device = select_device(config.device)
+        self.device = device_of(world, select_device(config.device))
         self.memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         seed_everything(config.seed)
         self.models = [
@@ -149,6 +153,8 @@ class Trainer:
             statistics = dataset.train.channel_statistics()
             for model in self.models:
                 model.set_normalization(*statistics)
+        # What the forward pass runs through: the models, or their DDP replicas.
+        self.replicas = replicate(self.models, world, self.device, config.sync_bn)
         self.statistics = [
             buffer
             for model in self.models
@@ -181,7 +187,7 @@ class Trainer:
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         with torch.autocast(self.device.type, dtype=dtype, enabled=self.config.amp):
-            return self.objective([model(images) for model in self.models], targets, images)
+            return self.objective([model(images) for model in self.replicas], targets, images)
 
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> float:
         """One optimizer update on a batch (two passes under SAM); returns the batch loss.
@@ -190,7 +196,7 @@ class Trainer:
         leaves the weights and batch-norm statistics untouched and is returned as it is."""
         statistics = [buffer.clone() for buffer in self.statistics]
         loss = self.compute_loss(images, targets)
-        if not torch.isfinite(loss):
+        if not self.world.all(bool(torch.isfinite(loss))):  # every process skips, or none
             self.optimizer.zero_grad(set_to_none=True)
             for buffer, saved in zip(self.statistics, statistics, strict=True):
                 buffer.copy_(saved)
@@ -250,12 +256,14 @@ class Trainer:
                     if isinstance(module, _BatchNorm):
                         module.eval()
         generator = epoch_generator(self.config.seed, epoch)
-        torch.manual_seed(self.config.seed * 100_003 + epoch)
-        split = self.dataset.train
+        # dropout and drop-path masks of their own in each process
+        torch.manual_seed(self.config.seed * 100_003 + epoch + 7_919 * self.world.rank)
+        split, shard = self.dataset.train, self.world.shard
         total_loss, seen = 0.0, 0
-        self._call("on_epoch_start", epoch, num_batches(len(split), self.config.batch_size))
+        self._call("on_epoch_start", epoch, num_batches(len(split), self.config.batch_size, shard))
         nonfinite_in_a_row = 0
-        for images, labels in training_batches(split, self.config, generator, self.device):
+        batches = training_batches(split, self.config, generator, self.device, shard)
+        for images, labels in batches:
             images, targets = self.batch_transform(images, labels, epoch)
             loss = self.step(images.contiguous(memory_format=self.memory_format), targets)
             if not math.isfinite(loss):
@@ -269,7 +277,7 @@ class Trainer:
             self._call("on_step_end", total_loss / seen)
         if not seen:
             raise Diverged("no finite loss in the epoch")
-        return total_loss / seen
+        return self.world.mean(total_loss / seen)  # the schedule's input agrees everywhere
 
     def logits(self, split: ImageSplit) -> torch.Tensor:
         return predict_logits(
@@ -281,7 +289,20 @@ class Trainer:
         )
 
     def evaluate(self, split: ImageSplit):
-        return compute_metrics(self.logits(split), split.labels, self.dataset.classes)
+        """Metrics on the whole split; several processes each predict a block of it, with rank
+        0's batch-norm statistics."""
+        model = self.evaluated_model
+        self.world.share_tensors(list(model.buffers()))
+        rows = self.world.shard.rows(len(split))
+        logits = predict_logits(
+            model,
+            split.images[rows],
+            self.config.eval_batch_size,
+            self.device,
+            self.config.channels_last,
+        )
+        logits = self.world.gather_rows(logits, len(split))
+        return compute_metrics(logits, split.labels, self.dataset.classes)
 
     # the loop ------------------------------------------------------------------------------
     def roll_back(self, epoch: int, reason: str) -> None:
@@ -325,19 +346,23 @@ class Trainer:
                 state = self.state
                 epoch = state.epoch
                 started = time.perf_counter()
-                lr = scaled_lr(config, self.schedule.lr(epoch)) * state.lr_scale
+                lr = scaled_lr(config, self.schedule.lr(epoch), self.world.size) * state.lr_scale
                 set_lr(self.optimizer, lr)
                 try:
                     train_loss = self.train_one_epoch(epoch)
                     evaluated = time.perf_counter()
                     val = self.evaluate(self.dataset.val)
-                    self.expect_final_evaluation(time.perf_counter() - evaluated)
+                    val_seconds = time.perf_counter() - evaluated
                     if not math.isfinite(val.loss):
                         raise Diverged("non-finite validation outputs")
                 except Diverged as why:
                     self.roll_back(epoch, str(why))
                     continue
-                seconds = time.perf_counter() - started
+                # rank 0's clock decides for every process
+                seconds, val_seconds = self.world.share(
+                    (time.perf_counter() - started, val_seconds)
+                )
+                self.expect_final_evaluation(val_seconds)
                 state.history.append(
                     {
                         "epoch": epoch + 1,
@@ -366,8 +391,9 @@ class Trainer:
                     state.best_top1, state.best_epoch = val.top1, epoch + 1
                 written = time.perf_counter()
                 self._call("on_epoch_end", epoch, val, improved)
+                overhead = self.world.share(time.perf_counter() - written)  # after rank 0 wrote
                 if self.budget is not None:
-                    self.budget.record_overhead(time.perf_counter() - written)
+                    self.budget.record_overhead(overhead)
         finally:
             self._call("on_fit_end")
         return self.state
@@ -380,9 +406,10 @@ class Trainer:
         """A budgeted schedule keeps time for evaluating the best checkpoint on val and test
         (and plotting): the slowest validation so far, scaled to those images. Timing 40
         validation images varies by half between epochs; scaled to a 10,000-image test set, the
-        last one alone left 22 s for a final phase of 28 s (200 Fashion-MNIST images, 2m)."""
+        last one alone left 22 s for a final phase of 28 s (200 Fashion-MNIST images, 2m).
+        Rank 0 evaluates alone what several processes shared."""
         if self.budget is not None:
             test = len(self.dataset.test) if self.dataset.test is not None else 0
-            scale = (len(self.dataset.val) + test) / max(1, len(self.dataset.val))
+            scale = (len(self.dataset.val) + test) / max(1, len(self.dataset.val)) * self.world.size
             estimate = val_seconds * scale + FINAL_WRITE_SECONDS
             self.budget.final_seconds = max(self.budget.final_seconds, estimate)

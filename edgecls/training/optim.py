@@ -57,9 +57,10 @@ def parameter_groups(
     return [group for group in groups if group["params"]]
 
 
-def scaled_lr(config: Config, lr: float) -> float:
-    """Linear scaling rule (paper 004): LR proportional to batch size, relative to 256."""
-    return lr * config.batch_size / 256 if config.lr_batch_scaling else lr
+def scaled_lr(config: Config, lr: float, processes: int = 1) -> float:
+    """Linear scaling rule (paper 004): LR proportional to the global batch (`batch_size` per
+    process), relative to 256."""
+    return lr * config.batch_size * processes / 256 if config.lr_batch_scaling else lr
 
 
 class SAM:

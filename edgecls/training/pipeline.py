@@ -23,9 +23,10 @@ from edgecls.plan import BUDGET_RESERVE, EXPORT_RESERVE
 from edgecls.report import plot_confusion_matrix, plot_history
 from edgecls.report.html import write_report
 from edgecls.report.plots import plot_mistakes, plot_reliability
-from edgecls.report.progress import console
+from edgecls.report.progress import console, messages_off
 from edgecls.report.tracking import check_trackers, create_trackers
 from edgecls.training.callbacks import CheckpointWriter, ProgressBars
+from edgecls.training.distributed import SINGLE, World
 from edgecls.training.loop import Diverged, Trainer
 from edgecls.training.losses import load_teacher
 from edgecls.training.lr_search import search_lr
@@ -54,6 +55,7 @@ def train(
     dataset: Dataset | None = None,
     started: float | None = None,
     plan: dict[str, Any] | None = None,
+    world: World = SINGLE,
 ) -> TrainedRun:
     """Train as configured into `run_dir` (None: a new folder under runs/); return the final
     metrics (also in metrics.json).
@@ -63,13 +65,23 @@ def train(
     `resume_overrides` are the safe settings changed for the rest of the run. `dataset`
     overrides `config.data` (benchmarks that train on a fixed subset). A `time_budget` counts
     from `started` (time.monotonic() when the job began; default now); `plan` is saved as
-    plan.json.
+    plan.json. In a `world` of several processes, rank 0 claims the folder, writes every file
+    and returns the metrics; the others train beside it, silent, and return none.
     """
     started = time.monotonic() if started is None else started
+    resume_overrides = resume_overrides or {}
+    if not world.main:
+        run_dir = world.share(None)  # rank 0's, once it has claimed it
+        with messages_off():
+            _train_in(
+                config, run_dir, resume, resume_overrides, False, dataset, started, None, world
+            )
+        return TrainedRun(run_dir, {})
     with runs.claim_run_dir(run_dir, config, overwrite=overwrite, resume=resume) as run_dir:
+        world.share(run_dir)
         try:
             metrics = _train_in(
-                config, run_dir, resume, resume_overrides or {}, progress, dataset, started, plan
+                config, run_dir, resume, resume_overrides, progress, dataset, started, plan, world
             )
         except KeyboardInterrupt:
             if (run_dir / "config.yaml").is_file():
@@ -174,6 +186,7 @@ def _train_in(
     dataset: Dataset | None,
     started: float,
     plan: dict[str, Any] | None,
+    world: World,
 ) -> dict[str, Any]:
     dataset = dataset or load_configured_dataset(config, progress=progress)
     config = resolve_balance(config, dataset)
@@ -186,20 +199,32 @@ def _train_in(
     create_model(config, len(dataset.classes))
     load_teacher(config, dataset.classes, torch.device("cpu"))
     check_trackers(config)
-    runs.write_config(run_dir, config)
-    if plan is not None:
-        runs.write_json(run_dir / "plan.json", plan)
-    console.print(f"run folder: {run_dir}", highlight=False, soft_wrap=True)
-    if dataset.storage != "memory":
-        console.print(f"images: {dataset.storage}", highlight=False, soft_wrap=True)
-    write_skipped(run_dir, dataset)
-    extra: dict[str, Any] = {}
-    if isinstance(config.lr, str):
-        search = search_lr(config, dataset, run_dir, progress)
-        runs.write_json(run_dir / "lr_search.json", search.to_dict())
-        console.print(f"initial lr ({search.method}): {search.lr:.4g} in {search.seconds:.0f} s")
-        config = dataclasses.replace(config, lr=search.lr)
+    if len(dataset.train) < 2 * world.size:
+        raise UserError(
+            f"{len(dataset.train)} training images cannot be shared by {world.size} processes "
+            "(each needs 2 per batch): use fewer processes"
+        )
+    if world.main:
         runs.write_config(run_dir, config)
+        if plan is not None:
+            runs.write_json(run_dir / "plan.json", plan)
+        console.print(f"run folder: {run_dir}", highlight=False, soft_wrap=True)
+        if dataset.storage != "memory":
+            console.print(f"images: {dataset.storage}", highlight=False, soft_wrap=True)
+        if world.size > 1:
+            console.print(f"training in {world.size} processes", highlight=False)
+        write_skipped(run_dir, dataset)
+    extra: dict[str, Any] = {"processes": world.size}
+    if isinstance(config.lr, str):  # searched by rank 0 alone, the others waiting
+        if world.main:
+            search = search_lr(config, dataset, run_dir, progress)
+            runs.write_json(run_dir / "lr_search.json", search.to_dict())
+            console.print(
+                f"initial lr ({search.method}): {search.lr:.4g} in {search.seconds:.0f} s"
+            )
+            config = dataclasses.replace(config, lr=search.lr)
+            runs.write_config(run_dir, config)
+        config = world.share(config)
     if (run_dir / "lr_search.json").is_file():
         search_summary = runs.read_json(run_dir / "lr_search.json")
         extra["lr_search"] = {
@@ -208,19 +233,24 @@ def _train_in(
             "seconds": round(search_summary["seconds"], 2),
             "trials": len(search_summary["trials"]),
         }
-    trackers = create_trackers(config, run_dir)
+    trackers = create_trackers(config, run_dir) if world.main else []
     try:
         trainer = Trainer(
             config,
             dataset,
             run_dir=run_dir,
-            train_seconds=_training_seconds(config, started),
-            callbacks=[CheckpointWriter(run_dir), ProgressBars(progress), *trackers],
+            train_seconds=world.share(_training_seconds(config, started)),
+            callbacks=[CheckpointWriter(run_dir), ProgressBars(progress), *trackers]
+            if world.main
+            else [],
+            world=world,
         )
         if checkpoint is not None:
             trainer.restore(checkpoint)
             _record_resume(trainer, checkpoint["config"]["lr"], resume_overrides)
         trainer.fit()
+        if not world.main:  # rank 0 evaluates, exports and reports
+            return {}
         finishing = time.perf_counter()
         metrics = evaluate_best(trainer, run_dir, {"lr": config.lr, **extra})
         if config.export:
