@@ -38,9 +38,9 @@ MEMORY_SHARE = 0.4
 RELEASE_BYTES = 512 * 2**20  # read from maps between two releases of their pages
 CHUNK = 256  # images decoded between two flushes of the map and its status
 DECODE_THREADS = min(8, os.cpu_count() or 1)  # PIL releases the GIL while it decodes
-# Files per task of the decoding threads: one future per file made 20,000 28 px PNGs take
-# 10.5 s in 2 threads against 6.0 s in one; in tasks of 64, 6.7 s (and large JPEGs still decode
-# in parallel).
+# Files per task of the decoding threads into memory: one future per file made 20,000 28 px PNGs
+# take 10.5 s in 2 threads against 6.0 s in one; in tasks of 64, 6.7 s (and large JPEGs still
+# decode in parallel). The disk cache, for large data, keeps one per file: it commits as it goes.
 DECODE_CHUNK = 64
 
 PENDING, DECODED, UNREADABLE = 0, 1, 2
@@ -230,11 +230,7 @@ class DiskCache:
             decoded = (
                 pair
                 for window in windows
-                for pair in zip(
-                    window,
-                    decode_in_threads(pool, decode_one, [files[i] for i in window]),
-                    strict=True,
-                )
+                for pair in pool.map(lambda i: (i, decode_one(files[i])), window)
             )
             written: list[int] = []
             for i, image in progress_bar(decoded, len(pending), label, progress):

@@ -198,12 +198,10 @@ def robustness_report(
     if reference is not None:
         reference_table, reference_clean = corruption_top1(reference, images, labels, seed)
         reference_errors = {n: sum(1 - t for t in top1) for n, top1 in reference_table.items()}
-        ratios = [errors[n] / max(reference_errors[n], 1e-9) for n in errors]
         reference_flips = flip_rates(reference, images, seed)
-        flip_ratios = [flips[n] / max(reference_flips[n], 1e-9) for n in flips]
         result.update(
-            mce=sum(ratios) / len(ratios),
-            mfr=sum(flip_ratios) / len(flip_ratios),
+            mce=_mean_ratio(errors, reference_errors),
+            mfr=_mean_ratio(flips, reference_flips),
             reference_clean_top1=reference_clean,
         )
         result["summary"] = (
@@ -221,3 +219,14 @@ def robustness_report(
             f"{len(labels)} images."
         )
     return result
+
+
+def _mean_ratio(model: dict[str, float], reference: dict[str, float]) -> float:
+    """The mean of model / reference over the corruptions; where the reference makes no errors
+    (or flips), equal counts as 1 and any other as that corruption left out."""
+    ratios = [
+        model[n] / reference[n] if reference[n] > 0 else 1.0
+        for n in model
+        if reference[n] > 0 or model[n] == 0
+    ]
+    return sum(ratios) / len(ratios) if ratios else 1.0
