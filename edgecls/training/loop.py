@@ -279,10 +279,10 @@ class Trainer:
             raise Diverged("no finite loss in the epoch")
         return self.world.mean(total_loss / seen)  # the schedule's input agrees everywhere
 
-    def logits(self, split: ImageSplit) -> torch.Tensor:
+    def logits(self, split: ImageSplit, rows: slice = slice(None)) -> torch.Tensor:
         return predict_logits(
             self.evaluated_model,
-            split.images,
+            split.images[rows],
             self.config.eval_batch_size,
             self.device,
             self.config.channels_last,
@@ -291,17 +291,9 @@ class Trainer:
     def evaluate(self, split: ImageSplit):
         """Metrics on the whole split; several processes each predict a block of it, with rank
         0's batch-norm statistics."""
-        model = self.evaluated_model
-        self.world.share_tensors(list(model.buffers()))
+        self.world.share_tensors(list(self.evaluated_model.buffers()))
         rows = self.world.shard.rows(len(split))
-        logits = predict_logits(
-            model,
-            split.images[rows],
-            self.config.eval_batch_size,
-            self.device,
-            self.config.channels_last,
-        )
-        logits = self.world.gather_rows(logits, len(split))
+        logits = self.world.gather_rows(self.logits(split, rows), len(split))
         return compute_metrics(logits, split.labels, self.dataset.classes)
 
     # the loop ------------------------------------------------------------------------------
