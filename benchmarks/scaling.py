@@ -5,6 +5,7 @@ training processes (DDP) and their accuracy against one process.
     python benchmarks/scaling.py                       # 50,000 images at 224 px: about 35 min
     python benchmarks/scaling.py --images 5000         # a quick look
     python benchmarks/scaling.py --processes-only      # the DDP part alone: about 10 min
+    python benchmarks/scaling.py --caches-only         # all but the DDP part: about 25 min
 
 1. `edgecls train DIR cache=disk` for one epoch of MobileNetV3-small at 224 px, from scratch:
    wall time, decode time and the process's peak resident memory (sampled every 10 ms).
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=5_000, help="images of the speed check")
     parser.add_argument("--processes", type=int, default=2, help="up to N training processes")
     parser.add_argument("--processes-only", action="store_true", help="only part 4")
+    parser.add_argument("--caches-only", action="store_true", help="parts 1 to 3, not part 4")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     model = ["model=mobilenetv3_small_100", "pretrained=false", "lr=0.05", "workers=0"]
@@ -135,7 +137,7 @@ def main() -> None:
                 result = train(small, root / f"{mode}{repeat}", [*short, f"cache={mode}"])
                 speed[mode].append(result["train_seconds"])
                 print(mode, json.dumps(result), flush=True)
-        process_lines = processes(root, args, model)
+        process_lines = [] if args.caches_only else processes(root, args, model)
     ratio = sum(speed["memory"]) / sum(speed["disk"])
     lines = [
         f"`python benchmarks/scaling.py --images {args.images}` (2-core CPU, MobileNetV3-small "

@@ -16,20 +16,25 @@ from edgecls.cli import main
 from edgecls.config import build_config
 from edgecls.data import Dataset, ImageSplit
 from edgecls.plan import (
+    AMP_MIN_SPEEDUP,
     BUDGET_SCHEDULE,
     TINY_SMALL_DATA,
     UPSCALED,
     UPSCALED_MIN_EPOCHS,
+    Candidate,
     affordable_ingredients,
     describe_machine,
+    fast_mixed_precision,
     input_sizes,
     make_plan,
+    measure,
     profile_data,
 )
 from edgecls.training.loop import Trainer
 from edgecls.training.schedules import BudgetLinearSchedule, ReduceLROnPlateauV2, TimeBudget
 
 ONE_MODEL = {"model": "mobilenetv3_small_100"}  # one candidate model keeps planning fast
+FP32 = {"amp": False}  # and so does timing one precision, where a test is not about it
 
 
 def make_folder(root, side, colour, per_class=6, classes=3):
@@ -108,7 +113,7 @@ def test_an_upscaled_input_is_chosen_only_with_the_epochs_it_needs(tmp_path):
 
 def test_enough_tiny_images_get_a_cifar_resnet_at_their_own_scale(tmp_path):
     folder = make_folder(tmp_path / "tiny", side=20, colour=False, per_class=900)
-    plan = make_plan(str(folder), {"time_budget": "10m"})
+    plan = make_plan(str(folder), {"time_budget": "10m", **FP32})
     assert plan.data.training_images >= TINY_SMALL_DATA
     assert (plan.values["model"], plan.values["input_size"]) == ("resnet20_cifar", 32)
     assert plan.values["pretrained"] is False and plan.values["grayscale"] is True
@@ -139,7 +144,7 @@ def test_explicit_options_win_and_are_named(small_grey):
 
 
 def test_the_memory_estimate_keeps_out_what_does_not_fit(large_colour):
-    user = {**ONE_MODEL, "time_budget": "2h"}
+    user = {**ONE_MODEL, "time_budget": "2h", **FP32}
     need = {c.input_size: c.memory_bytes for c in make_plan(str(large_colour), user).candidates}
     # Free memory between what a 128 px and a 224 px batch need (70% of it may be used).
     machine = {**describe_machine(), "free_memory_bytes": (need[128] + need[224]) / 2 / 0.7}
@@ -166,7 +171,7 @@ def _args(values):
 
 def test_a_budget_too_small_for_any_model_is_one_line_exit_2(small_grey, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["train", str(small_grey), "time_budget=1s"])
+    result = CliRunner().invoke(main, ["train", str(small_grey), "time_budget=1s", "amp=false"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "too small" in errors[0]
@@ -311,3 +316,23 @@ def test_a_generous_budget_keeps_the_full_recipe_and_a_tight_one_drops_it(small_
     assert tight.values["augment"] == "light" and isinstance(tight.values["lr"], float)
     dropped = next(note for note in tight.notes if note.startswith("dropped for the budget"))
     assert "SAM x" in dropped and "mutual learning x" in dropped and "AugMix x" in dropped
+
+
+@pytest.mark.skipif(
+    not fast_mixed_precision("cuda" if torch.cuda.is_available() else "cpu"),
+    reason="no bf16 or fp16 hardware: mixed precision is not timed",
+)
+def test_mixed_precision_is_planned_only_where_it_trains_faster(tmp_path):
+    dense = Candidate("resnet20_cifar", 32, "scratch", 64)
+    depthwise = Candidate("mobilenetv3_small_100", 32, "scratch", 64)
+    for candidate in (dense, depthwise):
+        measure(candidate, channels=1, classes=10)
+    assert dense.amp and dense.amp_speedup >= AMP_MIN_SPEEDUP  # 1.8x on an AMX CPU
+    assert not depthwise.amp and depthwise.amp_speedup < AMP_MIN_SPEEDUP  # 0.6x there
+
+    folder = make_folder(tmp_path / "tiny", side=28, colour=False)
+    plan = make_plan(str(folder), {"model": "resnet20_cifar", "time_budget": "10m"})
+    assert plan.values["amp"] is True and "fp32" in plan.reasons["amp"]
+    user = make_plan(str(folder), {"model": "resnet20_cifar", "time_budget": "10m", "amp": False})
+    assert "amp" not in user.values and "amp" in user.user_keys
+    assert user.candidates[0].amp_speedup is None and not user.candidates[0].amp

@@ -20,6 +20,7 @@ SHOWN = (
     "augment",
     "sam",
     "mutual",
+    "amp",
     "eval_batch_size",
     "workers",
 )
@@ -54,7 +55,8 @@ def plan_tables(plan: Plan) -> list[Table]:
 
     candidates = Table(
         title="candidates measured on this machine",
-        caption="img/s: training images per second; MB: memory; params: millions; ms: latency",
+        caption="img/s: training images per second (amp: in mixed precision); MB: memory; "
+        "params: millions; ms: latency",
     )
     # train img/s, memory MB, parameters M, ONNX Runtime latency ms
     columns = ("model", "weights", "input", "img/s", "MB", "epochs", "params", "ms", "")
@@ -62,7 +64,7 @@ def plan_tables(plan: Plan) -> list[Table]:
         candidates.add_column(column, overflow="fold")
     for index, c in enumerate(plan.candidates):
         figures = (
-            f"{c.train_images_per_second:.0f}",
+            f"{c.train_images_per_second:.0f}" + (" amp" if c.amp else ""),
             f"{c.memory_bytes / 2**20:.0f}",
             str(c.epochs) if plan.budget_seconds is not None else "-",
             f"{c.parameters / 1e6:.2f}",
