@@ -164,3 +164,18 @@ def test_a_run_on_the_disk_cache_trains_resumes_and_says_where_its_images_are(fo
     )  # fmt: skip
     assert bad.exit_code == 2 and "cache_dir=FOLDER" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_evaluating_a_slice_of_the_disk_cache_does_not_keep_its_pages(tmp_path, monkeypatch):
+    import psutil
+
+    from edgecls.evaluate.inference import predict_logits
+
+    monkeypatch.setattr(cache_module, "RELEASE_BYTES", 8 * 2**20)
+    images = cache_module.open_map(tmp_path / "images.u8", (24_000, 1, 64, 64), create=True)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64 * 64, 2))
+    cache_module.release_pages()
+    before = psutil.Process().memory_info().rss
+    predict_logits(model, images[:], batch_size=500, channels_last=False)  # a slice: no mark
+    grown = psutil.Process().memory_info().rss - before
+    assert grown < 48 * 2**20, f"{grown / 2**20:.0f} MB of a 94 MB map stayed resident"
