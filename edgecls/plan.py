@@ -290,7 +290,9 @@ def measure(
     in fp32 and, unless `amp` says which, in mixed precision where the hardware has it. The
     mixed-precision speed-up is timed once per model and kept in `speedups` for its other input
     sizes (at 224 px one bf16 step of MobileNetV3-large took 4 s)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from edgecls.evaluate.inference import mixed_precision, select_device
+
+    device = select_device()
     config = build_config(
         {
             "model": candidate.model,
@@ -312,8 +314,7 @@ def measure(
         return tensor
 
     def train_step(mixed: bool) -> None:
-        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-        with torch.autocast(device.type, dtype=dtype, enabled=mixed):
+        with mixed_precision(device, mixed):
             loss = torch.nn.functional.cross_entropy(model(batch), labels)
         optimizer.zero_grad()
         loss.backward()

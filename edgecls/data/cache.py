@@ -81,8 +81,8 @@ def fingerprint(
 
 
 # Every open map (while a tensor uses it), so that their pages can be released together.
-_OPEN_MAPS: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
-_MAP_STORAGES: set[int] = set()  # where each map's tensor starts in memory
+# Each with the address its tensor starts at, which every view of it shares.
+_OPEN_MAPS: weakref.WeakKeyDictionary[mmap.mmap, int] = weakref.WeakKeyDictionary()
 _read_since_release = 0
 
 
@@ -110,9 +110,9 @@ def is_mapped(images: torch.Tensor) -> bool:
 
 
 def reads_a_map(images: torch.Tensor) -> bool:
-    """Whether `images` are a map's, marked or not: a slice of a marked tensor loses the mark
-    (the validation pass read 1.5 GB of 50,000 images' cache that way and kept it resident)."""
-    return is_mapped(images) or images.untyped_storage().data_ptr() in _MAP_STORAGES
+    """Whether `images` are (a view of) a map's, by address: a slice loses the mark `is_mapped`
+    reads (the validation pass read 1.5 GB of 50,000 images' cache that way, kept resident)."""
+    return images.untyped_storage().data_ptr() in _OPEN_MAPS.values()
 
 
 def _mark(tensor: torch.Tensor, mapping: mmap.mmap, folder: Path) -> torch.Tensor:
@@ -144,9 +144,8 @@ def open_map(path: Path, shape: tuple[int, ...], create: bool = False) -> torch.
         mapping = mmap.mmap(handle.fileno(), size) if size else None
     if mapping is None:
         return torch.empty(shape, dtype=torch.uint8)
-    _OPEN_MAPS.add(mapping)
     tensor = torch.from_numpy(np.frombuffer(mapping, dtype=np.uint8).reshape(shape))
-    _MAP_STORAGES.add(tensor.untyped_storage().data_ptr())
+    _OPEN_MAPS[mapping] = tensor.untyped_storage().data_ptr()
     return _mark(tensor, mapping, path.parent)
 
 

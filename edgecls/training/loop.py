@@ -35,7 +35,7 @@ from edgecls import runs
 from edgecls.config import Config
 from edgecls.data import Dataset, ImageSplit
 from edgecls.evaluate import compute_metrics
-from edgecls.evaluate.inference import predict_logits, select_device
+from edgecls.evaluate.inference import mixed_precision, predict_logits, select_device
 from edgecls.models import Classifier, create_model
 from edgecls.report.progress import console
 from edgecls.training.augment import num_batches, training_batches
@@ -185,8 +185,7 @@ class Trainer:
 
     # one update ----------------------------------------------------------------------------
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        with torch.autocast(self.device.type, dtype=dtype, enabled=self.config.amp):
+        with mixed_precision(self.device, self.config.amp):
             return self.objective([model(images) for model in self.replicas], targets, images)
 
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> float:
