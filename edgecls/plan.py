@@ -15,6 +15,7 @@ Every value the user gave wins; the plan says which choices were the user's.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import math
 import os
@@ -731,6 +732,7 @@ def make_plan(
             + (", more than memory holds comfortably)" if cache == "auto" else ", cache=disk)")
         )
     values["eval_batch_size"] = _eval_batch(chosen, free_bytes, machine["device"])
+    give_back_freed_memory()
     user_keys = sorted(k for k in user if k in Config.__dataclass_fields__)
     for key in user_keys:
         values.pop(key, None)
@@ -747,6 +749,15 @@ def make_plan(
         seconds=round(time.perf_counter() - planning_started, 2),
         chosen=candidates.index(chosen),
     )
+
+
+def give_back_freed_memory() -> None:
+    """The timed steps' activations are freed, but glibc keeps them in its heaps: 0.6 GB that
+    stayed resident through a whole 224 px run; malloc_trim hands them back to the system."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def _upscaled(candidate: Candidate, profile: DataProfile) -> bool:
