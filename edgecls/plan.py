@@ -572,7 +572,8 @@ def make_plan(
         test_images = profile.images - profile.training_images - profile.validation_images
         final_seconds = (profile.validation_images + test_images) / 3 / speed
         candidate.epochs = max(0, int((train_seconds - final_seconds) / epoch_seconds))
-        if candidate.epochs < MIN_EPOCHS[_kind(candidate)]:
+        # A user's max_epochs below a model's minimum is what they want, not a misfit.
+        if candidate.epochs < min(MIN_EPOCHS[_kind(candidate)], user.get("max_epochs", 10**9)):
             candidate.fits = False
             candidate.why_not = f"only {candidate.epochs} epochs fit the budget"
         elif _upscaled(candidate, profile) and candidate.epochs < UPSCALED_MIN_EPOCHS:

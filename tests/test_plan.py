@@ -15,6 +15,7 @@ from PIL import Image
 from edgecls.cli import main
 from edgecls.config import build_config
 from edgecls.data import Dataset, ImageSplit
+from edgecls.errors import UserError
 from edgecls.plan import (
     AMP_MIN_SPEEDUP,
     BUDGET_SCHEDULE,
@@ -176,6 +177,18 @@ def test_a_budget_too_small_for_any_model_is_one_line_exit_2(small_grey, tmp_pat
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "too small" in errors[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_users_max_epochs_below_a_models_minimum_still_fits(small_grey, monkeypatch):
+    import edgecls.plan as plan_module
+
+    monkeypatch.setitem(plan_module.MIN_EPOCHS, "scratch", 10**6)  # no budget would reach it
+    monkeypatch.setattr(plan_module, "MIN_SHORT_EPOCHS", 10**6)
+    user = {**ONE_MODEL, **FP32, "pretrained": False, "time_budget": "10m"}
+    with pytest.raises(UserError, match="too small"):
+        make_plan(str(small_grey), user)
+    plan = make_plan(str(small_grey), {**user, "max_epochs": 1})
+    assert plan.candidates[plan.chosen].fits and plan.reasons["max_epochs"] == "yours"
 
 
 def test_plan_prints_and_exits_without_training(small_grey, tmp_path, monkeypatch):
