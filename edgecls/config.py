@@ -75,6 +75,9 @@ class Config:
     no_bias_decay: bool = False
     bias_lr_factor: float = 2.0
     freeze_bn: bool = False  # batch norms keep their (pretrained) statistics while training
+    # the classifier first fitted on the frozen pretrained features by logistic regression, then
+    # everything fine-tunes (LP-FT, Kumar et al. 2022): for a few hundred images
+    linear_probe: bool = False
     sync_bn: bool = False  # several processes on GPUs: batch statistics over the global batch
     sam: bool = False
     sam_rho: float = 0.05
@@ -267,6 +270,7 @@ RULES: dict[str, Rule | tuple[Rule, ...]] = {
     "weight_decay": Range(0, 1, open_high=True),
     "no_bias_decay": BOOL,
     "freeze_bn": BOOL,
+    "linear_probe": BOOL,
     "sync_bn": BOOL,
     "bias_lr_factor": Range(0, 100, open_low=True),
     "sam": BOOL,

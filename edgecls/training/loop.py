@@ -42,6 +42,7 @@ from edgecls.training.augment import num_batches, training_batches
 from edgecls.training.callbacks import Callback
 from edgecls.training.distributed import SINGLE, World, device_of, replicate
 from edgecls.training.early_stopping import create_early_stopping
+from edgecls.training.linear_probe import fit_linear_head
 from edgecls.training.losses import Objective, build_objective, class_weights, load_teacher
 from edgecls.training.mixing import BatchTransform, create_batch_transform
 from edgecls.training.optim import UpdateStrategy, create_optimizer, create_update, scaled_lr
@@ -153,6 +154,15 @@ class Trainer:
             statistics = dataset.train.channel_statistics()
             for model in self.models:
                 model.set_normalization(*statistics)
+        if config.linear_probe:  # the same fit in every process: the same head
+            fit_linear_head(
+                self.model,
+                dataset.train.images,
+                dataset.train.labels,
+                len(dataset.classes),
+                config.eval_batch_size,
+                config.seed,
+            )
         # What the forward pass runs through: the models, or their DDP replicas.
         self.replicas = replicate(self.models, world, self.device, config.sync_bn)
         self.statistics = [
