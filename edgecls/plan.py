@@ -56,6 +56,11 @@ FULL_RECIPE_EPOCHS = {"imagenet": 100, "scratch": 150}
 # AugMix reached 59.1% test top-1 on Fashion-MNIST against 72.8% with `basic` (SVC: 69.3%), and
 # no bias decay 85.1% on digits against 92.3% without (SVC: 93.4%).
 FULL_RECIPE_MIN_IMAGES = 1_000
+# Pretrained weights on fewer training images than this start from a linear probe (LP-FT): on the
+# 160-image subsets in 2 minutes it took Fashion-MNIST from 66.71% to 75.23% test top-1 (SVC:
+# 69.30%), digits from 93.60% to 95.90%, MNIST from 93.20% to 94.60% (benchmarks/auto_plan.py
+# --subsets-only, seed 0, `linear_probe=false` / `true`).
+LINEAR_PROBE_MAX_IMAGES = 1_000
 # Timed training steps per candidate, after one untimed: at least MEASURE_STEPS[0], on until
 # MEASURE_SECONDS (at most MEASURE_STEPS[1]); their median. Two steps of ResNet-20 at 32 px on a
 # shared 2-core machine gave 330 to 490 images/s from one run to the next.
@@ -638,12 +643,20 @@ def make_plan(
         "lr": 0.01 if pretrained else 0.05,
         "warmup_epochs": 1,
         "amp": chosen.amp,
+        "linear_probe": pretrained
+        and profile.training_images < LINEAR_PROBE_MAX_IMAGES
+        and user.get("head", Config.head) == "linear",
     }
     reasons = {
         "model": f"{chosen.weights}; {chosen.train_images_per_second:.0f} training images/s here",
         "input_size": f"images are about {profile.median_side} px on the shorter side",
         "grayscale": "every sampled image is grey" if grey else "colour images",
     }
+    if values["linear_probe"]:
+        reasons["linear_probe"] = (
+            f"{profile.training_images} training images: the head starts as a logistic "
+            "regression on the frozen ImageNet features (LP-FT)"
+        )
     if chosen.amp_speedup is not None:
         reasons["amp"] = (
             f"mixed precision trains {chosen.amp_speedup:.1f}x as fast as fp32 here"
