@@ -57,9 +57,9 @@ FULL_RECIPE_EPOCHS = {"imagenet": 100, "scratch": 150}
 # no bias decay 85.1% on digits against 92.3% without (SVC: 93.4%).
 FULL_RECIPE_MIN_IMAGES = 1_000
 # Pretrained weights on fewer training images than this start from a linear probe (LP-FT): on the
-# 160-image subsets in 2 minutes it took Fashion-MNIST from 66.71% to 75.23% test top-1 (SVC:
-# 69.30%), digits from 93.60% to 95.90%, MNIST from 93.20% to 94.60% (benchmarks/auto_plan.py
-# --subsets-only, seed 0, `linear_probe=false` / `true`).
+# 160-image subsets in 2 minutes it took Fashion-MNIST from 72.33% to 75.23% test top-1 (SVC:
+# 69.30%), digits from 95.50% to 95.90%, MNIST from 90.50% to 94.60% (benchmarks/auto_plan.py
+# --subsets-only --options linear_probe=false / true, seed 0).
 LINEAR_PROBE_MAX_IMAGES = 1_000
 # Timed training steps per candidate, after one untimed: at least MEASURE_STEPS[0], on until
 # MEASURE_SECONDS (at most MEASURE_STEPS[1]); their median. Two steps of ResNet-20 at 32 px on a

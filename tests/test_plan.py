@@ -81,6 +81,7 @@ def test_small_grey_images_get_a_small_grey_input(small_grey):
     assert plan.values["pretrained"] is True  # 18 images: ImageNet weights beat scratch
     # ImageNet features want 64 px or more; 18 images in 10 minutes afford the upscaled 96
     assert plan.values["input_size"] == UPSCALED
+    assert plan.values["linear_probe"] is True and "LP-FT" in plan.reasons["linear_probe"]
     imagenet = {c.input_size for c in plan.candidates if c.weights != "scratch"}
     assert imagenet == {UPSCALED, 64}
     scratch = [c.input_size for c in plan.candidates if c.weights == "scratch"]
@@ -118,6 +119,7 @@ def test_enough_tiny_images_get_a_cifar_resnet_at_their_own_scale(tmp_path):
     assert plan.data.training_images >= TINY_SMALL_DATA
     assert (plan.values["model"], plan.values["input_size"]) == ("resnet20_cifar", 32)
     assert plan.values["pretrained"] is False and plan.values["grayscale"] is True
+    assert plan.values["linear_probe"] is False  # nothing learnt to probe
     assert any("CIFAR ResNet" in note for note in plan.notes)
     assert any(c.weights != "scratch" for c in plan.candidates)  # measured, and passed over
 
@@ -135,9 +137,11 @@ def test_large_colour_images_get_a_larger_input(large_colour):
 
 def test_explicit_options_win_and_are_named(small_grey):
     user = {**ONE_MODEL, "input_size": 48, "batch_size": 4, "time_budget": "10m"}
-    plan = make_plan(str(small_grey), user)
-    assert not {"model", "input_size", "batch_size"} & set(plan.values)
-    assert {"model", "input_size", "batch_size", "time_budget"} <= set(plan.user_keys)
+    plan = make_plan(str(small_grey), {**user, "linear_probe": False})
+    assert not {"model", "input_size", "batch_size", "linear_probe"} & set(plan.values)
+    assert {"model", "input_size", "batch_size", "time_budget", "linear_probe"} <= set(
+        plan.user_keys
+    )
     assert plan.reasons["input_size"] == "yours"
     assert [(c.model, c.input_size, c.batch_size) for c in plan.candidates] == [
         ("mobilenetv3_small_100", 48, 4)
