@@ -17,6 +17,7 @@ from rich.table import Table
 from edgecls import config as cfg
 from edgecls import runs
 from edgecls.errors import UserError
+from edgecls.redact import redact
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -126,7 +127,7 @@ def _print_summary(metrics: dict, run_dir: Path) -> None:
             f"LR x {rollback['lr_scale']:g}",
         )
     for resumed in metrics["resumes"]:
-        changes = ", ".join(f"{k}={v}" for k, v in resumed["overrides"].items())
+        changes = ", ".join(f"{k}={redact(v)}" for k, v in resumed["overrides"].items())
         table.add_row(f"resumed after epoch {resumed['epoch']}", changes or "as saved")
     table.add_row("training time", f"{metrics['train_seconds']:.0f} s")
     if metrics["skipped_files"]:
@@ -255,7 +256,7 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, nproc, **o
 def lr_find(args, recipe, model, method, out_dir, workers, worker_index, quiet) -> None:
     """Estimate the initial learning rate for DATA alone: range test, TPE or grid search."""
     from edgecls.data import load_configured_dataset
-    from edgecls.training.lr_search import run_workers, search_lr, shared_storage
+    from edgecls.training.lr_search import run_workers, search_lr, shared_storage, storage_url
 
     data, overrides = _split_args(args)
     layers = [cfg.load_recipe(recipe) if recipe else {}, cfg.parse_overrides(overrides)]
@@ -270,10 +271,13 @@ def lr_find(args, recipe, model, method, out_dir, workers, worker_index, quiet) 
     out_dir = out_dir or runs.auto_run_dir(config, prefix="lr-find")
     runs.check_folder_writable(out_dir)
     config = shared_storage(config, out_dir, workers)
-    command = ["lr-find", *args, "--method", method, "--quiet"]
+    arguments = [a for a in args if not a.startswith("lr_search_storage=")]
+    command = ["lr-find", *arguments, "--method", method, "--quiet"]
     command += [*(["--recipe", recipe] if recipe else []), *(["--model", model] if model else [])]
-    command += [f"lr_search_storage={config.lr_search_storage}"]
-    with run_workers(command, out_dir, workers - 1):  # they start while this one loads the data
+    storage = storage_url(config)
+    with run_workers(
+        command, out_dir, workers - 1, storage
+    ):  # they start while this one loads the data
         dataset = load_configured_dataset(config, progress=not quiet)
         result = search_lr(config, dataset, out_dir, progress=not quiet, worker=worker_index)
     runs.write_json(out_dir / "lr_search.json", result.to_dict())

@@ -18,9 +18,12 @@ from typing import Any
 import yaml
 
 from edgecls.errors import UserError
+from edgecls.redact import redact
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_DATA = "digits"
+# The LR-search storage URL when lr_search_storage is not given (kept off command lines).
+STORAGE_ENV = "EDGECLS_LR_SEARCH_STORAGE"
 
 LR_SEARCH_METHODS = ("auto", "tpe", "range", "grid")
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "nadam", "rmsprop", "adadelta")
@@ -462,7 +465,7 @@ def resume_config(
     changed = {
         key: value for key, value in overrides.items() if getattr(saved_config, key) != value
     }
-    return config, changed
+    return config, redact(changed)
 
 
 def parse_duration(text: str | float | int) -> float:

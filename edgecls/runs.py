@@ -35,6 +35,7 @@ import yaml
 
 from edgecls.config import Config
 from edgecls.errors import UserError
+from edgecls.redact import redact
 
 # errno values meaning "the disk, the quota or the file-size limit is full".
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -236,7 +237,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
     def write(tmp: str) -> None:
         serialised = io.BytesIO()
-        torch.save(state, serialised)
+        torch.save(redact(state), serialised)
         Path(tmp).write_bytes(serialised.getbuffer())
 
     atomic_write_bytes(
@@ -278,11 +279,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def saved_config(config: Config) -> dict[str, Any]:
-    """The config as config.yaml and checkpoints keep it: any password in the LR-search
-    storage URL redacted."""
-    values = config.to_dict()
-    values["lr_search_storage"] = redact_url(values["lr_search_storage"])
-    return values
+    """The config as config.yaml and checkpoints keep it: any password redacted."""
+    return redact(config.to_dict())
 
 
 def write_config(run_dir: Path, config: Config) -> None:
@@ -302,16 +300,6 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     if not isinstance(values, dict) or not values:
         raise UserError(f"{path} is empty or not a mapping of key: value: cannot resume")
     return values
-
-
-REDACTED = "***"
-
-
-def redact_url(url: str | None) -> str | None:
-    """scheme://user:password@host/... -> scheme://user:***@host/..."""
-    if not url:
-        return url
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^@/]*@", rf"\1:{REDACTED}@", url)
 
 
 def check_folder_writable(folder: Path) -> None:
@@ -346,7 +334,7 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    write_text(path, json.dumps(payload, indent=2) + "\n")
+    write_text(path, json.dumps(redact(payload), indent=2) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:

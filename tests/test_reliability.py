@@ -16,12 +16,15 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from edgecls import runs
 from edgecls.cli import main
 from edgecls.config import build_config, load_recipe
 from edgecls.data import load_dataset
+from edgecls.redact import redact
 from edgecls.training.loop import Trainer
 from edgecls.training.lr_search import search_lr, study_name
 
@@ -344,3 +347,52 @@ def test_a_trial_left_running_by_a_killed_process_is_failed_on_resume(small_digi
         t.state for t in optuna.load_study(study_name=study.study_name, storage=storage).trials
     ]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+
+
+PASSWORD_CHARS = st.characters(blacklist_characters="@\n\r", blacklist_categories=("Cs",))
+QUERY_CHARS = st.characters(
+    blacklist_characters="&;#", blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(password=st.text(PASSWORD_CHARS, min_size=1, max_size=30))
+def test_any_password_in_a_storage_url_is_redacted(password):
+    url = f"postgresql+psycopg://bob:{password}@db.example:5432/studies"
+    assert redact(url) == "postgresql+psycopg://bob:***@db.example:5432/studies"
+    assert redact({"a": [url, (1, url)]}) == {"a": [redact(url), (1, redact(url))]}
+
+
+@settings(max_examples=200, deadline=None)
+@given(password=st.text(QUERY_CHARS, min_size=1, max_size=30))
+def test_a_password_in_a_query_string_is_redacted(password):
+    url = f"postgresql://db.example/studies?user=bob&password={password}&sslmode=require"
+    assert redact(url) == "postgresql://db.example/studies?user=bob&password=***&sslmode=require"
+
+
+def test_a_password_with_a_slash_never_reaches_the_config_or_checkpoints(tmp_path):
+    url = "postgresql://bob:s3/cr3t@db.example/studies"
+    config = build_config({"lr_search_storage": url})
+    runs.write_config(tmp_path, config)
+    runs.save_checkpoint(
+        {"config": config.to_dict(), "model": {}, "classes": []}, tmp_path / "x.pt"
+    )
+    runs.write_json(tmp_path / "m.json", {"resumes": [{"overrides": {"s": url}}]})
+    for name in ("config.yaml", "x.pt", "m.json"):
+        assert b"s3/cr3t" not in (tmp_path / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_a_resume_with_a_storage_url_keeps_its_password_out_of_every_file(tmp_path):
+    run = tmp_path / "run"
+    assert invoke("train", *TINY, "--epochs", "2", "--run-dir", run).exit_code == 0
+    url = "postgresql://bob:pa/ss?w0rd@db.example:5432/studies"
+    result = invoke("train", "--resume", run, "max_epochs=3", f"lr_search_storage={url}")
+    assert result.exit_code == 0, result.output
+    assert "pa/ss" not in result.output and "bob:***@db.example" in result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["resumes"][0]["overrides"]["lr_search_storage"] == redact(url)
+    written = [path for path in run.rglob("*") if path.is_file()]
+    assert {"metrics.json", "last.pt", "best.pt", "config.yaml"} <= {p.name for p in written}
+    for path in written:
+        assert b"pa/ss" not in path.read_bytes(), path

@@ -129,3 +129,33 @@ def test_workers_on_two_commands_join_one_postgresql_study(digit_folder, tmp_pat
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert json.loads((run / "lr_search.json").read_text())["lr"] in chosen
     assert len(counted_trials(optuna.storages.RDBStorage(postgres))) == 8
+
+
+def test_worker_command_lines_never_hold_the_storage_password(digit_folder, tmp_path, postgres):
+    import psutil
+    import psycopg
+
+    with psycopg.connect(postgres, autocommit=True) as connection:  # a study of its own
+        connection.execute("CREATE DATABASE secrets")
+    password = "s3/cr3t"  # trust authentication ignores it; `ps` must not show it
+    url = postgres.replace("edgecls@", f"edgecls:{password}@").replace("/postgres", "/secrets")
+    command = [sys.executable, "-m", "edgecls", "lr-find", str(digit_folder), "--method", "tpe"]
+    search = subprocess.Popen(
+        [*command, *SEARCH, f"lr_search_storage={url}", "--workers", "2",
+         "--out", str(tmp_path / "out"), "--quiet"],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    seen = []
+    while search.poll() is None:
+        try:
+            children = psutil.Process(search.pid).children(recursive=True)
+            seen += [" ".join(child.cmdline()) for child in children]
+        except psutil.Error:  # a child that ended between the listing and the reading
+            pass
+    _, errors = search.communicate()
+    assert search.returncode == 0, errors[-2000:]
+    workers = [line for line in seen if "--worker-index" in line]
+    assert workers, "the worker process was seen running"
+    assert not [line for line in workers if password in line or "lr_search_storage" in line]
+    trials = counted_trials(optuna.storages.RDBStorage(postgres.replace("/postgres", "/secrets")))
+    assert len(trials) == 8 and len({t.user_attrs["pid"] for t in trials}) == 2

@@ -49,6 +49,19 @@ def test_mlflow_holds_params_epochs_final_metrics_and_the_run_folder(tracked_run
     assert "export/model.onnx" in exported
 
 
+def test_no_tracker_file_holds_the_storage_password(tracked_run):
+    from conftest import SECRET_PASSWORD
+
+    run, folder = tracked_run
+    assert run.config["lr_search_storage"] == "postgresql://bob:***@db.example:5432/studies"
+    written = [path for path in folder.rglob("*") if path.is_file()]
+    assert any("tensorboard" in p.parts for p in written) and any(
+        p.suffix == ".db" for p in written
+    )
+    for path in written:
+        assert SECRET_PASSWORD.encode() not in path.read_bytes(), path
+
+
 def test_a_tracking_uri_is_used_and_a_missing_extra_is_one_line(tmp_path, monkeypatch):
     pytest.importorskip("mlflow", reason="the tracking extra is not installed")
     import mlflow

@@ -15,10 +15,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgecls import runs
 from edgecls.config import Config
 from edgecls.errors import UserError
 from edgecls.evaluate import Metrics
+from edgecls.redact import redact
 from edgecls.training.callbacks import Callback
 
 if TYPE_CHECKING:
@@ -39,10 +39,11 @@ def _require(module: str, key: str) -> None:
 
 
 def hyperparameters(config: Config) -> dict[str, Any]:
-    """The config's plain values (numbers, strings, booleans), what trackers take as params."""
+    """The config's plain values (numbers, strings, booleans), what trackers take as params;
+    passwords redacted."""
     return {
         key: value
-        for key, value in config.to_dict().items()
+        for key, value in redact(config.to_dict()).items()
         if isinstance(value, (int, float, str, bool)) and key not in ("tensorboard", "mlflow")
     }
 
@@ -119,9 +120,7 @@ class MLflowTracker(Tracker):
                 experiment_id = experiment.experiment_id
             self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
         except Exception as error:  # mlflow raises its own types for a store it cannot reach
-            raise UserError(
-                f"MLflow tracking at {runs.redact_url(self.uri)} failed: {error}"
-            ) from None
+            raise UserError(f"MLflow tracking at {redact(self.uri)} failed: {error}") from None
         params = [Param(key, str(value)) for key, value in hyperparameters(config).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[start : start + 100])

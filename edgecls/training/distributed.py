@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.distributed.nn as distributed_nn
 from timm.layers import BatchNormAct2d, convert_sync_batchnorm
 
+from edgecls.config import STORAGE_ENV
 from edgecls.data.splits import Shard
 from edgecls.errors import UserError
 
@@ -207,6 +208,10 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         raise UserError(f"--nproc must be 2 or more processes, got {nproc}")
     cores = os.cpu_count() or 1
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
+    storage = [a for a in argv if a.startswith("lr_search_storage=")]
+    if storage:  # to the processes through their environment: `ps` shows their command lines
+        os.environ[STORAGE_ENV] = storage[-1].split("=", 1)[1]
+        argv = [a for a in argv if not a.startswith("lr_search_storage=")]
     rendezvous = ["--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", f"--rdzv-id={uuid4()}"]
     args = get_args_parser().parse_args(
         [*rendezvous, "--nnodes=1", f"--nproc-per-node={nproc}", "-m", "edgecls", *argv]

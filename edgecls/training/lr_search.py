@@ -34,13 +34,13 @@ import optuna
 import psutil
 from optuna.trial import TrialState
 
-from edgecls.config import Config
+from edgecls.config import STORAGE_ENV, Config
 from edgecls.data import Dataset
 from edgecls.errors import UserError
 from edgecls.evaluate import Metrics
+from edgecls.redact import is_redacted, redact
 from edgecls.report.plots import plot_lr_range_test
 from edgecls.report.progress import console, progress_bars
-from edgecls.runs import REDACTED, redact_url
 from edgecls.training.augment import training_batches
 from edgecls.training.callbacks import Callback
 from edgecls.training.loop import (
@@ -135,16 +135,22 @@ def study_name(config: Config, dataset: Dataset, method: str) -> str:
     return f"edgecls-lr-{method}-{data}-{config.model}-{digest}"
 
 
+def storage_url(config: Config) -> str | None:
+    """lr_search_storage, or the environment's when none is given: how workers and DDP ranks get
+    it, and how a user keeps a password out of the shell history and `ps`."""
+    return config.lr_search_storage or os.environ.get(STORAGE_ENV) or None
+
+
 def _storage(config: Config, run_dir: Path | None) -> optuna.storages.BaseStorage | None:
     """The run folder's SQLite file by default, or the configured URL; RDB storages get a
     heartbeat so that a trial whose process died is failed, not left running."""
-    url = config.lr_search_storage
+    url = storage_url(config)
     if url is None and run_dir is None:
         return None
     if url is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{(run_dir / 'lr_search.db').resolve()}"
-    if f":{REDACTED}@" in url:
+    if is_redacted(url):
         raise UserError(
             "the LR-search storage password is not saved with the run: pass "
             "lr_search_storage=URL again"
@@ -161,7 +167,7 @@ def _storage(config: Config, run_dir: Path | None) -> optuna.storages.BaseStorag
     except Exception as error:  # sqlalchemy and drivers raise their own types
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise UserError(
-            f"cannot open lr_search_storage {redact_url(url)}: {message or type(error).__name__}"
+            f"cannot open lr_search_storage {redact(url)}: {message or type(error).__name__}"
         ) from None
 
 
@@ -210,24 +216,31 @@ def _alive(pid: int | None) -> bool:
 
 def shared_storage(config: Config, out_dir: Path, workers: int) -> Config:
     """Several local workers and no lr_search_storage: a journal file in `out_dir` they share."""
-    if workers <= 1 or config.lr_search_storage is not None:
+    if workers <= 1 or storage_url(config) is not None:
         return config
     journal = (out_dir / "lr_search.journal").resolve()
     return dataclasses.replace(config, lr_search_storage=f"journal:{journal}")
 
 
 @contextmanager
-def run_workers(command: list[str], out_dir: Path, count: int) -> Iterator[None]:
-    """`count` more processes of `edgecls COMMAND` beside this one, joining the same study; each
-    writes into out_dir/worker-N (its log beside). One that fails fails the search."""
+def run_workers(
+    command: list[str], out_dir: Path, count: int, storage: str | None
+) -> Iterator[None]:
+    """`count` more processes of `edgecls COMMAND` beside this one, joining the same study at
+    `storage` (passed in their environment, never on their command line: `ps` shows that);
+    each writes into out_dir/worker-N (its log beside). One that fails fails the search."""
     started = []
+    environment = {**os.environ, **({STORAGE_ENV: storage} if storage else {})}
     out_dir.mkdir(parents=True, exist_ok=True)
     for index in range(1, count + 1):
         folder = out_dir / f"worker-{index}"
         log = open(out_dir / f"worker-{index}.log", "wb")  # noqa: SIM115 (closed below)
         full = [sys.executable, "-m", "edgecls", *command, "--out", str(folder)]
         process = subprocess.Popen(
-            [*full, "--worker-index", str(index)], stdout=log, stderr=subprocess.STDOUT
+            [*full, "--worker-index", str(index)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
         )
         started.append((index, process, log))
     if started:
@@ -278,7 +291,7 @@ def trial_search(
     started = time.perf_counter()
     low, high = lr_range_for(config)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    shared = config.lr_search_storage is not None
+    shared = storage_url(config) is not None
     study = optuna.create_study(
         study_name=study_name(config, dataset, method),
         storage=_storage(config, run_dir),
