@@ -26,6 +26,7 @@ from PIL import Image
 
 from edgecls import config as cfg
 from edgecls import runs
+from edgecls.console import console, messages_off
 from edgecls.data import (
     BadImageError,
     Dataset,
@@ -39,7 +40,6 @@ from edgecls.data.images import to_8bit
 from edgecls.deploy.predict import Prediction, expand_inputs
 from edgecls.deploy.runtime import ModelInfo, Predictor, load_predictor
 from edgecls.errors import UserError
-from edgecls.report.progress import console, messages_off
 
 EdgeclsError = UserError  # the one exception type of the API, as of the CLI
 MEMORY_DATA_ROOT = Path("runs") / "memory-data"  # where in-memory images are written as files
@@ -148,7 +148,7 @@ def train(
     name, or in memory: a list of (PIL image or uint8 array, label) pairs or a torchvision-style
     dataset (items (image, label), optional `classes`), written once as PNG files under
     runs/memory-data/ so that the plan, resume, eval and export read them like a folder."""
-    from edgecls.report.plan import plan_tables
+    from edgecls.plan.table import plan_tables
     from edgecls.training import train as run_training
 
     started = time.monotonic()  # a notebook's process may be hours old: the budget starts now

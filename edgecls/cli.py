@@ -166,7 +166,7 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, nproc, **o
     list of path,label, or a built-in name (digits, mnist5k, fashion-mnist, cifar10, ...).
     """
     from edgecls.api import configure
-    from edgecls.report.plan import plan_tables
+    from edgecls.plan.table import plan_tables
     from edgecls.training import distributed
     from edgecls.training import train as run_training
 

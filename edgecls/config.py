@@ -421,7 +421,7 @@ def build_config(*layers: dict[str, Any]) -> Config:
     for key, rules in RULES.items():
         for rule in rules if isinstance(rules, tuple) else (rules,):
             rule.check(key, getattr(config, key))
-    from edgecls.evaluate.inference import select_device  # torch loads slowly: only when needed
+    from edgecls.device import select_device  # torch loads slowly: only when needed
 
     select_device(config.device)  # a device this machine lacks is refused before any work
     return config

@@ -13,10 +13,10 @@ import torch
 import torchvision.datasets
 from PIL import Image, ImageOps
 
+from edgecls.console import progress_bar
 from edgecls.data.images import arrays_to_tensor, to_8bit, to_tensor
 from edgecls.data.splits import ImageSplit
 from edgecls.errors import UserError
-from edgecls.report.progress import progress_bar
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [

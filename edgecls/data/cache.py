@@ -26,9 +26,9 @@ import numpy as np
 import psutil
 import torch
 
+from edgecls.console import progress_bar
 from edgecls.data.images import BadImageError
 from edgecls.errors import UserError
-from edgecls.report.progress import progress_bar
 
 CACHE_MODES = ("auto", "memory", "disk")
 FORMAT_VERSION = 1  # part of every fingerprint: a new layout never reads an old file

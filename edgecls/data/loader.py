@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from edgecls.console import progress_bar
 from edgecls.data.builtin import BUILTIN_DATASETS, load_builtin
 from edgecls.data.cache import (
     CACHE_MODES,
@@ -23,7 +24,6 @@ from edgecls.data.images import BadImageError, load_image, printable_path, to_te
 from edgecls.data.sources import Box, SplitFiles, discover
 from edgecls.data.splits import Dataset, ImageSplit, Problems, split_off_val, warn_imbalance
 from edgecls.errors import UserError
-from edgecls.report.progress import progress_bar
 
 if TYPE_CHECKING:
     from edgecls.config import Config

@@ -8,8 +8,9 @@ import torch
 
 from edgecls import runs
 from edgecls.data import ImageSplit, load_configured_dataset
+from edgecls.device import select_device
 from edgecls.errors import UserError
-from edgecls.evaluate.inference import predict_logits, select_device
+from edgecls.evaluate.inference import predict_logits
 from edgecls.evaluate.metrics import Metrics, compute_metrics
 from edgecls.evaluate.robustness import robustness_report
 from edgecls.models import model_from_checkpoint

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgecls import runs
+from edgecls.console import progress_bars
 from edgecls.evaluate import Metrics
-from edgecls.report.progress import progress_bars
 
 if TYPE_CHECKING:
     from edgecls.training.loop import Trainer

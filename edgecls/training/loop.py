@@ -33,11 +33,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from edgecls import runs
 from edgecls.config import Config
+from edgecls.console import console
 from edgecls.data import Dataset, ImageSplit
+from edgecls.device import mixed_precision, select_device
 from edgecls.evaluate import compute_metrics
-from edgecls.evaluate.inference import mixed_precision, predict_logits, select_device
+from edgecls.evaluate.inference import predict_logits
 from edgecls.models import Classifier, create_model
-from edgecls.report.progress import console
 from edgecls.training.augment import num_batches, training_batches
 from edgecls.training.callbacks import Callback
 from edgecls.training.distributed import SINGLE, World, device_of, replicate

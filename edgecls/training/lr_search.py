@@ -35,12 +35,12 @@ import psutil
 from optuna.trial import TrialState
 
 from edgecls.config import STORAGE_ENV, Config
+from edgecls.console import console, progress_bars
 from edgecls.data import Dataset
 from edgecls.errors import UserError
 from edgecls.evaluate import Metrics
 from edgecls.redact import is_redacted, redact
 from edgecls.report.plots import plot_lr_range_test
-from edgecls.report.progress import console, progress_bars
 from edgecls.training.augment import training_batches
 from edgecls.training.callbacks import Callback
 from edgecls.training.loop import (

@@ -13,23 +13,22 @@ import torch
 
 from edgecls import runs
 from edgecls.config import Config, parse_duration
+from edgecls.console import console, messages_off
 from edgecls.data import Dataset, ImageSplit, load_configured_dataset
 from edgecls.data.splits import IMBALANCE_RATIO, imbalance_ratio
 from edgecls.errors import UserError
 from edgecls.evaluate import compute_metrics
 from edgecls.evaluate.calibration import fit_temperature, reliability
 from edgecls.models import create_model
-from edgecls.plan import BUDGET_RESERVE, EXPORT_RESERVE
 from edgecls.report import plot_confusion_matrix, plot_history
 from edgecls.report.html import write_report
 from edgecls.report.plots import plot_mistakes, plot_reliability
-from edgecls.report.progress import console, messages_off
-from edgecls.report.tracking import check_trackers, create_trackers
 from edgecls.training.callbacks import CheckpointWriter, ProgressBars
 from edgecls.training.distributed import SINGLE, World
 from edgecls.training.loop import Diverged, Trainer
 from edgecls.training.losses import load_teacher
 from edgecls.training.lr_search import search_lr
+from edgecls.training.tracking import check_trackers, create_trackers
 
 
 @dataclass
@@ -139,6 +138,10 @@ def resolve_balance(config: Config, dataset: Dataset) -> Config:
         highlight=False,
     )
     return dataclasses.replace(config, balance="sampler")
+
+
+BUDGET_RESERVE = 0.03  # share of a time budget kept for the final evaluation
+EXPORT_RESERVE = 0.05  # and for exporting, when asked to
 
 
 def _training_seconds(config: Config, started: float) -> float | None:

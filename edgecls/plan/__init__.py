@@ -36,8 +36,6 @@ from edgecls.errors import UserError
 from edgecls.models import create_model, packaged_weights
 
 DEFAULT_CPU_BUDGET = "10m"  # a CPU run with no time_budget stays interactive
-BUDGET_RESERVE = 0.03  # share of a time budget kept for the final evaluation
-EXPORT_RESERVE = 0.05  # and for exporting, when asked to
 # Reading and resizing one image file: timed on DECODE_SAMPLE of the files, in one thread, with
 # a reserve (20,000 28 px PNGs took 0.2 ms each, 256 px JPEGs 2.5 ms); built-ins are arrays.
 DECODE_SAMPLE, DECODE_RESERVE = 24, 1.25
@@ -296,7 +294,7 @@ def measure(
     in fp32 and, unless `amp` says which, in mixed precision where the hardware has it. The
     mixed-precision speed-up is timed once per model and kept in `speedups` for its other input
     sizes (at 224 px one bf16 step of MobileNetV3-large took 4 s)."""
-    from edgecls.evaluate.inference import mixed_precision, select_device
+    from edgecls.device import mixed_precision, select_device
 
     device = select_device()
     config = build_config(
@@ -527,6 +525,8 @@ def make_plan(
     `machine` (default: this one, as `describe_machine` sees it). A time budget counts from
     `started` (time.monotonic(); default: now; the CLI passes its process's start, so that
     start-up and imports count too)."""
+    from edgecls.training.pipeline import BUDGET_RESERVE  # the training stack loads slowly
+
     planning_started = time.perf_counter()
     planning_clock = time.monotonic()
     budget = user.get("time_budget")
