@@ -427,6 +427,46 @@ def build_config(*layers: dict[str, Any]) -> Config:
     return config
 
 
+@dataclass(frozen=True)
+class KeyDoc:
+    """One config key as the reference pages and `--help` show it."""
+
+    name: str
+    type: str
+    default: Any
+    allowed: str
+    help: str
+
+
+def describe_keys() -> list[KeyDoc]:
+    """Every config key, in declaration order: what the configuration reference is made of."""
+    docs = []
+    for item in dataclasses.fields(Config):
+        default = item.default_factory() if item.default is dataclasses.MISSING else item.default
+        rules = RULES[item.name]
+        allowed = "; ".join(
+            _describe_rule(item.name, r) for r in (rules if isinstance(rules, tuple) else (rules,))
+        )
+        names = " or ".join(
+            "null" if t is type(None) else t.__name__
+            for t in _allowed_types(_FIELD_TYPES[item.name])
+        )
+        docs.append(KeyDoc(item.name, names, default, allowed, item.metadata.get("help", "")))
+    return docs
+
+
+def _describe_rule(key: str, rule: Rule) -> str:
+    if isinstance(rule, Range):
+        return rule.describe(key)
+    if isinstance(rule, (OneOf, SomeOf)):
+        return ", ".join(rule.choices)
+    if isinstance(rule, Interval):
+        return f"[low, high], {rule.bounds.describe('each')}"
+    if isinstance(rule, CheckedWhenUsed):
+        return rule.where
+    return "a duration: 90s, 5m, 2h, 1h30m"
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a saved config (checkpoint, run folder), ignoring keys this version dropped."""
     known = {k: v for k, v in values.items() if k in _FIELD_TYPES}
