@@ -68,7 +68,7 @@ def main() -> None:
 
 def _config_range(key: str) -> click.ParamType:
     """The click type of an option that sets config key `key`: the key's type and range."""
-    rule = cfg.RULES[key]
+    (rule,) = cfg.rules_of(key)
     kind = click.IntRange if isinstance(getattr(cfg.Config(), key), int) else click.FloatRange
     return kind(rule.low, rule.high, min_open=rule.open_low, max_open=rule.open_high)
 

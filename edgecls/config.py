@@ -19,6 +19,12 @@ import yaml
 
 from edgecls.errors import UserError
 from edgecls.redact import redact
+from edgecls.registry import (
+    AUGMENT_POLICIES,
+    OPTIMIZERS,
+    SCHEDULES,
+    Registry,
+)
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_DATA = "digits"
@@ -26,117 +32,7 @@ DEFAULT_DATA = "digits"
 STORAGE_ENV = "EDGECLS_LR_SEARCH_STORAGE"
 
 LR_SEARCH_METHODS = ("auto", "tpe", "range", "grid")
-OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "nadam", "rmsprop", "adadelta")
-
-
-@dataclass
-class Config:
-    recipe: str | None = None  # the recipe the run started from (recorded, for `edgecls compare`)
-    # data
-    data: str | None = None
-    data_root: str | None = None
-    download: bool = False
-    val_fraction: float = 0.2
-    input_size: int = 224
-    grayscale: bool = False
-    augment: str = "basic"
-    hflip: bool = True
-    bbox_crop: bool = True  # crop to the boxes of list rows path,label,x0,y0,x1,y1 (001)
-    crop_scale: list = dataclasses.field(default_factory=lambda: [0.08, 1.0])  # augment=crop
-    hsb_jitter: float = 0.0  # hue, saturation, brightness jitter strength (004: 0.4); 0: off
-    pca_lighting: float = 0.0  # std of AlexNet's PCA lighting noise (004: 0.1); 0: off
-    random_erasing: float = 0.0  # share of training images with a random box erased (001, 003)
-    normalize: str = "model"  # the model's mean/std (ImageNet's); `train`: the training set's (001)
-    balance: str = "auto"  # sampler, weights or none; auto: sampler above a 1:10 class imbalance
-    workers: int = 2
-    # where decoded images live: memory, a memory-mapped file in cache_dir (disk), or auto (disk
-    # when they would not fit comfortably in the free memory); folders and list files only
-    cache: str = "auto"
-    cache_dir: str | None = None  # default: $EDGECLS_CACHE_DIR or ~/.cache/edgecls/images
-    # model
-    model: str = "mobilenetv3_large_100"
-    pretrained: bool = False
-    weights: str | None = None
-    dropout: float = 0.0
-    drop_path: float = 0.0  # stochastic depth rate, for timm models that have it
-    drop_block: float = 0.0  # DropBlock rate (paper 003), for timm's ResNets
-    anti_alias: str = "none"  # anti-aliased downsampling: blur (BlurPool) or avg, in timm models
-    # zero-initialise the last batch norm of each residual block (paper 004); null: as the
-    # architecture does (timm's ResNets and edgecls's CIFAR ResNets do)
-    zero_gamma: bool | None = None
-    head: str = "linear"
-    head_width: int | None = None  # GhostNet / MobileNetV3 last-layer width (001: 320); null: 1280
-    am_scale: float | None = None
-    am_margin: float = 0.35
-    mutual: bool = False
-    # optimisation (paper 000, section 4.3); lr is a number or a search method
-    batch_size: int = 64
-    lr: float | str = 0.01
-    lr_batch_scaling: bool = False
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    no_bias_decay: bool = False
-    bias_lr_factor: float = 2.0
-    freeze_bn: bool = False  # batch norms keep their (pretrained) statistics while training
-    # the classifier first fitted on the frozen pretrained features by logistic regression, then
-    # everything fine-tunes (LP-FT, Kumar et al. 2022): for a few hundred images
-    linear_probe: bool = False
-    sync_bn: bool = False  # several processes on GPUs: batch statistics over the global batch
-    sam: bool = False
-    sam_rho: float = 0.05
-    sam_adaptive: bool = False
-    amp: bool = False
-    optimizer: str = "sgd"  # SGD with momentum; or nesterov, adam, adamw, nadam, rmsprop, adadelta
-    max_epochs: int = 200
-    schedule: str = "plateau_v2"
-    warmup_epochs: int = 5
-    lr_factor: float = 0.1
-    patience: int = 5
-    min_lr_ratio: float = 1 / 200
-    forced_decay_at: float = 0.75
-    lr_gamma: float = 0.1  # step, multistep: per drop; exp: per epoch
-    lr_step_epochs: int = 30  # step: epochs between drops
-    lr_milestones: list | None = None  # multistep: the epochs where the LR drops
-    lr_power: float = 2.0  # poly: (1 - progress) ** power
-    early_stopping: str = "none"  # or val_loss, val_top1: stop when it stops improving
-    early_stopping_patience: int = 10
-    # tricks (papers 001-004)
-    label_smoothing: float = 0.0
-    mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0: off
-    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; 0: off (both on: one or the other)
-    mixup_mode: str = "flip"  # the partner: the batch reversed (timm), shuffle, two_batches (003)
-    mix_prob: float = 1.0  # share of batches mixed
-    mix_off_first: int = 0  # epochs without mixing at the start
-    mix_off_last: int = 0  # and at the end (of max_epochs)
-    ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
-    stitch_mixup: str = "none"  # or horizontal, vertical: two images cut and joined (paper 002)
-    stitch_alpha: float = 0.2  # Beta(alpha, alpha) of the cut's position
-    teacher: str | None = None  # knowledge distillation from a run, checkpoint or timm model
-    teacher_weights: str | None = None  # a timm teacher's state dict for these classes
-    kd_cache: bool = False  # the teacher runs once per image (augmentation and mixing off)
-    kd_temperature: float = 1.0  # paper 002 uses 20, paper 003 uses 1
-    kd_alpha: float = 0.5  # weight of the teacher's soft targets; 1 - kd_alpha on the labels
-    max_rollbacks: int = 3  # divergence: back to the last good checkpoint at lr * lr_factor
-    # initial-LR search (lr=tpe|grid|range|auto)
-    lr_search_trials: int = 15
-    lr_search_epochs: int = 6
-    lr_search_range: list | None = None
-    lr_search_step: float = 0.001
-    lr_search_storage: str | None = None
-    # run
-    seed: int = 0
-    device: str = "auto"
-    channels_last: bool = True
-    eval_batch_size: int = 256
-    export: str | None = None  # e.g. "onnx,openvino": export best.pt (FP32) after training
-    tensorboard: bool = False  # event files in RUN/tensorboard
-    mlflow: bool | str = False  # true: the local store ./mlruns; or a tracking URI
-    # planning (edgecls train DATA without a recipe): the whole run's wall-clock budget, e.g. 5m
-    time_budget: str | float | None = None
-    max_latency_ms: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def _is_number(value: Any) -> bool:
@@ -166,11 +62,19 @@ class Range:
         return f"{self.low} {low} {key} {high} {self.high}"
 
 
+def _names(choices: tuple[str, ...] | Registry) -> tuple[str, ...]:
+    return choices.names() if isinstance(choices, Registry) else choices
+
+
 @dataclass(frozen=True)
 class OneOf:
-    """One of a few names."""
+    """One of a few names: a fixed tuple, or those of a registry (read when first needed)."""
 
-    choices: tuple[str, ...]
+    source: tuple[str, ...] | Registry
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return _names(self.source)
 
     def check(self, key: str, value: Any) -> None:
         if isinstance(value, str) and value not in self.choices:
@@ -183,7 +87,11 @@ class OneOf:
 class SomeOf:
     """A comma-separated list of names, possibly empty."""
 
-    choices: tuple[str, ...]
+    source: tuple[str, ...] | Registry
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return _names(self.source)
 
     def check(self, key: str, value: Any) -> None:
         if isinstance(value, str) and set(value.split(",")) - {"", *self.choices}:
@@ -230,107 +138,319 @@ class Duration:
 
 
 Rule = Range | OneOf | SomeOf | Interval | CheckedWhenUsed | Duration
-BOOL = CheckedWhenUsed("true or false: the type is the whole rule")
-
-# What each key's value must be, beyond its type (the same for defaults, recipes and overrides).
-# A tuple holds one rule per kind of value: lr is a positive number or a search method.
-RULES: dict[str, Rule | tuple[Rule, ...]] = {
-    "data": CheckedWhenUsed("a folder, list file or built-in name, when the data is loaded"),
-    "data_root": CheckedWhenUsed("a folder, when a torchvision dataset is loaded"),
-    "download": BOOL,
-    "val_fraction": Range(0, 1, open_low=True, open_high=True),
-    "input_size": Range(8, 2048),
-    "grayscale": BOOL,
-    "augment": OneOf(("augmix", "autoaugment", "randaugment", "basic", "light", "crop", "none")),
-    "bbox_crop": BOOL,
-    "crop_scale": Interval(Range(0, 1, open_low=True)),
-    "hflip": BOOL,
-    "balance": OneOf(("auto", "sampler", "weights", "none")),
-    "hsb_jitter": Range(0, 1),
-    "pca_lighting": Range(0, 10),
-    "random_erasing": Range(0, 1),
-    "normalize": OneOf(("model", "train")),
-    "workers": Range(0, 256),
-    "cache": OneOf(("auto", "memory", "disk")),
-    "cache_dir": CheckedWhenUsed("a folder, created when the disk cache is built"),
-    "model": CheckedWhenUsed("a timm model name, when the model is built"),
-    "pretrained": BOOL,
-    "weights": CheckedWhenUsed("a state dict file, when the model is built"),
-    "dropout": Range(0, 1, open_high=True),
-    "drop_path": Range(0, 1, open_high=True),
-    "zero_gamma": BOOL,
-    "drop_block": Range(0, 1, open_high=True),
-    "anti_alias": OneOf(("none", "blur", "avg")),
-    "head": OneOf(("linear", "am_softmax")),
-    "head_width": Range(8, 65536),
-    "am_scale": Range(0, 1000, open_low=True),  # null: from the number of classes
-    "am_margin": Range(0, 1),
-    "mutual": BOOL,
-    "batch_size": Range(1, 65536),
-    "lr": (Range(0, 10, open_low=True), OneOf(LR_SEARCH_METHODS)),
-    "lr_batch_scaling": BOOL,
-    "momentum": Range(0, 1, open_high=True),
-    "weight_decay": Range(0, 1, open_high=True),
-    "no_bias_decay": BOOL,
-    "freeze_bn": BOOL,
-    "linear_probe": BOOL,
-    "sync_bn": BOOL,
-    "bias_lr_factor": Range(0, 100, open_low=True),
-    "sam": BOOL,
-    "sam_rho": Range(0, 10, open_low=True),
-    "sam_adaptive": BOOL,
-    "amp": BOOL,
-    "optimizer": OneOf(OPTIMIZERS),
-    "max_epochs": Range(1, 100_000),
-    "schedule": OneOf(
-        ("plateau_v2", "plateau", "cosine", "constant", "budget_linear")
-        + ("step", "multistep", "poly", "exp")
-    ),
-    "warmup_epochs": Range(0, 100_000),
-    "lr_factor": Range(0, 1, open_low=True, open_high=True),
-    "patience": Range(0, 100_000),
-    "min_lr_ratio": Range(0, 1, open_low=True),
-    "forced_decay_at": Range(0, 1, open_low=True),
-    "lr_gamma": Range(0, 1, open_low=True),
-    "lr_step_epochs": Range(1, 100_000),
-    "lr_milestones": CheckedWhenUsed("a list of increasing epochs, when the schedule is built"),
-    "lr_power": Range(0, 100, open_low=True),
-    "early_stopping": OneOf(("none", "val_loss", "val_top1")),
-    "early_stopping_patience": Range(1, 100_000),
-    "label_smoothing": Range(0, 1, open_high=True),
-    "mixup": Range(0, 100),
-    "cutmix": Range(0, 100),
-    "mixup_mode": OneOf(("flip", "shuffle", "two_batches")),
-    "mix_prob": Range(0, 1),
-    "mix_off_first": Range(0, 100_000),
-    "mix_off_last": Range(0, 100_000),
-    "ema": Range(0, 1, open_high=True),
-    "stitch_mixup": OneOf(("none", "horizontal", "vertical")),
-    "stitch_alpha": Range(0, 100, open_low=True),
-    "teacher": CheckedWhenUsed("a run folder, checkpoint or timm model, when training starts"),
-    "teacher_weights": CheckedWhenUsed("a state dict file, when training starts"),
-    "kd_cache": BOOL,
-    "kd_temperature": Range(0, 1000, open_low=True),
-    "kd_alpha": Range(0, 1),
-    "lr_search_trials": Range(1, 10_000),
-    "lr_search_epochs": Range(1, 10_000),
-    "lr_search_range": Interval(Range(0, 10, open_low=True)),
-    "lr_search_step": Range(0, 1, open_low=True),
-    "lr_search_storage": CheckedWhenUsed("an Optuna storage URL, when the LR search starts"),
-    "seed": Range(0, 2**32 - 1),  # what numpy and scikit-learn accept
-    "device": OneOf(("auto", "cpu", "cuda")),
-    "channels_last": BOOL,
-    "eval_batch_size": Range(1, 65536),
-    "export": SomeOf(("onnx", "openvino", "torchscript", "tflite", "ncnn", "coreml", "timm")),
-    "max_rollbacks": Range(0, 100),
-    "recipe": CheckedWhenUsed("the recipe's name, recorded when a run starts"),
-    "tensorboard": BOOL,
-    "mlflow": CheckedWhenUsed("true, false or a tracking URI, when training starts"),
-    "time_budget": Duration(),
-    "max_latency_ms": Range(0, 1e6, open_low=True),
-}
 
 
+def key(default: Any, help: str, *rules: Rule) -> Any:
+    """One config key's declaration: its default, one line of help, and what its value must be
+    beyond its type (none: the type is the whole rule; two: one per kind of value, as lr is a
+    positive number or a search method)."""
+    metadata = {"help": help, "rules": rules}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a run, each declared once: default, one line of help, and what its value
+    must be beyond its type. Validation, config.yaml, the CLI's help and the configuration
+    reference are all read from these declarations. Build one with `build_config`; a built
+    config is never changed (derive another with `dataclasses.replace`)."""
+
+    recipe: str | None = key(
+        None,
+        "the recipe the run started from (recorded, for `edgecls compare`)",
+        CheckedWhenUsed("the recipe's name, recorded when a run starts"),
+    )
+    # data
+    data: str | None = key(
+        None,
+        "a folder, a list file (path,label) or a built-in dataset name",
+        CheckedWhenUsed("a folder, list file or built-in name, when the data is loaded"),
+    )
+    data_root: str | None = key(
+        None,
+        "where a torchvision dataset's files are (or are downloaded to)",
+        CheckedWhenUsed("a folder, when a torchvision dataset is loaded"),
+    )
+    download: bool = key(False, "let a torchvision dataset download its files")
+    val_fraction: float = key(
+        0.2,
+        "share of one folder of class folders split off as validation (stratified, seeded)",
+        Range(0, 1, open_low=True, open_high=True),
+    )
+    input_size: int = key(
+        224, "side of the square images the model sees, in pixels", Range(8, 2048)
+    )
+    grayscale: bool = key(False, "one input channel instead of three (001)")
+    augment: str = key(
+        "basic",
+        "the per-image augmentation policy (AugMix is paper 000's)",
+        OneOf(AUGMENT_POLICIES),
+    )
+    hflip: bool = key(True, "random horizontal flips (off for digits and text)")
+    bbox_crop: bool = key(True, "crop to the boxes of list rows path,label,x0,y0,x1,y1 (001)")
+    crop_scale: list = key(
+        [0.08, 1.0],
+        "area range of the random-resized crop of augment=crop (004)",
+        Interval(Range(0, 1, open_low=True)),
+    )
+    hsb_jitter: float = key(
+        0.0, "hue, saturation, brightness jitter strength (004: 0.4); 0: off", Range(0, 1)
+    )
+    pca_lighting: float = key(
+        0.0, "std of AlexNet's PCA lighting noise (004: 0.1); 0: off", Range(0, 10)
+    )
+    random_erasing: float = key(
+        0.0, "share of training images with a random box erased (001, 003)", Range(0, 1)
+    )
+    normalize: str = key(
+        "model",
+        "normalisation statistics: the model's (ImageNet's) or the training set's (`train`, 001)",
+        OneOf(("model", "train")),
+    )
+    balance: str = key(
+        "auto",
+        "class imbalance: sampler, weights or none; auto: sampler above a 1:10 imbalance",
+        OneOf(("auto", "sampler", "weights", "none")),
+    )
+    workers: int = key(2, "data-loader processes for per-image augmentation", Range(0, 256))
+    cache: str = key(
+        "auto",
+        "where decoded images live: memory, a memory-mapped file in cache_dir (disk), or auto "
+        "(disk when they would not fit comfortably in free memory); folders and list files only",
+        OneOf(("auto", "memory", "disk")),
+    )
+    cache_dir: str | None = key(
+        None,
+        "the disk cache's folder; default: $EDGECLS_CACHE_DIR or ~/.cache/edgecls/images",
+        CheckedWhenUsed("a folder, created when the disk cache is built"),
+    )
+    # model
+    model: str = key(
+        "mobilenetv3_large_100",
+        "any timm model name, or an edgecls CIFAR ResNet (resnet20_cifar, resnet56_cifar)",
+        CheckedWhenUsed("a timm model name, when the model is built"),
+    )
+    pretrained: bool = key(
+        False, "start from ImageNet weights (those installed offline, or timm's)"
+    )
+    weights: str | None = key(
+        None,
+        "a state dict file to start from",
+        CheckedWhenUsed("a state dict file, when the model is built"),
+    )
+    dropout: float = key(0.0, "dropout before the classifier", Range(0, 1, open_high=True))
+    drop_path: float = key(
+        0.0, "stochastic depth rate, for timm models that have it", Range(0, 1, open_high=True)
+    )
+    drop_block: float = key(
+        0.0, "DropBlock rate (paper 003), for timm's ResNets", Range(0, 1, open_high=True)
+    )
+    anti_alias: str = key(
+        "none",
+        "anti-aliased downsampling: blur (BlurPool) or avg, in timm models (003)",
+        OneOf(("none", "blur", "avg")),
+    )
+    zero_gamma: bool | None = key(
+        None,
+        "zero-initialise the last batch norm of each residual block (004); null: as the "
+        "architecture does (timm's ResNets and edgecls's CIFAR ResNets do)",
+    )
+    head: str = key(
+        "linear",
+        "the classifier: linear, or a cosine AM-Softmax head (000)",
+        OneOf(("linear", "am_softmax")),
+    )
+    head_width: int | None = key(
+        None,
+        "GhostNet / MobileNetV3 last-layer width (001: 320); null: the model's (1280)",
+        Range(8, 65536),
+    )
+    am_scale: float | None = key(
+        None,
+        "AM-Softmax scale s; null: max(sqrt(2) ln(C - 1), 3) from the number of classes",
+        Range(0, 1000, open_low=True),
+    )
+    am_margin: float = key(0.35, "AM-Softmax margin m (000: 0.35)", Range(0, 1))
+    mutual: bool = key(
+        False, "deep mutual learning with an AM-Softmax partner; the CE model is kept (000)"
+    )
+    # optimisation (paper 000, section 4.3)
+    batch_size: int = key(64, "images per step (per process under DDP)", Range(1, 65536))
+    lr: float | str = key(
+        0.01,
+        "the initial learning rate, or how to find it: tpe, range, grid or auto",
+        Range(0, 10, open_low=True),
+        OneOf(LR_SEARCH_METHODS),
+    )
+    lr_batch_scaling: bool = key(False, "scale lr linearly with batch_size / 256 (004)")
+    momentum: float = key(0.9, "SGD momentum", Range(0, 1, open_high=True))
+    weight_decay: float = key(5e-4, "L2 weight decay", Range(0, 1, open_high=True))
+    no_bias_decay: bool = key(
+        False, "no weight decay on biases and norm layers, biases at bias_lr_factor x lr (000)"
+    )
+    bias_lr_factor: float = key(
+        2.0, "the biases' LR multiplier under no_bias_decay", Range(0, 100, open_low=True)
+    )
+    freeze_bn: bool = key(False, "batch norms keep their (pretrained) statistics while training")
+    linear_probe: bool = key(
+        False,
+        "fit the classifier on frozen pretrained features by logistic regression first, then "
+        "fine-tune everything (LP-FT): for a few hundred images",
+    )
+    sync_bn: bool = key(False, "several processes on GPUs: batch statistics over the global batch")
+    sam: bool = key(False, "sharpness-aware minimisation around the optimizer (000)")
+    sam_rho: float = key(0.05, "SAM's neighbourhood radius", Range(0, 10, open_low=True))
+    sam_adaptive: bool = key(False, "adaptive SAM (ASAM): the radius scales with each weight")
+    amp: bool = key(False, "mixed precision: bf16 on a CPU, fp16 with loss scaling on a GPU")
+    optimizer: str = key("sgd", "the optimizer (timm's factory)", OneOf(OPTIMIZERS))
+    max_epochs: int = key(200, "the most epochs a run trains", Range(1, 100_000))
+    schedule: str = key(
+        "plateau_v2", "the learning-rate schedule (000: plateau_v2)", OneOf(SCHEDULES)
+    )
+    warmup_epochs: int = key(
+        5, "epochs of linear warmup from lr / warmup_epochs", Range(0, 100_000)
+    )
+    lr_factor: float = key(
+        0.1,
+        "plateau schedules: the LR's factor at each reduction (and at a divergence rollback)",
+        Range(0, 1, open_low=True, open_high=True),
+    )
+    patience: int = key(
+        5, "plateau schedules: epochs without improvement before a reduction", Range(0, 100_000)
+    )
+    min_lr_ratio: float = key(
+        1 / 200, "plateau_v2: the lowest LR as a share of the initial", Range(0, 1, open_low=True)
+    )
+    forced_decay_at: float = key(
+        0.75,
+        "plateau_v2: share of max_epochs by which one reduction is forced",
+        Range(0, 1, open_low=True),
+    )
+    lr_gamma: float = key(
+        0.1, "step, multistep: the factor per drop; exp: per epoch", Range(0, 1, open_low=True)
+    )
+    lr_step_epochs: int = key(30, "step: epochs between drops", Range(1, 100_000))
+    lr_milestones: list | None = key(
+        None,
+        "multistep: the epochs where the LR drops",
+        CheckedWhenUsed("a list of increasing epochs, when the schedule is built"),
+    )
+    lr_power: float = key(2.0, "poly: (1 - progress) ** power", Range(0, 100, open_low=True))
+    early_stopping: str = key(
+        "none",
+        "stop when val_loss or val_top1 stops improving (plateau_v2 stops by itself)",
+        OneOf(("none", "val_loss", "val_top1")),
+    )
+    early_stopping_patience: int = key(
+        10, "epochs without improvement before early_stopping stops", Range(1, 100_000)
+    )
+    # tricks (papers 001-004)
+    label_smoothing: float = key(
+        0.0, "share of the target spread over all classes (004: 0.1)", Range(0, 1, open_high=True)
+    )
+    mixup: float = key(0.0, "Beta(alpha, alpha) of mixup; 0: off", Range(0, 100))
+    cutmix: float = key(
+        0.0, "Beta(alpha, alpha) of CutMix; 0: off (both on: one or the other)", Range(0, 100)
+    )
+    mixup_mode: str = key(
+        "flip",
+        "mixup's partner: the batch reversed (flip, timm), shuffled, or the previous batch (003)",
+        OneOf(("flip", "shuffle", "two_batches")),
+    )
+    mix_prob: float = key(1.0, "share of batches mixed", Range(0, 1))
+    mix_off_first: int = key(0, "epochs without mixing at the start", Range(0, 100_000))
+    mix_off_last: int = key(
+        0, "epochs without mixing at the end (of max_epochs)", Range(0, 100_000)
+    )
+    ema: float = key(
+        0.0,
+        "decay of an exponential moving average of the weights, evaluated and kept; 0: off",
+        Range(0, 1, open_high=True),
+    )
+    stitch_mixup: str = key(
+        "none",
+        "stitch two images side by side (horizontal) or stacked (vertical) (002)",
+        OneOf(("none", "horizontal", "vertical")),
+    )
+    stitch_alpha: float = key(
+        0.2, "Beta(alpha, alpha) of the stitch's position", Range(0, 100, open_low=True)
+    )
+    teacher: str | None = key(
+        None,
+        "knowledge distillation from a run, checkpoint or timm model",
+        CheckedWhenUsed("a run folder, checkpoint or timm model, when training starts"),
+    )
+    teacher_weights: str | None = key(
+        None,
+        "a timm teacher's state dict for these classes",
+        CheckedWhenUsed("a state dict file, when training starts"),
+    )
+    kd_cache: bool = key(
+        False, "the teacher runs once per image (needs augmentation and mixing off)"
+    )
+    kd_temperature: float = key(
+        1.0, "distillation temperature T (002: 20, 003: 1)", Range(0, 1000, open_low=True)
+    )
+    kd_alpha: float = key(
+        0.5, "weight of the teacher's soft targets; 1 - kd_alpha on the labels", Range(0, 1)
+    )
+    max_rollbacks: int = key(
+        3,
+        "divergence: times to go back to the last good checkpoint at lr x lr_factor",
+        Range(0, 100),
+    )
+    # initial-LR search (lr=tpe|grid|range|auto)
+    lr_search_trials: int = key(15, "TPE trials of the LR search (000: 15)", Range(1, 10_000))
+    lr_search_epochs: int = key(6, "epochs of each LR-search trial (000: 6)", Range(1, 10_000))
+    lr_search_range: list | None = key(
+        None,
+        "[low, high] of the LR search; null: the model family's (000)",
+        Interval(Range(0, 10, open_low=True)),
+    )
+    lr_search_step: float = key(
+        0.001, "the LR search's grid step (000: 0.001)", Range(0, 1, open_low=True)
+    )
+    lr_search_storage: str | None = key(
+        None,
+        f"an Optuna storage URL shared by workers (or ${STORAGE_ENV}); its password is never "
+        "written",
+        CheckedWhenUsed("an Optuna storage URL, when the LR search starts"),
+    )
+    # run
+    seed: int = key(0, "seeds the split, initialisation and batches", Range(0, 2**32 - 1))
+    device: str = key(
+        "auto", "where to train: auto (a GPU when there is one), cpu or cuda", OneOf(DEVICES)
+    )
+    channels_last: bool = key(True, "channels-last memory layout (faster depthwise convolutions)")
+    eval_batch_size: int = key(256, "images per evaluation batch", Range(1, 65536))
+    export: str | None = key(
+        None,
+        'formats to export best.pt to after training (FP32), e.g. "onnx,openvino"',
+        SomeOf(("onnx", "openvino", "torchscript", "tflite", "ncnn", "coreml", "timm")),
+    )
+    tensorboard: bool = key(False, "TensorBoard event files in RUN/tensorboard")
+    mlflow: bool | str = key(
+        False,
+        "MLflow tracking: true for the local store ./mlruns, or a tracking URI",
+        CheckedWhenUsed("true, false or a tracking URI, when training starts"),
+    )
+    # planning (edgecls train DATA without a recipe)
+    time_budget: str | float | None = key(
+        None, "the whole run's wall-clock budget, e.g. 5m (the plan fits the run to it)", Duration()
+    )
+    max_latency_ms: float | None = key(
+        None,
+        "the plan keeps only models whose batch-1 CPU latency is below this",
+        Range(0, 1e6, open_low=True),
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {item.name: item for item in dataclasses.fields(Config)}
 _FIELD_TYPES = typing.get_type_hints(Config)
 
 
@@ -418,9 +538,9 @@ def build_config(*layers: dict[str, Any]) -> Config:
         for key, value in layer.items():
             values[key] = _check_value(key, value)
     config = Config(**values)
-    for key, rules in RULES.items():
-        for rule in rules if isinstance(rules, tuple) else (rules,):
-            rule.check(key, getattr(config, key))
+    for name, item in FIELDS.items():
+        for rule in item.metadata["rules"]:
+            rule.check(name, getattr(config, name))
     from edgecls.device import select_device  # torch loads slowly: only when needed
 
     select_device(config.device)  # a device this machine lacks is refused before any work
@@ -438,20 +558,23 @@ class KeyDoc:
     help: str
 
 
+def rules_of(name: str) -> tuple[Rule, ...]:
+    """What config key `name`'s value must be beyond its type."""
+    return FIELDS[name].metadata["rules"]
+
+
 def describe_keys() -> list[KeyDoc]:
     """Every config key, in declaration order: what the configuration reference is made of."""
     docs = []
-    for item in dataclasses.fields(Config):
+    for item in FIELDS.values():
         default = item.default_factory() if item.default is dataclasses.MISSING else item.default
-        rules = RULES[item.name]
-        allowed = "; ".join(
-            _describe_rule(item.name, r) for r in (rules if isinstance(rules, tuple) else (rules,))
-        )
+        rules = item.metadata["rules"]
+        allowed = "; ".join(_describe_rule(item.name, rule) for rule in rules) or "true or false"
         names = " or ".join(
             "null" if t is type(None) else t.__name__
             for t in _allowed_types(_FIELD_TYPES[item.name])
         )
-        docs.append(KeyDoc(item.name, names, default, allowed, item.metadata.get("help", "")))
+        docs.append(KeyDoc(item.name, names, default, allowed, item.metadata["help"]))
     return docs
 
 

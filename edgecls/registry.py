@@ -8,8 +8,8 @@ with a decorator (in the manner of timm's model registry):
     class CosineSchedule: ...
 
 so that the config's allowed values, the CLI's help and the docs all read the names from here,
-and adding one touches one file. The home module is imported on first use, so a registry can be
-consulted by layers below the code it names.
+and adding one touches one file. The home modules are imported on first use, so a registry can
+be consulted by layers below the code it names.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ class Entry:
 class Registry:
     """Names of one kind (`kind` is the config key or option that picks one)."""
 
-    def __init__(self, kind: str, home: str) -> None:
+    def __init__(self, kind: str, *homes: str) -> None:
         self.kind = kind
-        self.home = home
+        self.homes = homes
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, help: str) -> Callable[[T], T]:
@@ -50,7 +50,8 @@ class Registry:
         return add
 
     def entries(self) -> dict[str, Entry]:
-        importlib.import_module(self.home)
+        for home in self.homes:
+            importlib.import_module(home)
         return self._entries
 
     def names(self) -> tuple[str, ...]:
@@ -70,7 +71,7 @@ class Registry:
 
 SCHEDULES = Registry("schedule", "edgecls.training.schedules")
 BATCH_TRANSFORMS = Registry("batch transform", "edgecls.training.mixing")
-AUGMENT_POLICIES = Registry("augment", "edgecls.data.per_image")
-OBJECTIVES = Registry("head", "edgecls.training.losses")
+AUGMENT_POLICIES = Registry("augment", "edgecls.training.augment", "edgecls.data.per_image")
+OBJECTIVES = Registry("objective", "edgecls.training.losses")
 OPTIMIZERS = Registry("optimizer", "edgecls.training.optim")
 EXPORT_FORMATS = Registry("export format", "edgecls.deploy.export")

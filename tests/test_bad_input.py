@@ -651,10 +651,12 @@ def test_there_are_enough_cases():
 # --- the same rules, one level down --------------------------------------------------------------
 
 
-def test_every_config_key_has_a_rule():
-    from edgecls.config import RULES
+def test_every_config_key_is_declared_with_its_help():
+    from edgecls.config import describe_keys
 
-    assert set(RULES) == set(Config.__dataclass_fields__)
+    keys = describe_keys()
+    assert [k.name for k in keys] == list(Config.__dataclass_fields__)
+    assert all(k.help and k.allowed for k in keys), [k.name for k in keys if not k.help]
 
 
 def test_range_message_names_key_range_and_value():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,18 +31,31 @@ from torchvision.transforms import InterpolationMode, v2
 
 from edgecls.data.cache import note_read
 from edgecls.data.splits import WHOLE, ImageSplit, Shard, epoch_order
+from edgecls.registry import AUGMENT_POLICIES
 
 Transform = Callable[[Image.Image], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class PerImagePolicy:
+    """An augmentation policy of timm's PIL ops, run item by item in a DataLoader: `make` turns
+    timm's hparams into the transform."""
+
+    make: Callable[[dict], Callable]
 
 
 # timm's policy strings: AugMix of the paper (severity 3, width 3), AutoAugment's ImageNet policy
 # as timm's `v0r` (`v0` with its posterize fixed: `v0` asks PIL for 0 bits in 2% of the images and
 # raises), RandAugment at magnitude 9 with noise (timm's train.py default).
-POLICIES = {
-    "augmix": lambda hparams: augment_and_mix_transform("augmix-m3-w3", hparams),
-    "autoaugment": lambda hparams: auto_augment_transform("v0r", hparams),
-    "randaugment": lambda hparams: rand_augment_transform("rand-m9-mstd0.5", hparams),
-}
+AUGMENT_POLICIES.register("augmix", "AugMix, severity 3, width 3 (paper 000), per image")(
+    PerImagePolicy(lambda hparams: augment_and_mix_transform("augmix-m3-w3", hparams))
+)
+AUGMENT_POLICIES.register("autoaugment", "AutoAugment's ImageNet policy (paper 003), per image")(
+    PerImagePolicy(lambda hparams: auto_augment_transform("v0r", hparams))
+)
+AUGMENT_POLICIES.register("randaugment", "RandAugment, magnitude 9 with noise, per image")(
+    PerImagePolicy(lambda hparams: rand_augment_transform("rand-m9-mstd0.5", hparams))
+)
 
 
 def per_image_transform(
@@ -66,7 +80,7 @@ def per_image_transform(
     steps += [
         v2.RandomCrop(input_size, padding=input_size // 8, padding_mode="reflect"),
         v2.RandomRotation(max_rotation, interpolation=InterpolationMode.BILINEAR, fill=fill),
-        POLICIES[policy](hparams),
+        AUGMENT_POLICIES[policy].make(hparams),
     ]
     if grayscale:
         steps.append(v2.Grayscale(num_output_channels=1))

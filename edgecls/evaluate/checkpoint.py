@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import torch
@@ -55,7 +57,7 @@ def evaluate_checkpoint(
     model, config = model_from_checkpoint(checkpoint)
     classes = list(checkpoint["classes"])
     if data_root:
-        config.data_root = data_root
+        config = dataclasses.replace(config, data_root=data_root)
     dataset = load_configured_dataset(config, data, progress=progress)
     if dataset.classes != classes:
         unknown = sorted(set(dataset.classes) - set(classes))

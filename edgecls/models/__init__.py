@@ -222,8 +222,7 @@ def load_backbone_weights(backbone: nn.Module, path: Path) -> None:
 
 def model_from_checkpoint(checkpoint: dict) -> tuple[Classifier, Config]:
     """Rebuild the trained model of an edgecls checkpoint (no weights are fetched)."""
-    config = config_from_dict(checkpoint["config"])
-    config.pretrained, config.weights = False, None
+    config = config_from_dict({**checkpoint["config"], "pretrained": False, "weights": None})
     model = create_model(config, len(checkpoint["classes"]))
     model.load_state_dict(checkpoint["model"])
     model.temperature.fill_(checkpoint.get("temperature", 1.0))

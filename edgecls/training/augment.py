@@ -1,16 +1,17 @@
 """Training batches with augmentation.
 
-`basic`, `light` and `none` work on whole batches of in-memory tensors: on a 2-core CPU a
+`basic`, `light`, `crop` and `none` work on whole batches of in-memory tensors: on a 2-core CPU a
 per-image PIL pipeline in worker processes competes with the model for the same cores, while one
 random affine `grid_sample` per batch costs a small fraction of a training step. `augmix` (the
 paper's recipe), `autoaugment` and `randaugment` are per-image work by nature and go through
-timm's policies in a DataLoader.
+timm's policies in a DataLoader (`edgecls.data.per_image`). Each is one registration in
+`AUGMENT_POLICIES`: a tensor policy is a function of (images, generator, config).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,9 @@ from torchvision.transforms.v2 import functional as TF
 from edgecls.config import Config
 from edgecls.data import ImageSplit, to_float
 from edgecls.data.cache import note_read
-from edgecls.data.per_image import POLICIES, per_image_loader
+from edgecls.data.per_image import PerImagePolicy, per_image_loader
 from edgecls.data.splits import WHOLE, Shard, balanced_sample_weights, epoch_order
+from edgecls.registry import AUGMENT_POLICIES
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -99,6 +101,30 @@ def random_resized_crop(
 
 # A short run underfits under `basic`: the same warp without rotation or colour jitter.
 LIGHT = {"max_rotation": 0.0, "scale": (0.95, 1.05), "max_shift": 0.08, "jitter": 0.0}
+
+
+TensorPolicy = Callable[[torch.Tensor, torch.Generator, Config], torch.Tensor]
+
+
+@AUGMENT_POLICIES.register("basic", "flip, crop, small rotation and jitter, on batches")
+def _basic(images: torch.Tensor, generator: torch.Generator, config: Config) -> torch.Tensor:
+    return basic_augment(images, generator, hflip=config.hflip)
+
+
+@AUGMENT_POLICIES.register("light", "flip and a small shift and scale, on batches")
+def _light(images: torch.Tensor, generator: torch.Generator, config: Config) -> torch.Tensor:
+    return basic_augment(images, generator, hflip=config.hflip, **LIGHT)
+
+
+@AUGMENT_POLICIES.register("crop", "random-resized crop of crop_scale and flip (004), on batches")
+def _crop(images: torch.Tensor, generator: torch.Generator, config: Config) -> torch.Tensor:
+    scale = tuple(config.crop_scale)
+    return random_resized_crop(images, generator, hflip=config.hflip, scale=scale)
+
+
+@AUGMENT_POLICIES.register("none", "no augmentation")
+def _none(images: torch.Tensor, generator: torch.Generator, config: Config) -> torch.Tensor:
+    return images
 
 
 def index_batches(
@@ -186,7 +212,8 @@ def _augmented_batches(
     shard: Shard,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     weights = balanced_sample_weights(split.labels) if config.balance == "sampler" else None
-    if config.augment in POLICIES:
+    policy = AUGMENT_POLICIES[config.augment]
+    if isinstance(policy, PerImagePolicy):
         loader = per_image_loader(
             split,
             config.batch_size,
@@ -208,12 +235,5 @@ def _augmented_batches(
         note_read(pixels, split.images)
         if pinned:
             pixels = pixels.pin_memory()
-        images = to_float(pixels.to(device, non_blocking=pinned))
-        if config.augment == "basic":
-            images = basic_augment(images, generator, hflip=config.hflip)
-        elif config.augment == "light":
-            images = basic_augment(images, generator, hflip=config.hflip, **LIGHT)
-        elif config.augment == "crop":
-            scale = tuple(config.crop_scale)
-            images = random_resized_crop(images, generator, hflip=config.hflip, scale=scale)
+        images = policy(to_float(pixels.to(device, non_blocking=pinned)), generator, config)
         yield images, split.labels[index].to(device, non_blocking=pinned)

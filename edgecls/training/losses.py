@@ -25,6 +25,7 @@ from edgecls.models import (
     normalization,
     read_state_dict,
 )
+from edgecls.registry import OBJECTIVES
 
 Objective = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -56,6 +57,9 @@ def kl_to(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return F.kl_div(F.log_softmax(logits.float(), dim=1), target, reduction="batchmean")
 
 
+@OBJECTIVES.register(
+    "cross_entropy", "cross-entropy (with the head's margin and label_smoothing) of one model"
+)
 def single_objective(
     model: Classifier, smoothing: float = 0.0, weight: torch.Tensor | None = None
 ) -> Objective:
@@ -65,6 +69,7 @@ def single_objective(
     return objective
 
 
+@OBJECTIVES.register("mutual", "deep mutual learning of a CE and an AM-Softmax model (000)")
 def mutual_objective(
     fast: Classifier,
     slow: Classifier,
@@ -137,10 +142,8 @@ def build_objective(
 ) -> Objective:
     """The loss the trained models minimise together, as the config asks for it; `weight` is
     the per-class weight of balance=weights."""
-    if config.mutual:
-        objective = mutual_objective(*models, smoothing=config.label_smoothing, weight=weight)
-    else:
-        objective = single_objective(models[0], config.label_smoothing, weight)
+    make = OBJECTIVES["mutual" if config.mutual else "cross_entropy"]
+    objective = make(*models, smoothing=config.label_smoothing, weight=weight)
     if teacher is None:
         return objective
     if config.kd_cache:

@@ -1,8 +1,9 @@
 """Epoch-level learning-rate schedules with linear warmup.
 
-Both schedules answer two questions the training loop asks: which base LR to use for the coming
-epoch (`lr`), and, after the epoch, whether to stop (`step`). Parameter groups are scaled from the
-base LR by the loop, so biases at 2x the LR stay at 2x through warmup and every reduction.
+Every schedule answers two questions the training loop asks: which base LR to use for the coming
+epoch (`lr`), and, after the epoch, whether to stop (`step`). Each is one registration in
+`SCHEDULES`: a function of (config, time budget) that builds it. Parameter groups are scaled
+from the base LR by the loop, so biases at 2x the LR stay at 2x through warmup and every reduction.
 
 ReduceLROnPlateauV2 (paper 000, section 3.2) is written here because no library has it:
 - warmup: epoch e (0-based) of `warmup_epochs` uses lr * (e + 1) / warmup_epochs;
@@ -18,10 +19,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 from edgecls.config import Config
 from edgecls.errors import UserError
+from edgecls.registry import SCHEDULES
 
 
 class _SavedFields:
@@ -302,14 +304,18 @@ class FormulaSchedule(_SavedFields):
         return epoch + 1 >= self.max_epochs
 
 
-Schedule = (
-    ReduceLROnPlateauV2
-    | ReduceLROnPlateau
-    | CosineSchedule
-    | ConstantSchedule
-    | BudgetLinearSchedule
-    | FormulaSchedule
-)
+class Schedule(Protocol):
+    """What the training loop asks of a schedule (and a checkpoint saves)."""
+
+    def lr(self, epoch: int) -> float: ...
+
+    def step(
+        self, epoch: int, train_loss: float, val_top1: float, val_loss: float = math.nan
+    ) -> bool: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def _milestones(config: Config) -> list[int]:
@@ -330,34 +336,15 @@ def create_schedule(config: Config, budget: TimeBudget | None = None) -> Schedul
     plateau schedule's forced decay and the linear decay follow."""
     if not isinstance(config.lr, float):
         raise ValueError(f"resolve the initial LR before scheduling, got {config.lr!r}")
-    if config.schedule == "budget_linear":
-        if budget is None:
-            raise UserError("schedule=budget_linear needs a time_budget (e.g. 5m)")
-        return BudgetLinearSchedule(config.lr, budget, config.warmup_epochs, config.max_epochs)
-    if config.schedule == "constant":
-        return ConstantSchedule(config.lr, config.max_epochs)
-    if config.schedule in ("step", "multistep", "poly", "exp"):
-        return FormulaSchedule(
-            config.schedule,
-            config.lr,
-            config.max_epochs,
-            config.warmup_epochs,
-            gamma=config.lr_gamma,
-            step_epochs=config.lr_step_epochs,
-            milestones=_milestones(config),
-            power=config.lr_power,
-        )
-    if config.schedule == "cosine":
-        return CosineSchedule(config.lr, config.max_epochs, config.warmup_epochs)
-    if config.schedule == "plateau":
-        return ReduceLROnPlateau(
-            config.lr,
-            config.max_epochs,
-            config.warmup_epochs,
-            factor=config.lr_factor,
-            patience=config.patience,
-            min_lr_ratio=config.min_lr_ratio,
-        )
+    return SCHEDULES[config.schedule](config, budget)
+
+
+@SCHEDULES.register(
+    "plateau_v2",
+    "warmup, LR x lr_factor when the training loss stalls, forced "
+    "decay, stop at the minimum LR (paper 000's ReduceLROnPlateauV2)",
+)
+def _plateau_v2(config: Config, budget: TimeBudget | None) -> Schedule:
     return ReduceLROnPlateauV2(
         base_lr=config.lr,
         max_epochs=config.max_epochs,
@@ -368,3 +355,65 @@ def create_schedule(config: Config, budget: TimeBudget | None = None) -> Schedul
         forced_decay_at=config.forced_decay_at,
         budget=budget,
     )
+
+
+@SCHEDULES.register("plateau", "warmup, then torch's ReduceLROnPlateau on the training loss")
+def _plateau(config: Config, budget: TimeBudget | None) -> Schedule:
+    return ReduceLROnPlateau(
+        config.lr,
+        config.max_epochs,
+        config.warmup_epochs,
+        factor=config.lr_factor,
+        patience=config.patience,
+        min_lr_ratio=config.min_lr_ratio,
+    )
+
+
+@SCHEDULES.register("cosine", "warmup, then cosine decay to 0 at max_epochs")
+def _cosine(config: Config, budget: TimeBudget | None) -> Schedule:
+    return CosineSchedule(config.lr, config.max_epochs, config.warmup_epochs)
+
+
+@SCHEDULES.register("constant", "the same LR throughout")
+def _constant(config: Config, budget: TimeBudget | None) -> Schedule:
+    return ConstantSchedule(config.lr, config.max_epochs)
+
+
+@SCHEDULES.register("budget_linear", "warmup, then linear decay to 0 at the end of time_budget")
+def _budget_linear(config: Config, budget: TimeBudget | None) -> Schedule:
+    if budget is None:
+        raise UserError("schedule=budget_linear needs a time_budget (e.g. 5m)")
+    return BudgetLinearSchedule(config.lr, budget, config.warmup_epochs, config.max_epochs)
+
+
+def _formula(kind: str, config: Config) -> Schedule:
+    return FormulaSchedule(
+        kind,
+        config.lr,
+        config.max_epochs,
+        config.warmup_epochs,
+        gamma=config.lr_gamma,
+        step_epochs=config.lr_step_epochs,
+        milestones=_milestones(config),
+        power=config.lr_power,
+    )
+
+
+@SCHEDULES.register("step", "warmup, then LR x lr_gamma every lr_step_epochs")
+def _step(config: Config, budget: TimeBudget | None) -> Schedule:
+    return _formula("step", config)
+
+
+@SCHEDULES.register("multistep", "warmup, then LR x lr_gamma at each of lr_milestones")
+def _multistep(config: Config, budget: TimeBudget | None) -> Schedule:
+    return _formula("multistep", config)
+
+
+@SCHEDULES.register("poly", "warmup, then LR x (1 - progress) ** lr_power")
+def _poly(config: Config, budget: TimeBudget | None) -> Schedule:
+    return _formula("poly", config)
+
+
+@SCHEDULES.register("exp", "warmup, then LR x lr_gamma every epoch")
+def _exp(config: Config, budget: TimeBudget | None) -> Schedule:
+    return _formula("exp", config)
