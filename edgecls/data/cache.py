@@ -37,13 +37,13 @@ FORMAT_VERSION = 1  # part of every fingerprint: a new layout never reads an old
 MEMORY_SHARE = 0.4
 # Growth of the process's mapped file pages between two releases of the maps' pages. Measured,
 # not counted from the bytes read: the kernel maps the neighbours of each page a read faults in,
-# and shuffled 147 KB rows of a 50,000-image map left 2.6 bytes resident per byte read.
+# so shuffled reads leave more resident than they read (tests/test_cache.py checks the release).
 RELEASE_BYTES = 256 * 2**20
 CHUNK = 256  # images decoded between two flushes of the map and its status
 DECODE_THREADS = min(8, os.cpu_count() or 1)  # PIL releases the GIL while it decodes
-# Files per task of the decoding threads into memory: one future per file made 20,000 28 px PNGs
-# take 10.5 s in 2 threads against 6.0 s in one; in tasks of 64, 6.7 s (and large JPEGs still
-# decode in parallel). The disk cache, for large data, keeps one per file: it commits as it goes.
+# Files per task of the decoding threads into memory: with one future per small file, the
+# futures cost more than the decoding; tasks of 64 amortise them (and large JPEGs still decode in
+# parallel). The disk cache, for large data, keeps one per file: it commits as it goes.
 DECODE_CHUNK = 64
 
 PENDING, DECODED, UNREADABLE = 0, 1, 2

@@ -141,7 +141,8 @@ class Decoder:
             self.images, failures = self.disk.build(files, decode_one, self.progress)
         else:
             # Written into one tensor as they come: a list of images stacked at the end, then
-            # split, held 3.2 times the decoded size at its peak (22.8 GB for 7 GB at 224 px).
+            # split, held 3.2 times the decoded size at its peak (`python benchmarks/scaling.py`,
+            # benchmarks/results/scaling_caches_c5fac84.md: 22.8 GiB for 7.0 GiB at 224 px).
             shape = (len(files), channels, self.input_size, self.input_size)
             self.images, failures = torch.empty(shape, dtype=torch.uint8), [None] * len(files)
             with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:

@@ -1,5 +1,6 @@
 """Hooks around the training loop (in the manner of Ultralytics' callbacks): what happens beside
-training (checkpoints, history, progress bars, trial pruning) lives here, not in `Trainer`.
+training lives in callbacks, not in `Trainer`: checkpoints and progress bars here, experiment
+tracking in `tracking.py`, LR-search trial pruning in `lr_search.py`.
 
 A callback overrides the hooks it needs; each gets the trainer, whose `state`, `budget` and
 `models` it may read. A hook may raise to stop the run (a pruned LR-search trial does).
