@@ -12,6 +12,7 @@ Every problem with the input raises `edgecls.EdgeclsError` with the message the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import time
@@ -65,10 +66,8 @@ def configure(
 
         plan = make_plan(data, user_values, started=started)
     config = cfg.build_config(recipe_values, plan.values if plan else {}, user_values)
-    if config.data is None:
-        config.data = cfg.DEFAULT_DATA
-    config.recipe = recipe or "plan"
-    return config, plan
+    data = config.data or cfg.DEFAULT_DATA
+    return dataclasses.replace(config, data=data, recipe=recipe or "plan"), plan
 
 
 @dataclass

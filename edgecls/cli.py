@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import os
@@ -330,7 +331,7 @@ def ablate(args, recipe, stack, leave_one_out, seeds, out_dir, quiet) -> None:
     values = {**cfg.parse_overrides(overrides), **({"data": data} if data else {})}
     base = cfg.build_config(cfg.load_recipe(recipe), values)
     if base.data is None:
-        base.data = cfg.DEFAULT_DATA
+        base = dataclasses.replace(base, data=cfg.DEFAULT_DATA)
     name = Path(recipe).stem
     out_dir = out_dir or Path("runs") / f"ablate-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out_dir.exists() and any(out_dir.iterdir()):

@@ -64,7 +64,7 @@ def holds_run_folders(path: Path) -> bool:
 def _run_names(config: Config, root: Path, prefix: str) -> Iterator[Path]:
     data = Path(config.data or "data").name or "data"
     name = f"{prefix}-{data}-{config.model}" if prefix else f"{data}-{config.model}"
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:100]  # a file name holds 255 bytes
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     yield root / f"{slug}-{stamp}"
     for suffix in itertools.count(2):

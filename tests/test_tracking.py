@@ -49,17 +49,30 @@ def test_mlflow_holds_params_epochs_final_metrics_and_the_run_folder(tracked_run
     assert "export/model.onnx" in exported
 
 
-def test_no_tracker_file_holds_the_storage_password(tracked_run):
-    from conftest import SECRET_PASSWORD
+def test_no_tracker_holds_the_storage_password(tmp_path, monkeypatch):
+    """Params and hparams are built from the config: a storage password must not reach them."""
+    pytest.importorskip("tensorboard", reason="the tracking extra is not installed")
+    pytest.importorskip("mlflow", reason="the tracking extra is not installed")
+    from edgecls.config import build_config
+    from edgecls.training.tracking import MLflowTracker, TensorBoardTracker
 
-    run, folder = tracked_run
-    assert run.config["lr_search_storage"] == "postgresql://bob:***@db.example:5432/studies"
-    written = [path for path in folder.rglob("*") if path.is_file()]
+    monkeypatch.chdir(tmp_path)
+    storage = "postgresql://bob:s3/cr3t@db.example:5432/studies?password=s3cr3t2"
+    config = build_config({"lr_search_storage": storage, "mlflow": True})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    metrics = {"val": {"confusion": [[1]], "classes": ["a"]}, "epochs_trained": 1, "val_top1": 1.0}
+    for tracker in (TensorBoardTracker(run_dir, config), MLflowTracker(run_dir, config)):
+        tracker.finish(run_dir, metrics)
+        tracker.close()
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]
     assert any("tensorboard" in p.parts for p in written) and any(
         p.suffix == ".db" for p in written
     )
     for path in written:
-        assert SECRET_PASSWORD.encode() not in path.read_bytes(), path
+        data = path.read_bytes()
+        assert b"s3/cr3t" not in data and b"s3cr3t2" not in data, path
+    assert any(b"bob:***@db.example" in path.read_bytes() for path in written)
 
 
 def test_a_tracking_uri_is_used_and_a_missing_extra_is_one_line(tmp_path, monkeypatch):

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from edgecls import runs
+from edgecls.console import console
 from edgecls.errors import UserError
+from edgecls.report import escape
 
 SORT_KEYS = ("top1", "top5", "map", "wall_s", "epochs", "latency_ms")
 # Settings that always differ or say nothing about the recipe.
@@ -18,13 +20,24 @@ NOT_SETTINGS = {"data", "data_root", "recipe", "seed", "device", "workers", "eva
 ALWAYS_SHOWN = ("model", "input_size")
 
 
+def _finished(run_dir: Path) -> bool:
+    if (run_dir / "metrics.json").is_file():
+        return True
+    console.print(f"skipped {run_dir}: no metrics.json (training has not finished)", markup=False)
+    return False
+
+
 def _run_row(run_dir: Path) -> dict[str, Any]:
     config = runs.read_config(run_dir)
     metrics_path = run_dir / "metrics.json"
-    if not metrics_path.is_file():
-        raise UserError(f"{run_dir} has no metrics.json: it has not finished training")
     metrics = runs.read_json(metrics_path)
     split = "test" if "test_top1" in metrics else "val"
+    needed = [f"{split}_top1", f"{split}_top5", f"{split}_map", "epochs_trained", "train_seconds"]
+    missing = [key for key in needed if not isinstance(metrics.get(key), (int, float))]
+    if missing:
+        raise UserError(
+            f"{metrics_path} lacks {', '.join(missing)}: not the metrics of a finished run"
+        )
     row: dict[str, Any] = {
         "run": run_dir.name,
         "data": config.get("data"),
@@ -59,6 +72,9 @@ def compare_runs(run_dirs: list[Path], sort: str = "top1") -> tuple[list[dict[st
     folders = [d for d in run_dirs if d.is_dir() and runs.is_run_folder(d)]
     if not folders:
         raise UserError("no run folders among the given paths (a run folder holds config.yaml)")
+    folders = [d for d in folders if _finished(d)]
+    if not folders:
+        raise UserError("none of the given runs has finished training (no metrics.json)")
     rows = [_run_row(d) for d in folders]
     keys = sorted({k for row in rows for k in row["config"]} - NOT_SETTINGS)
     differing = [
@@ -99,9 +115,9 @@ def header(differing: list[str]) -> list[str]:
 
 
 def markdown_table(rows: list[dict[str, Any]], differing: list[str]) -> str:
-    names = header(differing)
-    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-    lines += ["| " + " | ".join(_cells(row, differing)) + " |" for row in rows]
+    table = [header(differing), *(_cells(row, differing) for row in rows)]
+    lines = ["| " + " | ".join(map(escape.markdown, cells)) + " |" for cells in table]
+    lines.insert(1, "|" + "---|" * len(table[0]))
     return "\n".join(lines)
 
 
@@ -111,6 +127,6 @@ def save_comparison(rows: list[dict[str, Any]], differing: list[str], out: Path)
     runs.write_text(markdown, markdown_table(rows, differing) + "\n")
     with open(table, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(header(differing))
-        writer.writerows(_cells(row, differing) for row in rows)
+        writer.writerow(map(escape.csv_cell, header(differing)))
+        writer.writerows(map(escape.csv_cell, _cells(row, differing)) for row in rows)
     return [markdown, table]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecls import runs
+from edgecls.report import escape
 
 CURVES = ("accuracy.png", "loss.png", "lr.png")
 SHOWN_CONFIG = (
@@ -39,11 +40,11 @@ class Page:
 
     def heading(self, text: str) -> None:
         self.html.append(f"<h2>{html.escape(text)}</h2>")
-        self.markdown += [f"## {text}", ""]
+        self.markdown += [f"## {escape.markdown(text)}", ""]
 
     def paragraph(self, text: str) -> None:
         self.html.append(f"<p>{html.escape(text)}</p>")
-        self.markdown += [text, ""]
+        self.markdown += [escape.markdown(text), ""]
 
     def table(self, header: list[str], rows: list[list[Any]]) -> None:
         cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
@@ -53,9 +54,9 @@ class Page:
         )
         self.html.append(f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>")
         self.markdown += [
-            "| " + " | ".join(map(str, header)) + " |",
+            "| " + " | ".join(map(escape.markdown, header)) + " |",
             "|" + "---|" * len(header),
-            *("| " + " | ".join(map(str, row)) + " |" for row in rows),
+            *("| " + " | ".join(map(escape.markdown, row)) + " |" for row in rows),
             "",
         ]
 
@@ -67,7 +68,7 @@ class Page:
             f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{encoded}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
-        self.markdown += [f"![{caption}]({path.name})", ""]
+        self.markdown += [f"![{escape.markdown(caption)}]({path.name})", ""]
 
 
 STYLE = """
@@ -249,5 +250,5 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
     )
     html_path, markdown_path = run_dir / "report.html", run_dir / "report.md"
     runs.write_text(html_path, document)
-    runs.write_text(markdown_path, "\n".join([f"# {title}", "", *page.markdown]))
+    runs.write_text(markdown_path, "\n".join([f"# {escape.markdown(title)}", "", *page.markdown]))
     return html_path, markdown_path

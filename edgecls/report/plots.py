@@ -2,7 +2,7 @@
 
 Figures are built with `matplotlib.figure.Figure` directly rather than pyplot: rendering goes
 through the Agg backend, no display is needed, and no global figure registry can leak memory
-across many runs in one process.
+across many runs in one process. Text is drawn as written (class names may hold `$`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from edgecls.report.escape import drawn_as_plain_text
 
 DPI = 120
 ANNOTATE_MAX_CLASSES = 20
@@ -40,6 +42,7 @@ def _line_axes(title: str, ylabel: str, epochs: list[int]) -> tuple[Figure, Axes
     return fig, ax
 
 
+@drawn_as_plain_text
 def plot_history(history: list[dict], out_dir: Path) -> list[Path]:
     """Write loss.png, accuracy.png and lr.png to `out_dir` so a run can be judged at a glance."""
     if not history:
@@ -85,12 +88,14 @@ def plot_history(history: list[dict], out_dir: Path) -> list[Path]:
     return [loss_path, accuracy_path, lr_path]
 
 
+@drawn_as_plain_text
 def plot_confusion_matrix(
     confusion: list[list[int]], classes: list[str], path: Path, normalize: bool = True
 ) -> Path:
     return _save(confusion_figure(confusion, classes, normalize), Path(path))
 
 
+@drawn_as_plain_text
 def confusion_figure(
     confusion: list[list[int]], classes: list[str], normalize: bool = True
 ) -> Figure:
@@ -142,6 +147,7 @@ def confusion_figure(
     return fig
 
 
+@drawn_as_plain_text
 def plot_lr_range_test(
     lrs: list[float], losses: list[float], suggestion: float, path: Path
 ) -> Path:
@@ -159,6 +165,7 @@ def plot_lr_range_test(
     return _save(fig, path)
 
 
+@drawn_as_plain_text
 def plot_ablation(labels: list[str], top1_percent: list[float], out_dir: Path) -> Path:
     """One bar per ablation row, its mean validation top-1 written on it."""
     fig = Figure(figsize=(7, 0.5 * len(labels) + 1.5), layout="tight")
@@ -176,6 +183,7 @@ def plot_ablation(labels: list[str], top1_percent: list[float], out_dir: Path) -
     return _save(fig, out_dir / "ablation.png")
 
 
+@drawn_as_plain_text
 def plot_reliability(calibration: dict, path: Path) -> Path:
     """Reliability diagrams before and after temperature scaling: accuracy per confidence bin
     against the diagonal a calibrated model follows, with each ECE in the legend."""
@@ -201,6 +209,7 @@ def plot_reliability(calibration: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+@drawn_as_plain_text
 def plot_mistakes(
     images: np.ndarray, true: list[str], predicted: list[str], confidence: list[float], path: Path
 ) -> Path:
