@@ -156,18 +156,8 @@ def make_plan(
     machine = machine or describe_machine()
     if not profile.training_images:  # nothing to plan for: loading the data names the problem
         return Plan({}, {}, [], profile, machine, None)
-    budget, notes = _budget(user, machine)
-    situation = Situation(
-        user=user,
-        profile=profile,
-        machine=machine,
-        budget=budget,
-        budget_seconds=parse_duration(budget) if budget is not None else None,
-        budget_reserve=BUDGET_RESERVE,
-        clock_started=started if started is not None else planning_clock,
-        planning_started=planning_started,
-        notes=notes,
-    )
+    clock_started = started if started is not None else planning_clock
+    situation = _situation(user, profile, machine, BUDGET_RESERVE, clock_started, planning_started)
     if "model" in user or "weights" in user:  # a wrong name or weights file fails here, first
         create_model(build_config(user, {"input_size": 32}), max(2, profile.classes))
     candidates = candidates_for(profile, user)
@@ -175,13 +165,10 @@ def make_plan(
     _allow_a_short_budget(candidates, situation)
     chosen = _choose(candidates, situation)
     values, reasons = _settings(situation, chosen)
-    notes.extend(_notes(situation, chosen, candidates))
+    situation.notes.extend(_notes(situation, chosen, candidates))
     values["eval_batch_size"] = _eval_batch(chosen, machine["free_memory_bytes"], machine["device"])
     give_back_freed_memory()
-    user_keys = sorted(k for k in user if k in Config.__dataclass_fields__)
-    for key in user_keys:
-        values.pop(key, None)
-        reasons[key] = "yours"
+    user_keys = _users_values_win(user, values, reasons)
     return Plan(
         values=values,
         reasons=reasons,
@@ -190,18 +177,48 @@ def make_plan(
         machine=machine,
         budget_seconds=situation.budget_seconds,
         candidates=candidates,
-        notes=notes,
+        notes=situation.notes,
         seconds=round(time.perf_counter() - planning_started, 2),
         chosen=candidates.index(chosen),
     )
 
 
-def _budget(user: dict[str, Any], machine: dict[str, Any]) -> tuple[str | None, list[str]]:
-    """The user's time budget; on a CPU without one, DEFAULT_CPU_BUDGET, with a note saying so."""
-    budget = user.get("time_budget")
+def _situation(
+    user: dict[str, Any],
+    profile: DataProfile,
+    machine: dict[str, Any],
+    budget_reserve: float,
+    clock_started: float,
+    planning_started: float,
+) -> Situation:
+    """The facts the rules read; the budget is the user's or, on a CPU without one,
+    DEFAULT_CPU_BUDGET, with a note saying so."""
+    budget, notes = user.get("time_budget"), []
     if budget is None and machine["device"] == "cpu":
-        return DEFAULT_CPU_BUDGET, [f"no time_budget given on a CPU: {DEFAULT_CPU_BUDGET} applies"]
-    return budget, []
+        budget = DEFAULT_CPU_BUDGET
+        notes.append(f"no time_budget given on a CPU: {DEFAULT_CPU_BUDGET} applies")
+    return Situation(
+        user=user,
+        profile=profile,
+        machine=machine,
+        budget=budget,
+        budget_seconds=parse_duration(budget) if budget is not None else None,
+        budget_reserve=budget_reserve,
+        clock_started=clock_started,
+        planning_started=planning_started,
+        notes=notes,
+    )
+
+
+def _users_values_win(
+    user: dict[str, Any], values: dict[str, Any], reasons: dict[str, str]
+) -> list[str]:
+    """The config keys the user gave: the plan sets none of them, and its reason is "yours"."""
+    user_keys = sorted(k for k in user if k in Config.__dataclass_fields__)
+    for key in user_keys:
+        values.pop(key, None)
+        reasons[key] = "yours"
+    return user_keys
 
 
 # --- choosing the candidate -------------------------------------------------------------------
