@@ -28,9 +28,9 @@ from edgecls.plan import (
     fast_mixed_precision,
     input_sizes,
     make_plan,
-    measure,
     profile_data,
 )
+from edgecls.plan.measure import measure
 from edgecls.training.loop import Trainer
 from edgecls.training.schedules import BudgetLinearSchedule, ReduceLROnPlateauV2, TimeBudget
 
@@ -184,7 +184,7 @@ def test_a_budget_too_small_for_any_model_is_one_line_exit_2(small_grey, tmp_pat
 
 
 def test_a_users_max_epochs_below_a_models_minimum_still_fits(small_grey, monkeypatch):
-    import edgecls.plan as plan_module
+    import edgecls.plan.choose as plan_module
 
     monkeypatch.setitem(plan_module.MIN_EPOCHS, "scratch", 10**6)  # no budget would reach it
     monkeypatch.setattr(plan_module, "MIN_SHORT_EPOCHS", 10**6)
