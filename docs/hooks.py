@@ -16,15 +16,18 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _cell(value: object) -> str:
-    """One table cell: no newlines, no column breaks, backticks kept out of code spans."""
-    text = "" if value is None or value == "" else str(value)
-    text = " ".join(text.split()).replace("\\", "\\\\").replace("|", "\\|").replace("`", "'")
-    return text
+    """One table cell: on one line, with `|`, backticks and `<` escaped so they stay text."""
+    text = "" if value is None else " ".join(str(value).split())
+    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
+    return text.replace("<", "&lt;")
 
 
 def _code(value: object) -> str:
-    text = _cell(value)
-    return f"`{text}`" if text else ""
+    """A cell as code, unless it holds what a code span cannot escape."""
+    text = "" if value is None else " ".join(str(value).split())
+    if not text or "|" in text or "`" in text:
+        return _cell(text)
+    return f"`{text}`"
 
 
 def config_table() -> str:
@@ -50,9 +53,7 @@ def on_files(files, config):
     for path in sorted(RESULTS.glob("*.md")):
         if path.name == "README.md":
             continue
-        files.append(
-            File.generated(config, f"results/{path.name}", abs_src_path=str(path))
-        )
+        files.append(File.generated(config, f"results/{path.name}", abs_src_path=str(path)))
     return files
 
 
