@@ -1,8 +1,6 @@
 """The plan step: choices from the data, the machine and the budget; the budget-aware schedule."""
 
 import json
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -204,19 +202,29 @@ def test_plan_prints_and_exits_without_training(small_grey, tmp_path, monkeypatc
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.fixture
+def steady_machine(monkeypatch):
+    """The plan's timings injected, not measured: a training step takes 20 ms and an image 0.2 ms
+    to decode however busy the machine is, so what the plan chooses does not depend on the
+    machine's speed. (The wall time of a budgeted run is a benchmark: benchmarks/budget.py.)"""
+    import edgecls.plan.measure as measured
+
+    monkeypatch.setattr(measured, "_step_seconds", lambda train_step, mixed, least: 0.02)
+    monkeypatch.setattr(measured, "decode_seconds", lambda files, input_size: 0.0002)
+
+
 @pytest.mark.slow
-def test_a_planned_run_saves_its_plan_and_keeps_the_budget(small_grey, tmp_path):
-    run = tmp_path / "run"
-    command = ["train", str(small_grey), "--run-dir", str(run), "--quiet", "time_budget=25s"]
-    started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "edgecls", *command], capture_output=True)
-    wall = time.monotonic() - started
-    assert result.returncode == 0, result.stderr.decode()
+def test_a_planned_run_saves_its_plan_and_keeps_the_budget(small_grey, tmp_path, steady_machine):
+    import edgecls
+
+    trained = edgecls.train(
+        str(small_grey), run_dir=tmp_path / "run", progress=False, time_budget="25s"
+    )
+    run = trained.run_dir
     plan = json.loads((run / "plan.json").read_text())
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert plan["budget_seconds"] == 25 and config["model"] == plan["values"]["model"]
     assert config["schedule"] == BUDGET_SCHEDULE
-    assert wall <= 25 * 1.05, f"the 25 s budget took {wall:.1f} s"
     assert (run / "best.pt").is_file() and (run / "metrics.json").is_file()
 
 
