@@ -209,3 +209,101 @@ def test_shuffled_reads_keep_at_most_the_release_size_of_a_map_resident(tmp_path
         cache_module.note_read(batch, images)
         peak = max(peak, cache_module.mapped_resident_bytes() - before)
     assert peak < 10 * 2**20, f"{peak / 2**20:.1f} MB resident with 8 MB between releases"
+
+
+# --- reliability of the disk cache ----------------------------------------------------------------
+
+
+def test_an_edited_image_with_its_size_and_time_kept_gives_a_new_fingerprint(tmp_path):
+    image = tmp_path / "a.bmp"  # BMP: the same size in bytes for any pixels of one shape
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(image)
+    stat = image.stat()
+    before = cache_module.fingerprint([image], 16, False)
+    Image.fromarray(np.full((40, 40, 3), 9, dtype=np.uint8)).save(image)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert image.stat().st_size == stat.st_size and image.stat().st_mtime_ns == stat.st_mtime_ns
+    assert cache_module.fingerprint([image], 16, False) != before
+
+
+def test_a_file_unreadable_once_is_decoded_when_it_reads_again(folder, tmp_path, monkeypatch):
+    flaky = folder / "class2" / "5.png"
+    real = loader.decode_file
+
+    def fails_on_flaky(file, **kwargs):
+        if file == flaky:
+            return loader.BadImageError(file, "temporarily unreadable")
+        return real(file, **kwargs)
+
+    monkeypatch.setattr(loader, "decode_file", fails_on_flaky)
+    first = load(folder, "disk", tmp_path / "cache")
+    assert str(flaky) in [path for path, _ in first.skipped]
+    monkeypatch.setattr(loader, "decode_file", real)
+    again = load(folder, "disk", tmp_path / "cache")
+    (split,) = [s for s in (again.train, again.val) if str(flaky) in s.sources]
+    row = split.images[split.sources.index(str(flaky))]
+    assert row[2].min() == 255, "the row holds the image, not the zeros of its failed read"
+
+
+def test_a_map_larger_than_the_free_space_is_refused_before_it_is_written(tmp_path):
+    import psutil
+
+    free = psutil.disk_usage(str(tmp_path)).free
+    with pytest.raises(cache_module.UserError, match="needs .* GB more .* cache=memory"):
+        cache_module.open_map(tmp_path / "images.u8", (free + 2**30,), create=True)
+    assert not (tmp_path / "images.u8").exists() or (tmp_path / "images.u8").stat().st_size == 0
+
+
+def test_the_space_check_counts_the_subsets_too(folder, tmp_path, monkeypatch):
+    import psutil
+
+    real = psutil.disk_usage
+    images_bytes = 61 * 3 * 16 * 16
+    room = images_bytes + images_bytes // 2  # the images fit; their train/val copies would not
+    monkeypatch.setattr(
+        psutil, "disk_usage", lambda path: real(path)._replace(free=room)
+    )  # fmt: skip
+    with pytest.raises(cache_module.UserError, match="needs"):
+        load(folder, "disk", tmp_path / "cache")
+
+
+def test_a_second_process_waits_for_a_subset_being_written(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "entry"
+    folder.mkdir()
+    images = cache_module.open_map(folder / "images.u8", (40, 1, 8, 8), create=True)
+    images[:] = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1)
+    images._edgecls_map.flush()
+    rows = [3, 1, 4, 15, 9, 26]
+    script = (
+        "import sys, torch; from pathlib import Path; import edgecls.data.cache as c\n"
+        f"folder = Path({str(folder)!r})\n"
+        "images = c.open_map(folder / 'images.u8', (40, 1, 8, 8))\n"
+        f"subset = c.take_rows(images, {rows}, folder)\n"
+        "print(subset[:, 0, 0, 0].tolist())\n"
+    )
+    with cache_module._locked(folder):  # as a process writing the subset holds it
+        other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert other.poll() is None, "the second process did not wait for the lock"
+    output, _ = other.communicate(timeout=60)
+    assert other.returncode == 0 and output.strip() == str(rows)
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("rows-"))[0].endswith(".u8")
+
+
+def test_the_cache_lists_its_entries_and_removes_only_what_it_wrote(folder, tmp_path):
+    load(folder, "disk", tmp_path / "cache")
+    load_dataset(
+        str(folder), input_size=8, progress=False, cache="disk", cache_dir=str(tmp_path / "cache")
+    )
+    mine = tmp_path / "cache" / "notes"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    entries = cache_module.list_cache(tmp_path / "cache")
+    assert len(entries) == 2 and all(e.images == 61 and e.bytes > 0 for e in entries)
+    assert entries[0].last_used <= entries[1].last_used
+    assert all(cache_module.remove_entry(entry) for entry in entries)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["notes"]
+    assert (mine / "keep.txt").read_text() == "mine"

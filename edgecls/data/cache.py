@@ -9,11 +9,15 @@ memory does not grow with the dataset; the kernel keeps them in its page cache w
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import mmap
 import os
+import re
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +35,8 @@ from edgecls.data.images import BadImageError
 from edgecls.errors import UserError
 
 CACHE_MODES = ("auto", "memory", "disk")
-FORMAT_VERSION = 1  # part of every fingerprint: a new layout never reads an old file
+FORMAT_VERSION = 2  # part of every fingerprint: a new layout never reads an old file
+SAMPLE_BLOCK = 4096  # bytes per block of a file's content in its fingerprint
 # `cache=auto` decodes into memory when the images take less than this share of the free memory
 # (training needs the rest: models, activations, the batch pipeline).
 MEMORY_SHARE = 0.4
@@ -69,17 +74,38 @@ def choose_cache(mode: str, count: int, channels: int, input_size: int) -> str:
     return "memory" if decoded_bytes(count, channels, input_size) < MEMORY_SHARE * free else "disk"
 
 
+def content_sample(file: Path) -> bytes:
+    """The bytes a fingerprint reads of a file: all of a small one; of a large one, blocks at its
+    start, middle and end (an edited image changes its header, its checksum or its length). A
+    file that cannot be read gives its error: decoding will skip it and say why."""
+    try:
+        handle = open(file, "rb")  # noqa: SIM115 (closed below)
+    except OSError as error:
+        return f"unreadable: {error.errno}".encode()
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size <= 3 * SAMPLE_BLOCK:
+            return handle.read()
+        blocks = []
+        for offset in (0, size // 2, size - SAMPLE_BLOCK):
+            handle.seek(offset)
+            blocks.append(handle.read(SAMPLE_BLOCK))
+        return b"".join(blocks)
+
+
 def fingerprint(
     files: list[Path], input_size: int, grayscale: bool, boxes: dict[Path, tuple] | None = None
 ) -> str:
-    """What the decoded pixels depend on: each file's path, size and modification time (a changed
-    file gives a new fingerprint), its box, the input size and the channels."""
+    """What the decoded pixels depend on: each file's path, size, modification time and sampled
+    content (a changed file gives a new fingerprint, even with its size and time kept), its box,
+    the input size and the channels."""
     digest = hashlib.sha256(f"v{FORMAT_VERSION} {input_size} {grayscale}\n".encode())
     boxes = boxes or {}
     for file in files:
         stat = file.stat()
         digest.update(os.fsencode(os.path.abspath(file)))
         digest.update(f" {stat.st_size} {stat.st_mtime_ns} {boxes.get(file)}\n".encode())
+        digest.update(hashlib.sha256(content_sample(file)).digest())
     return digest.hexdigest()[:24]
 
 
@@ -154,12 +180,39 @@ def mapped_subset(images: torch.Tensor, rows: list[int] | np.ndarray) -> torch.T
     return take_rows(images, rows, images._edgecls_folder)
 
 
+def _too_little_space(folder: Path, needed: int) -> UserError:
+    free = psutil.disk_usage(str(folder)).free
+    return UserError(
+        f"the image cache needs {needed / 2**30:.1f} GB more in {folder}, {free / 2**30:.1f} GB "
+        "are free: set cache_dir=FOLDER elsewhere or cache=memory"
+    )
+
+
+def _reserve(path: Path, size: int) -> None:
+    """The file at `size` bytes with its blocks allocated now: a full disk is a clear error here,
+    not a SIGBUS (exit 135, no message) when a page of the map is first written."""
+    with open(path, "wb") as handle:
+        try:
+            if size:
+                os.posix_fallocate(handle.fileno(), 0, size)
+            return
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                handle.truncate(0)
+                raise _too_little_space(path.parent, size) from None
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+        if size > psutil.disk_usage(str(path.parent)).free:  # no fallocate: checked, not held
+            raise _too_little_space(path.parent, size)
+        handle.truncate(size)
+
+
 def open_map(path: Path, shape: tuple[int, ...], create: bool = False) -> torch.Tensor:
-    """A uint8 tensor of `shape` backed by the file at `path` (created at its full size)."""
+    """A uint8 tensor of `shape` backed by the file at `path` (created at its full size, its
+    space reserved on the disk)."""
     size = int(np.prod(shape))
     if create:
-        with open(path, "wb") as handle:
-            handle.truncate(size)
+        _reserve(path, size)
     with open(path, "r+b") as handle:
         mapping = mmap.mmap(handle.fileno(), size) if size else None
     if mapping is None:
@@ -231,12 +284,32 @@ class DiskCache:
             failures: list[BadImageError | None] = [None] * len(files)
             if pending:
                 self._decode_into(files, pending, decode_one, images, status, failures, progress)
-            for i in np.flatnonzero(status.numpy() == UNREADABLE).tolist():
-                if failures[i] is None:  # found by an earlier build: decoded again for its reason
-                    failure = decode_one(files[i])
-                    failures[i] = failure if isinstance(failure, BadImageError) else None
+            self._decode_again(files, decode_one, images, status, failures)
             (self.folder / "complete.json").write_text(json.dumps({"images": len(files)}))
+            (self.folder / "last_used").write_text(f"{time.time():.0f}\n")
         return images, failures
+
+    def _decode_again(
+        self,
+        files: list[Path],
+        decode_one: Callable[[Path], torch.Tensor | BadImageError],
+        images: torch.Tensor,
+        status: torch.Tensor,
+        failures: list[BadImageError | None],
+    ) -> None:
+        """Files an earlier build could not read, read again: for the reason they are skipped,
+        or, now readable, decoded into their row (never left to train as a black image)."""
+        readable = []
+        for i in np.flatnonzero(status.numpy() == UNREADABLE).tolist():
+            if failures[i] is not None:  # failed in this very build
+                continue
+            image = decode_one(files[i])
+            if isinstance(image, BadImageError):
+                failures[i] = image
+            else:
+                images[i] = image
+                readable.append(i)
+        self._commit(images, status, readable)
 
     def _decode_into(
         self,
@@ -282,35 +355,98 @@ class DiskCache:
         release_pages()
 
     def _check_space(self) -> None:
+        """Room for everything the run writes here: the images, and the train and validation
+        subsets copied beside them (at most another copy). Each file reserves its own part."""
         if self.complete or (self.folder / "status.u8").is_file():
             return
-        needed = int(np.prod(self.shape))
-        free = psutil.disk_usage(str(self.folder)).free
-        if needed > free:
-            raise UserError(
-                f"the image cache needs {needed / 2**30:.1f} GB in {self.folder}, "
-                f"{free / 2**30:.1f} GB are free: set cache_dir=FOLDER elsewhere or cache=memory"
-            )
+        needed = 2 * int(np.prod(self.shape))
+        if needed > psutil.disk_usage(str(self.folder)).free:
+            raise _too_little_space(self.folder, needed)
 
 
 def take_rows(images: torch.Tensor, rows: list[int] | np.ndarray, folder: Path) -> torch.Tensor:
     """`images[rows]` copied into a map of its own in `folder`, chunk by chunk (never all in
-    memory); named after the rows, so the same subset is written once."""
+    memory); named after the rows, so the same subset is written once. Written under the cache's
+    lock into a temporary file renamed when complete: a second process (a DDP rank, an LR-search
+    worker) waits and maps the finished file, never truncates one being written."""
     rows = [int(r) for r in rows]
     if not rows:
         return torch.empty((0, *images.shape[1:]), dtype=torch.uint8)
     name = hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
     shape = (len(rows), *images.shape[1:])
-    path, done = folder / f"rows-{name}.u8", folder / f"rows-{name}.done"
-    subset = open_map(path, shape, create=not done.is_file())
-    if not done.is_file():
-        for start in range(0, len(rows), CHUNK):
-            index = torch.as_tensor(rows[start : start + CHUNK])
-            subset[start : start + len(index)] = images[index]
-            release_pages()
-        subset._edgecls_map.flush()
-        done.touch()
-    return subset
+    path = folder / f"rows-{name}.u8"
+    with _locked(folder):
+        if not path.is_file():
+            partial = folder / f"rows-{name}.u8.partial"
+            subset = open_map(partial, shape, create=True)
+            for start in range(0, len(rows), CHUNK):
+                index = torch.as_tensor(rows[start : start + CHUNK])
+                subset[start : start + len(index)] = images[index]
+                release_pages()
+            subset._edgecls_map.flush()
+            os.replace(partial, path)
+            return subset
+    return open_map(path, shape)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One fingerprint's folder in the cache: what `edgecls cache` lists and may remove."""
+
+    folder: Path
+    bytes: int
+    images: int | None  # None: a build that did not finish
+    last_used: float  # seconds since the epoch
+
+
+def _is_entry(folder: Path) -> bool:
+    """A folder this cache wrote: a fingerprint's name holding its status map."""
+    return (
+        folder.is_dir()
+        and re.fullmatch(r"[0-9a-f]{24}", folder.name) is not None
+        and (folder / "status.u8").is_file()
+    )
+
+
+def list_cache(cache_dir: str | Path | None = None) -> list[CacheEntry]:
+    """The cache's entries, least recently used first."""
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    entries = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if not _is_entry(folder):
+            continue
+        files = [f for f in folder.iterdir() if f.is_file()]
+        complete = folder / "complete.json"
+        used = folder / "last_used"
+        entries.append(
+            CacheEntry(
+                folder,
+                sum(f.stat().st_size for f in files),
+                json.loads(complete.read_text())["images"] if complete.is_file() else None,
+                float(used.read_text())
+                if used.is_file()
+                else max(f.stat().st_mtime for f in files),
+            )
+        )
+    return sorted(entries, key=lambda entry: entry.last_used)
+
+
+def remove_entry(entry: CacheEntry) -> bool:
+    """Delete one entry unless a run is writing it (its lock is held; a run reading it keeps its
+    open maps, which outlive the files); only the files this cache writes are removed, and the
+    folder only when nothing else is in it. False: in use, left alone."""
+    with open(entry.folder / "lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        for file in entry.folder.iterdir():
+            if re.fullmatch(r"images\.u8|status\.u8|complete\.json|last_used|rows-.*", file.name):
+                file.unlink()
+    (entry.folder / "lock").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # something else was put there: left with it
+        entry.folder.rmdir()
+    return True
 
 
 def decode_in_threads(
