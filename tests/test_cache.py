@@ -307,3 +307,13 @@ def test_the_cache_lists_its_entries_and_removes_only_what_it_wrote(folder, tmp_
     assert all(cache_module.remove_entry(entry) for entry in entries)
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["notes"]
     assert (mine / "keep.txt").read_text() == "mine"
+
+
+def test_processes_of_one_machine_share_the_memory_that_auto_allows(monkeypatch):
+    import psutil
+
+    available = psutil.virtual_memory().available
+    count = int(0.3 * available) // (3 * 16 * 16)  # 30% of the free memory, under the 40% share
+    assert choose_cache("auto", count, 3, 16) == "memory"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks: 60% in all
+    assert choose_cache("auto", count, 3, 16) == "disk"

@@ -67,11 +67,14 @@ def decoded_bytes(count: int, channels: int, input_size: int) -> int:
 
 
 def choose_cache(mode: str, count: int, channels: int, input_size: int) -> str:
-    """memory or disk: `auto` keeps the decoded images in memory while they fit comfortably."""
+    """memory or disk: `auto` keeps the decoded images in memory while they fit comfortably. The
+    processes of a DDP run on this machine (torchrun's LOCAL_WORLD_SIZE) each hold their own
+    copy: each gets its part of the share."""
     if mode != "auto":
         return mode
-    free = psutil.virtual_memory().available
-    return "memory" if decoded_bytes(count, channels, input_size) < MEMORY_SHARE * free else "disk"
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    share = MEMORY_SHARE * psutil.virtual_memory().available / processes
+    return "memory" if decoded_bytes(count, channels, input_size) < share else "disk"
 
 
 def content_sample(file: Path) -> bytes:

@@ -315,10 +315,10 @@ class Trainer:
             tried = f" after {len(previous.rollbacks)} rollback(s)" if previous.rollbacks else ""
             raise Diverged(f"training diverged at epoch {epoch + 1} ({reason}){tried}")
         last = self.run_dir / "last.pt" if self.run_dir is not None else None
-        self.restore(
-            runs.load_checkpoint(last) if last and last.is_file() else self.start,
-            with_budget=False,
-        )
+        saved = runs.load_checkpoint(last) if self.world.main and last and last.is_file() else None
+        # Rank 0's checkpoint on every rank: on several machines only its folder holds last.pt.
+        saved = self.world.share(saved)
+        self.restore(saved if saved is not None else self.start, with_budget=False)
         self.state.lr_scale = previous.lr_scale * self.config.lr_factor
         self.state.rollbacks = [
             *previous.rollbacks,
