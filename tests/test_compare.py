@@ -54,3 +54,26 @@ def test_compare_command_takes_a_folder_of_runs_and_saves_the_table(two_runs, tm
     assert bad.exit_code == 2 and "no run folders" in bad.output
     bad = CliRunner().invoke(main, ["compare", str(two_runs), "--sort", "speed"])
     assert bad.exit_code == 2 and "unknown sort key" in bad.output
+
+
+def test_an_unfinished_run_is_skipped_and_said_and_bad_metrics_are_one_line(two_runs, tmp_path):
+    import json
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(two_runs / "plain", root / "finished")
+    (root / "unfinished").mkdir()
+    for name in ("config.yaml", "history.csv"):  # a run stopped before its end
+        shutil.copy(two_runs / "plain" / name, root / "unfinished" / name)
+    result = CliRunner().invoke(main, ["compare", str(root), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.stderr and "unfinished" in result.stderr
+    assert "finished" in (tmp_path / "out" / "compare.md").read_text()
+
+    metrics = json.loads((root / "finished" / "metrics.json").read_text())
+    del metrics["val_top5"]
+    (root / "finished" / "metrics.json").write_text(json.dumps(metrics))
+    result = CliRunner().invoke(main, ["compare", str(root), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "val_top5" in line
