@@ -66,7 +66,7 @@ LOST_A_PROCESS = (
 )
 
 
-def configure(
+def _configure(
     data: str | None,
     recipe: str | None,
     user_values: dict[str, Any],
@@ -259,7 +259,7 @@ def train(
     user_values = _typed(overrides)
     with messages_off(not (progress if messages is None else messages)):
         config, plan = world.share(
-            configure(data, recipe, user_values, started) if world.main else None
+            _configure(data, recipe, user_values, started) if world.main else None
         )
         if plan is not None and world.main and (plan_console is not None or progress):
             show_plan(plan, plan_console or console)
@@ -346,7 +346,7 @@ def plan_run(
         EdgeclsError: Bad data or settings, or a recipe given.
     """
     overrides = {**(settings or {}), **overrides}
-    _, plan = configure(data, recipe, _typed(overrides), started)
+    _, plan = _configure(data, recipe, _typed(overrides), started)
     if plan is None:
         raise UserError("--plan plans a run for DATA without a recipe")
     return plan
