@@ -562,7 +562,8 @@ def lr_find(
     out_dir = Path(out_dir) if out_dir else runs.auto_run_dir(config, prefix="lr-find")
     runs.check_folder_writable(out_dir)
     config = shared_storage(config, out_dir, workers)
-    shared = {k: v for k, v in overrides.items() if k != "lr_search_storage"}  # in their env
+    # The workers get the storage URL in their environment: `ps` shows command lines.
+    shared = {k: v for k, v in overrides.items() if k != "lr_search_storage"}
     command = ["lr-find", *([data] if data else []), *_pairs(shared)]
     command += _options(method=method, quiet=True, recipe=recipe, model=model)
     with run_workers(command, out_dir, workers - 1, storage_url(config)):

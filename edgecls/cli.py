@@ -1,4 +1,5 @@
-"""The `edgecls` command line: parses arguments and calls the library, nothing more."""
+"""The `edgecls` command line: parses the options, calls the matching `edgecls.api` function and
+prints what it returns (tables for the console); every decision is the API's."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
@@ -17,6 +18,9 @@ from rich.table import Table
 from edgecls import config as cfg
 from edgecls import runs
 from edgecls.errors import UserError
+
+if TYPE_CHECKING:
+    from edgecls.api import Run
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -99,7 +103,8 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in options.items() if value is not None}
 
 
-def _print_summary(run: Any) -> None:
+def _print_summary(run: Run) -> None:
+    """The end of `edgecls train`: the run's summary as a table."""
     table = Table(title="edgecls train: best checkpoint", show_header=False)
     for label, value in run.summary():
         table.add_row(label, value)
