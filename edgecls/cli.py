@@ -1,14 +1,14 @@
-"""The `edgecls` command line: parses arguments and calls the library, nothing more."""
+"""The `edgecls` command line: parses the options, calls the matching `edgecls.api` function and
+prints what it returns (tables for the console); every decision is the API's."""
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import functools
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
@@ -18,7 +18,9 @@ from rich.table import Table
 from edgecls import config as cfg
 from edgecls import runs
 from edgecls.errors import UserError
-from edgecls.redact import redact
+
+if TYPE_CHECKING:
+    from edgecls.api import Run
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -91,49 +93,21 @@ def _split_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
     return (data[0] if data else None), [a for a in args if "=" in a]
 
 
-def _without_option(argv: list[str], option: str) -> list[str]:
-    """`argv` less `option VALUE` or `option=VALUE`."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == option:
-            skip = True
-        elif not arg.startswith(f"{option}="):
-            kept.append(arg)
-    return kept
+def _settings(pairs: list[str]) -> dict[str, str]:
+    """key=value pairs as the API's settings, as text: the API types them (YAML)."""
+    return dict(pair.partition("=")[::2] for pair in pairs)
 
 
-def _print_summary(metrics: dict, run_dir: Path) -> None:
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    """The options that were given (a None default is an option not given)."""
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def _print_summary(run: Run) -> None:
+    """The end of `edgecls train`: the run's summary as a table."""
     table = Table(title="edgecls train: best checkpoint", show_header=False)
-    table.add_row("best epoch", f"{metrics['best_epoch']} of {metrics['epochs_trained']} trained")
-    table.add_row("stopped early", "yes" if metrics["stopped_early"] else "no (max epochs)")
-    for split in ("val", "test"):
-        if f"{split}_top1" in metrics:
-            table.add_row(
-                f"{split} top-1 / top-5 / mAP",
-                f"{metrics[f'{split}_top1']:.2%} / {metrics[f'{split}_top5']:.2%} / "
-                f"{metrics[f'{split}_map']:.4f}",
-            )
-            table.add_row(
-                f"{split} balanced accuracy",
-                f"{metrics[split]['balanced_accuracy']:.2%} (mean per-class recall)",
-            )
-    if metrics.get("balance", "none") != "none":
-        table.add_row("class balance", str(metrics["balance"]))
-    for rollback in metrics["rollbacks"]:
-        table.add_row(
-            f"rollback at epoch {rollback['epoch']}",
-            f"{rollback['reason']}; back to epoch {rollback['resumed_from_epoch']}, "
-            f"LR x {rollback['lr_scale']:g}",
-        )
-    for resumed in metrics["resumes"]:
-        changes = ", ".join(f"{k}={redact(v)}" for k, v in resumed["overrides"].items())
-        table.add_row(f"resumed after epoch {resumed['epoch']}", changes or "as saved")
-    table.add_row("training time", f"{metrics['train_seconds']:.0f} s")
-    if metrics["skipped_files"]:
-        table.add_row("skipped files", f"{metrics['skipped_files']} (see skipped_files.txt)")
-    table.add_row("run folder", str(run_dir))
+    for label, value in run.summary():
+        table.add_row(label, value)
     out.print(table)
 
 
@@ -166,67 +140,36 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, nproc, **o
     DATA is a folder (train/ val/ [test/] of class folders, or just class folders), a CSV/TXT
     list of path,label, or a built-in name (digits, mnist5k, fashion-mnist, cifar10, ...).
     """
-    from edgecls.api import configure
-    from edgecls.plan.table import plan_tables
-    from edgecls.training import distributed
-    from edgecls.training import train as run_training
+    from edgecls import api
 
-    if nproc and nproc > 1 and not plan_only and not distributed.under_torchrun():
-        sys.exit(distributed.launch(nproc, _without_option(sys.argv[1:], "--nproc")))
     started = runs.process_started()
-    world = distributed.join()
-    data, overrides = _split_args(args)
-    plan = None
+    data, pairs = _split_args(args)
+    given = _given(options)
+    common = {"progress": not quiet, "messages": True, "nproc": nproc, "started": started}
     if resume:
-        if data or recipe or any(v is not None for v in options.values()) or run_dir:
+        if data or recipe or given or run_dir:
             raise UserError(
                 "--resume continues a run with its saved config; only key=value overrides of "
                 f"{', '.join(cfg.RESUME_KEYS)} may be added"
             )
-        config, changed = cfg.resume_config(
-            runs.read_config(resume), cfg.parse_overrides(overrides)
-        )
-        run_dir = resume
+        run = api.resume(resume, settings=_settings(pairs), **common)
+    elif plan_only:
+        settings = {**_settings(pairs), **given}
+        api.show_plan(api.plan_run(data, recipe, started=started, settings=settings), out)
+        return
     else:
-        cli_values = {k: v for k, v in options.items() if v is not None}
-        if "lr" in cli_values:
-            cli_values["lr"] = cfg.parse_overrides([f"lr={cli_values['lr']}"])["lr"]
-        user_values = {**cfg.parse_overrides(overrides), **cli_values}
-        if world.main:  # the others wait for its plan
-            config, plan = configure(data, recipe, user_values, started)
-        config, plan = world.share((config, plan) if world.main else None)
-        if plan is not None and plan.candidates and world.main:
-            for table in plan_tables(plan):
-                out.print(table)
-        if plan_only:
-            if plan is None:
-                raise UserError("--plan plans a run for DATA without a recipe")
-            return
-        changed = {}
-    try:
-        run = run_training(
-            config,
-            run_dir,
-            resume=resume is not None,
+        settings = {**_settings(pairs), **given}
+        run = api.train(
+            data,
+            recipe,
+            run_dir=run_dir,
             overwrite=overwrite,
-            resume_overrides=changed,
-            progress=not quiet,
-            started=started,
-            plan=plan.to_dict() if plan else None,
-            world=world,
+            plan_console=out,
+            settings=settings,
+            **common,
         )
-    except RuntimeError as error:
-        if not distributed.lost_a_process(error):
-            raise
-        if world.main:
-            err.print(
-                "error: another training process of this run stopped; the last checkpoint is "
-                "intact: continue with edgecls train --resume RUN_FOLDER",
-                highlight=False,
-            )
-        sys.exit(1)
-    if world.main:
-        _print_summary(run.metrics, run.run_dir)
+    if run is not None:
+        _print_summary(run)
 
 
 @main.command("lr-find", context_settings={"ignore_unknown_options": True})
@@ -256,32 +199,21 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, nproc, **o
 @user_errors
 def lr_find(args, recipe, model, method, out_dir, workers, worker_index, quiet) -> None:
     """Estimate the initial learning rate for DATA alone: range test, TPE or grid search."""
-    from edgecls.data import load_configured_dataset
-    from edgecls.training.lr_search import run_workers, search_lr, shared_storage, storage_url
+    from edgecls import api
 
-    data, overrides = _split_args(args)
-    layers = [cfg.load_recipe(recipe) if recipe else {}, cfg.parse_overrides(overrides)]
-    layers.append(
-        {"lr": method, **({"model": model} if model else {}), **({"data": data} if data else {})}
+    data, pairs = _split_args(args)
+    found = api.lr_find(
+        data,
+        recipe,
+        model=model,
+        method=method,
+        out_dir=out_dir,
+        workers=workers,
+        worker_index=worker_index,
+        progress=not quiet,
+        settings=_settings(pairs),
     )
-    config = cfg.build_config(*layers)
-    if config.data is None:
-        raise UserError("lr-find needs DATA (or a recipe that names one)")
-    if workers > 1 and method == "range":
-        raise UserError("--workers runs trials in parallel: use it with --method tpe or grid")
-    out_dir = out_dir or runs.auto_run_dir(config, prefix="lr-find")
-    runs.check_folder_writable(out_dir)
-    config = shared_storage(config, out_dir, workers)
-    arguments = [a for a in args if not a.startswith("lr_search_storage=")]
-    command = ["lr-find", *arguments, "--method", method, "--quiet"]
-    command += [*(["--recipe", recipe] if recipe else []), *(["--model", model] if model else [])]
-    storage = storage_url(config)
-    with run_workers(
-        command, out_dir, workers - 1, storage
-    ):  # they start while this one loads the data
-        dataset = load_configured_dataset(config, progress=not quiet)
-        result = search_lr(config, dataset, out_dir, progress=not quiet, worker=worker_index)
-    runs.write_json(out_dir / "lr_search.json", result.to_dict())
+    result = found.result
     if result.trials:
         table = Table(title=f"LR search ({result.method})")
         for column in ("trial", "lr", "state", "best val top-1", "epochs"):
@@ -292,7 +224,7 @@ def lr_find(args, recipe, model, method, out_dir, workers, worker_index, quiet) 
         out.print(table)
     out.print(
         f"suggested lr: {result.lr:.4g} ({result.method}, {result.seconds:.0f} s); "
-        f"details in {out_dir}",
+        f"details in {found.out_dir}",
         highlight=False,
     )
 
@@ -321,26 +253,21 @@ def lr_find(args, recipe, model, method, out_dir, workers, worker_index, quiet) 
 def ablate(args, recipe, stack, leave_one_out, seeds, out_dir, quiet) -> None:
     """Train RECIPE on DATA with tricks added one at a time (or left out one at a time) and
     print the table; key=value settings apply to every row (e.g. max_epochs=30)."""
-    import time
+    from edgecls import api
 
-    from edgecls.ablate import ablate as run_ablation
-    from edgecls.ablate import parse_stack
-
-    data, overrides = _split_args(args)
-    tricks = parse_stack(stack)
-    values = {**cfg.parse_overrides(overrides), **({"data": data} if data else {})}
-    base = cfg.build_config(cfg.load_recipe(recipe), values)
-    if base.data is None:
-        base = dataclasses.replace(base, data=cfg.DEFAULT_DATA)
-    name = Path(recipe).stem
-    out_dir = out_dir or Path("runs") / f"ablate-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise UserError(f"{out_dir} is not empty: name another --out")
-    run_ablation(
-        base, name, tricks, out_dir, leave_one_out=leave_one_out, seeds=seeds, progress=not quiet
+    data, pairs = _split_args(args)
+    ablation = api.ablate(
+        recipe,
+        stack,
+        data,
+        leave_one_out=leave_one_out,
+        seeds=seeds,
+        out_dir=out_dir,
+        progress=not quiet,
+        settings=_settings(pairs),
     )
-    out.print((out_dir / "ablation.md").read_text(), highlight=False, markup=False)
-    out.print(f"wrote {out_dir}/ablation.md, ablation.csv, ablation.png", highlight=False)
+    out.print(ablation.markdown, highlight=False, markup=False)
+    out.print(f"wrote {ablation.out_dir}/ablation.md, ablation.csv, ablation.png", highlight=False)
 
 
 @main.command("check-data")
@@ -353,19 +280,19 @@ def ablate(args, recipe, stack, leave_one_out, seeds, out_dir, quiet) -> None:
 @user_errors
 def check_data(data, input_size, grayscale, val_fraction, data_root, seed) -> None:
     """Show what was found in DATA, per split and class, and every problem."""
-    from edgecls.data import describe, load_dataset
+    from edgecls import api
 
-    dataset = load_dataset(
+    check = api.check_data(
         data,
         input_size=input_size,
         grayscale=grayscale,
         val_fraction=val_fraction,
         seed=seed,
         data_root=data_root,
-        strict=False,
+        progress=True,
     )
-    out.print(describe(dataset), highlight=False, markup=False)
-    if dataset.fatal:
+    out.print(check.text, highlight=False, markup=False)
+    if not check.ok:
         sys.exit(2)
 
 
@@ -388,19 +315,11 @@ def check_data(data, input_size, grayscale, val_fraction, data_root, seed) -> No
 @user_errors
 def compare(run_dirs, sort, out_dir) -> None:
     """A table of runs (folders, or folders of runs like runs/), sorted by a metric."""
-    from edgecls.report.compare import compare_runs, markdown_table, save_comparison
+    from edgecls import api
 
-    folders = []
-    for path in run_dirs:
-        if path.is_dir() and not runs.is_run_folder(path) and runs.holds_run_folders(path):
-            folders += sorted(child for child in path.iterdir() if runs.is_run_folder(child))
-        else:
-            folders.append(path)
-    runs.check_folder_writable(out_dir)
-    rows, differing = compare_runs(folders, sort)
-    out.print(markdown_table(rows, differing), highlight=False, markup=False, soft_wrap=True)
-    saved = save_comparison(rows, differing, out_dir)
-    out.print(f"saved {' and '.join(map(str, saved))}", highlight=False, markup=False)
+    comparison = api.compare(run_dirs, sort=sort, out_dir=out_dir)
+    out.print(comparison.markdown, highlight=False, markup=False, soft_wrap=True)
+    out.print(f"saved {' and '.join(map(str, comparison.saved))}", highlight=False, markup=False)
 
 
 @main.command("eval")
@@ -437,14 +356,10 @@ def evaluate(
     model, data, split, out_dir, data_root, corruptions, reference, corruption_images
 ) -> None:
     """Top-1, top-5, mAP, per-class table, confusion matrix of MODEL (run or .pt) on DATA."""
+    from edgecls import api
     from edgecls.evaluate import format_metrics
-    from edgecls.evaluate.checkpoint import evaluate_checkpoint
 
-    if out_dir:
-        runs.check_folder_writable(out_dir)
-    if reference is not None and not corruptions:
-        raise UserError("--reference is the model mCE is relative to: add --corruptions")
-    split_name, metrics, saved = evaluate_checkpoint(
+    evaluation = api.evaluate(
         model,
         data,
         split=split,
@@ -454,16 +369,14 @@ def evaluate(
         reference=reference,
         corruption_images=corruption_images,
     )
-    out.print(
-        format_metrics(metrics, title=f"{data} ({split_name})"), highlight=False, markup=False
-    )
-    if corruptions:
-        result = runs.read_json(saved / "robustness.json")
-        out.print(result["summary"], highlight=False, markup=False)
-        for name, row in result["corruptions"].items():
+    title = f"{data} ({evaluation.split})"
+    out.print(format_metrics(evaluation.metrics, title=title), highlight=False, markup=False)
+    if evaluation.robustness is not None:
+        out.print(evaluation.robustness["summary"], highlight=False, markup=False)
+        for name, row in evaluation.robustness["corruptions"].items():
             cells = " ".join(f"{100 * t:5.1f}" for t in row["top1"])
             out.print(f"  {name:<15} top-1 % at severity 1-5: {cells}", highlight=False)
-    out.print(f"saved to {saved}", highlight=False, markup=False)
+    out.print(f"saved to {evaluation.out_dir}", highlight=False, markup=False)
 
 
 @main.command()
@@ -474,15 +387,9 @@ def evaluate(
 @user_errors
 def predict(model, inputs, top_k, csv_path) -> None:
     """Top-k labels with probabilities for images or folders of images."""
-    from edgecls.deploy.predict import predict_images, write_predictions_csv
+    from edgecls import api
 
-    if csv_path:
-        runs.check_folder_writable(csv_path.parent)
-    predictions, skipped = predict_images(model, list(inputs), top_k)
-    if not predictions:
-        path, reason = skipped[0]
-        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-        raise UserError(f"none of the given images could be read: {path}: {reason}{more}")
+    predictions, skipped = api.predict(model, inputs, top_k=top_k, csv_path=csv_path)
     for p in predictions:
         labels = ", ".join(
             f"{lab} {prob:.1%}" for lab, prob in zip(p.labels, p.probabilities, strict=True)
@@ -491,7 +398,6 @@ def predict(model, inputs, top_k, csv_path) -> None:
     for path, reason in skipped:
         err.print(f"skipped {path}: {reason}", highlight=False, markup=False)
     if csv_path:
-        write_predictions_csv(predictions, csv_path)
         out.print(f"wrote {csv_path}", highlight=False, markup=False)
 
 
@@ -530,13 +436,19 @@ def export(
     model, fmt, precision, int8, out_dir, data, calibration_size, seed, opset, max_drop
 ) -> None:
     """Export MODEL (run folder or .pt) for a runtime, checked against the checkpoint."""
-    from edgecls.deploy.export import export_model, report_lines
+    from edgecls import api
+    from edgecls.deploy.export import report_lines
 
-    if out_dir:
-        runs.check_folder_writable(out_dir)
-    precision = "int8" if int8 else precision
-    report = export_model(
-        model, fmt, precision, out_dir, data, calibration_size, seed, opset, max_drop
+    report = api.export(
+        model,
+        fmt,
+        "int8" if int8 else precision,
+        out_dir=out_dir,
+        data=data,
+        calibration_size=calibration_size,
+        seed=seed,
+        opset=opset,
+        max_drop=max_drop,
     )
     for line in report_lines(report):
         out.print(line, highlight=False, markup=False)
@@ -598,33 +510,23 @@ def bench(
 ):
     """Parameters, GFLOPs, size, memory, latency and FPS of MODELS (timm names, checkpoints,
     exported files) per backend and precision, and the fastest within --max-drop."""
-    from edgecls.deploy.bench import (
-        bench_model,
-        check_choices,
-        fastest_lines,
-        format_table,
-        installed_backends,
-        save_rows,
-    )
+    from edgecls import api
+    from edgecls.deploy.bench import format_table
 
-    backends = backends or ",".join(installed_backends())
-    check_choices(backends.split(","), precisions.split(","))
-    runs.check_folder_writable(out_path.parent)
-    rows = []
-    for spec in models:
-        err.print(f"benchmarking {spec} ...", highlight=False, markup=False)
-        rows += bench_model(
-            spec,
-            backends.split(","),
-            precisions.split(","),
-            input_size,
-            batch,
-            repeats,
-            warmup,
-            num_classes,
-        )
-    out.print(format_table(rows), highlight=False, markup=False)
-    for line in fastest_lines(rows, max_drop):
+    benchmark = api.bench(
+        models,
+        input_size=input_size,
+        batch=batch,
+        backends=backends.split(",") if backends else None,
+        precisions=precisions.split(","),
+        max_drop=max_drop,
+        repeats=repeats,
+        warmup=warmup,
+        num_classes=num_classes,
+        out_path=out_path,
+    )
+    out.print(format_table(benchmark.rows), highlight=False, markup=False)
+    for line in benchmark.fastest:
         out.print(line, highlight=False, markup=False)
-    csv_path, json_path = save_rows(rows, out_path)
+    csv_path, json_path = benchmark.saved
     out.print(f"saved {csv_path} and {json_path}", highlight=False, markup=False)
