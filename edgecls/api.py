@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from edgecls.ablate import Row
+    from edgecls.data.cache import CacheEntry
     from edgecls.deploy.bench import BenchRow
     from edgecls.deploy.export import ExportReport
     from edgecls.evaluate.metrics import Metrics
@@ -873,6 +874,49 @@ def bench(
             spec, backends, list(precisions), input_size, batch, repeats, warmup, num_classes
         )
     return Benchmark(rows, fastest_lines(rows, max_drop), save_rows(rows, Path(out_path)))
+
+
+def config_keys(pattern: str | None = None) -> list[cfg.KeyDoc]:
+    """Every config key (or those whose name contains `pattern`) with its type, default, allowed
+    values and help: what `key=value` accepts, read from the one declaration of each key.
+
+    Args:
+        pattern: A part of a key's name, e.g. `lr` or `mix`; None lists every key.
+
+    Returns:
+        The keys in declaration order.
+    """
+    return [key for key in cfg.describe_keys() if pattern is None or pattern in key.name]
+
+
+def cache_entries(cache_dir: str | Path | None = None) -> list[CacheEntry]:
+    """The entries of the disk image cache (one per dataset, input size and channels decoded),
+    least recently used first.
+
+    Args:
+        cache_dir: The cache's folder; None: `$EDGECLS_CACHE_DIR` or `~/.cache/edgecls/images`.
+    """
+    from edgecls.data.cache import list_cache
+
+    return list_cache(cache_dir)
+
+
+def clean_cache(
+    cache_dir: str | Path | None = None, older_than_days: float = 0.0
+) -> tuple[list[CacheEntry], list[CacheEntry]]:
+    """Remove the disk cache's entries not used for `older_than_days` days (0: all of them). A
+    removed entry is decoded again by the next run that needs it; only files the cache wrote are
+    deleted, and an entry a run is writing is left alone.
+
+    Returns:
+        The entries removed, and those left because a run was writing them.
+    """
+    from edgecls.data.cache import remove_entry
+
+    cutoff = time.time() - older_than_days * 86400
+    old = [entry for entry in cache_entries(cache_dir) if entry.last_used <= cutoff]
+    removed = [entry for entry in old if remove_entry(entry)]
+    return removed, [entry for entry in old if entry not in removed]
 
 
 def _predict(predictor: Predictor, images: Any, top_k: int = 5) -> list[Prediction]:

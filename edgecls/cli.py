@@ -7,6 +7,7 @@ import difflib
 import functools
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -135,7 +136,8 @@ def _print_summary(run: Run) -> None:
 )
 @user_errors
 def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, nproc, **options) -> None:
-    """Train on DATA (default: the built-in digits) with optional key=value overrides.
+    """Train on DATA (default: the built-in digits) with optional key=value overrides
+    (`edgecls keys` lists them).
 
     DATA is a folder (train/ val/ [test/] of class folders, or just class folders), a CSV/TXT
     list of path,label, or a built-in name (digits, mnist5k, fashion-mnist, cifar10, ...).
@@ -294,6 +296,62 @@ def check_data(data, input_size, grayscale, val_fraction, data_root, seed) -> No
     out.print(check.text, highlight=False, markup=False)
     if not check.ok:
         sys.exit(2)
+
+
+@main.command()
+@click.argument("pattern", required=False)
+@user_errors
+def keys(pattern) -> None:
+    """The config keys that key=value sets (those whose name holds PATTERN): type, default,
+    allowed values and what each does."""
+    from edgecls import api
+
+    table = Table(show_lines=False)
+    for column in ("key", "type", "default", "allowed", "what it does"):
+        table.add_column(column, overflow="fold")
+    for key in api.config_keys(pattern):
+        table.add_row(key.name, key.type, repr(key.default), key.allowed, key.help)
+    out.print(table, markup=False, highlight=False)
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "cache_dir",
+    type=click.Path(path_type=Path),
+    help="Default: $EDGECLS_CACHE_DIR or ~/.cache/edgecls/images.",
+)
+@click.option("--clean", is_flag=True, help="Remove entries (decoded again when next needed).")
+@click.option(
+    "--older-than",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="With --clean: only entries unused for this many days.",
+)
+@user_errors
+def cache(cache_dir, clean, older_than) -> None:
+    """List the disk image cache's entries (one per dataset and input size), or remove them."""
+    from edgecls import api
+
+    if clean:
+        removed, busy = api.clean_cache(cache_dir, older_than)
+        freed = sum(entry.bytes for entry in removed) / 2**30
+        out.print(f"removed {len(removed)} cache entries, {freed:.2f} GB", highlight=False)
+        for entry in busy:
+            err.print(f"left {entry.folder}: a run is writing it", markup=False, highlight=False)
+        return
+    table = Table()
+    for column in ("entry", "images", "GB", "last used"):
+        table.add_column(column)
+    entries = api.cache_entries(cache_dir)
+    for entry in entries:
+        images = "unfinished" if entry.images is None else str(entry.images)
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used))
+        table.add_row(str(entry.folder), images, f"{entry.bytes / 2**30:.2f}", used)
+    out.print(table, markup=False, highlight=False)
+    total = sum(entry.bytes for entry in entries) / 2**30
+    out.print(f"{len(entries)} entries, {total:.2f} GB", highlight=False)
 
 
 @main.command()

@@ -317,3 +317,16 @@ def test_processes_of_one_machine_share_the_memory_that_auto_allows(monkeypatch)
     assert choose_cache("auto", count, 3, 16) == "memory"
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks: 60% in all
     assert choose_cache("auto", count, 3, 16) == "disk"
+
+
+def test_edgecls_cache_lists_and_cleans(folder, tmp_path):
+    load(folder, "disk", tmp_path / "cache")
+    listed = CliRunner().invoke(main, ["cache", "--dir", str(tmp_path / "cache")])
+    assert listed.exit_code == 0 and "1 entries" in listed.output
+    kept = CliRunner().invoke(
+        main, ["cache", "--dir", str(tmp_path / "cache"), "--clean", "--older-than", "30"]
+    )
+    assert "removed 0" in kept.output and len(list((tmp_path / "cache").iterdir())) == 1
+    cleaned = CliRunner().invoke(main, ["cache", "--dir", str(tmp_path / "cache"), "--clean"])
+    assert cleaned.exit_code == 0 and "removed 1" in cleaned.output
+    assert not list((tmp_path / "cache").iterdir())

@@ -82,3 +82,14 @@ def test_a_validated_config_is_never_changed():
 def test_list_defaults_are_not_shared_between_configs():
     first, second = Config(), Config()
     assert first.crop_scale == second.crop_scale and first.crop_scale is not second.crop_scale
+
+
+def test_edgecls_keys_lists_the_declarations(halving_schedule):
+    from click.testing import CliRunner
+
+    from edgecls.cli import main
+
+    result = CliRunner().invoke(main, ["keys", "schedule"])
+    assert result.exit_code == 0, result.output
+    assert "plateau_v2" in result.output and "halving" in result.output
+    assert "the learning-rate schedule" in result.output
