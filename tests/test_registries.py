@@ -92,4 +92,4 @@ def test_edgecls_keys_lists_the_declarations(halving_schedule):
     result = CliRunner().invoke(main, ["keys", "schedule"])
     assert result.exit_code == 0, result.output
     assert "plateau_v2" in result.output and "halving" in result.output
-    assert "the learning-rate schedule" in result.output
+    assert "learning-rate" in result.output
