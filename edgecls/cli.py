@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from rich.table import Table
 
 from edgecls import config as cfg
 from edgecls import runs
+from edgecls.console import user_error_line
 from edgecls.errors import UserError
 
 if TYPE_CHECKING:
@@ -29,9 +29,10 @@ err = Console(stderr=True, soft_wrap=True)
 
 def fail(message: str) -> NoReturn:
     """How every bad input ends: one line on stderr (as plain text, not markup), exit status 2;
-    under torchrun, from rank 0 only (every rank meets the same problem)."""
-    if os.environ.get("RANK", "0") == "0":
-        err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    under torchrun, said once for the run (`console.user_error_line`)."""
+    line = user_error_line(message)
+    if line is not None:
+        err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
     sys.exit(2)
 
 

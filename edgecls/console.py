@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -17,6 +18,8 @@ from rich.progress import (
 )
 
 console = Console(stderr=True)
+# Where the processes of a local DDP launch leave the message of a user error for the launcher.
+ERRORS_DIR_ENV = "EDGECLS_ERRORS_DIR"
 
 
 @contextmanager
@@ -59,3 +62,18 @@ def messages_off(off: bool = True) -> Iterator[None]:
         yield
     finally:
         console.quiet = before
+
+
+def user_error_line(message: str) -> str | None:
+    """What this process prints for a user error. Rank 0 (or a process alone) prints it. Another
+    rank of a local launch leaves it for the launcher, which prints it when rank 0 did not meet
+    the same problem; under an outside torchrun it prints it, naming itself."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        return message
+    folder = os.environ.get(ERRORS_DIR_ENV)
+    if folder and os.path.isdir(folder):
+        with open(os.path.join(folder, f"rank-{rank}.txt"), "w") as handle:
+            handle.write(message)
+        return None
+    return f"(process {rank}) {message}"

@@ -122,3 +122,26 @@ def test_two_processes_train_one_run_that_survives_a_dead_rank(tmp_path):
     assert checked.exit_code == 0, checked.output
     exported = CliRunner().invoke(main, ["export", str(run), "--format", "onnx"])
     assert exported.exit_code == 0, exported.output
+
+
+def test_a_user_error_met_only_by_another_process_is_said(tmp_path):
+    """A process other than rank 0 prints its error naming itself under an outside torchrun, or
+    leaves it for `--nproc`'s launcher, which prints it when rank 0 did not meet it."""
+    import os
+    import subprocess
+    import sys
+
+    from edgecls.training.distributed import _errors_of_other_ranks
+
+    fail = "from edgecls.cli import fail; fail('no such folder: /data')"
+    env = {**os.environ, "RANK": "1"}
+    env.pop("EDGECLS_ERRORS_DIR", None)
+    alone = subprocess.run([sys.executable, "-c", fail], env=env, capture_output=True, text=True)
+    assert alone.returncode == 2
+    assert alone.stderr.strip() == "error: (process 1) no such folder: /data"
+    env["EDGECLS_ERRORS_DIR"] = str(tmp_path)
+    left = subprocess.run([sys.executable, "-c", fail], env=env, capture_output=True, text=True)
+    assert left.returncode == 2 and left.stderr == ""
+    assert _errors_of_other_ranks(str(tmp_path), 2) == [
+        "error: (process 1 of 2) no such folder: /data"
+    ]

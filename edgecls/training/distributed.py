@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,6 +27,7 @@ import torch.distributed.nn as distributed_nn
 from timm.layers import BatchNormAct2d, convert_sync_batchnorm
 
 from edgecls.config import STORAGE_ENV
+from edgecls.console import ERRORS_DIR_ENV
 from edgecls.data.splits import Shard
 from edgecls.errors import UserError
 
@@ -197,6 +199,17 @@ def _synchronised(kind: type) -> type:
     return type(f"Synchronised{kind.__name__}", (_SynchronisedStatistics, kind), {})
 
 
+def _errors_of_other_ranks(folder: str, nproc: int) -> list[str]:
+    """The user errors that processes other than rank 0 left in `folder`, once each."""
+    lines: dict[str, str] = {}
+    for rank in range(1, nproc):
+        path = os.path.join(folder, f"rank-{rank}.txt")
+        if os.path.isfile(path):
+            with open(path) as handle:
+                lines.setdefault(handle.read(), f"(process {rank} of {nproc})")
+    return [f"error: {where} {message}" for message, where in lines.items()]
+
+
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run `python -m edgecls ARGV` in `nproc` processes under torchrun on this machine; its
     exit status (a failed rank's own status when one fails: its message is already printed)."""
@@ -218,11 +231,18 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     )
     config, entrypoint, entry_args = config_from_args(args)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    errors = tempfile.TemporaryDirectory(prefix="edgecls-errors-")
+    os.environ[ERRORS_DIR_ENV] = errors.name
     try:
         elastic_launch(config, entrypoint)(*entry_args)
     except ChildFailedError as failed:
         rank, first = failed.get_first_failure()
-        if first.exitcode == USER_ERROR_STATUS:  # every rank met it; rank 0 said what
+        if first.exitcode == USER_ERROR_STATUS:
+            said = (
+                failed.failures.get(0) is not None and failed.failures[0].exitcode == first.exitcode
+            )
+            for line in [] if said else _errors_of_other_ranks(errors.name, nproc):
+                print(line, file=sys.stderr)  # rank 0 did not say it: the rank that met it did
             return USER_ERROR_STATUS
         how = (
             f"was killed ({first.signal_name()})"
