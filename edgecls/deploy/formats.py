@@ -58,7 +58,7 @@ class ExportJob:
     folder: Path
     opset: int = DEFAULT_OPSET
     calibration: torch.Tensor | None = None  # INT8: uint8 training images (N, C, S, S)
-    validation: ImageSplit | None = None  # INT8 with max_drop: what NNCF measures top-1 on
+    validation: ImageSplit | None = None  # checked on; INT8 with max_drop: NNCF measures on it
     max_drop: float | None = None  # INT8: points of top-1 it may lose against FP32
 
     @property

@@ -125,17 +125,16 @@ def evaluate_best(
     """Load the run's best.pt into `model` and evaluate it on validation (and test); fit its
     temperature on validation and store it in best.pt, so eval, predict and every export give
     calibrated probabilities. Writes metrics.json (with the run's `facts`) and the plots."""
+
+    def measure(split: ImageSplit, name: str) -> tuple[torch.Tensor, Metrics]:
+        confusion = run_dir / f"confusion_{name}.png"
+        return evaluate_split(
+            model, split.images, split.labels, dataset.classes, confusion, batch_size, channels_last
+        )
+
     best = runs.load_checkpoint(run_dir / "best.pt")
     model.load_state_dict(best["model"])
-    val_logits, val = evaluate_split(
-        model,
-        dataset.val.images,
-        dataset.val.labels,
-        dataset.classes,
-        run_dir / "confusion_val.png",
-        batch_size,
-        channels_last,
-    )
+    val_logits, val = measure(dataset.val, "val")
     temperature = fit_temperature(val_logits, dataset.val.labels)
     best["temperature"] = temperature
     runs.save_checkpoint(best, run_dir / "best.pt")
@@ -156,9 +155,18 @@ def evaluate_best(
     scored, scored_logits = dataset.val, val_logits
     if dataset.test is not None and len(dataset.test.labels):
         scored = dataset.test
-        scored_logits = _evaluate_test(
-            model, dataset, run_dir, temperature, metrics, calibration, batch_size, channels_last
+        scored_logits, test = measure(dataset.test, "test")
+        calibration["test"] = reliability(scored_logits, scored.labels).to_dict()
+        calibration["test_calibrated"] = reliability(
+            scored_logits / temperature, scored.labels
+        ).to_dict()
+        metrics.update(
+            test_top1=test.top1,
+            test_top5=test.top5,
+            test_map=test.map,
+            test_balanced_accuracy=test.balanced_accuracy,
         )
+        metrics["test"] = test.to_dict()
     metrics["calibration"] = calibration
     metrics["mistakes"] = confident_mistakes(
         scored, scored_logits / temperature, dataset.classes, run_dir
@@ -166,41 +174,6 @@ def evaluate_best(
     runs.write_json(run_dir / "metrics.json", metrics)
     plot_reliability(calibration, run_dir / "reliability.png")
     return metrics
-
-
-def _evaluate_test(
-    model: nn.Module,
-    dataset: Dataset,
-    run_dir: Path,
-    temperature: float,
-    metrics: dict[str, Any],
-    calibration: dict[str, Any],
-    batch_size: int,
-    channels_last: bool,
-) -> torch.Tensor:
-    """The test split's metrics and reliability added to `metrics` and `calibration`; its
-    logits returned."""
-    test_logits, test = evaluate_split(
-        model,
-        dataset.test.images,
-        dataset.test.labels,
-        dataset.classes,
-        run_dir / "confusion_test.png",
-        batch_size,
-        channels_last,
-    )
-    calibration["test"] = reliability(test_logits, dataset.test.labels).to_dict()
-    calibration["test_calibrated"] = reliability(
-        test_logits / temperature, dataset.test.labels
-    ).to_dict()
-    metrics.update(
-        test_top1=test.top1,
-        test_top5=test.top5,
-        test_map=test.map,
-        test_balanced_accuracy=test.balanced_accuracy,
-    )
-    metrics["test"] = test.to_dict()
-    return test_logits
 
 
 MISTAKES_SHOWN = 12
