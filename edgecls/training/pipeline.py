@@ -159,6 +159,7 @@ def _train_in(
     plan: dict[str, Any] | None,
     world: World,
 ) -> dict[str, Any]:
+    """`train` in its claimed folder, in every process; rank 0 alone writes and evaluates."""
     dataset = dataset or load_configured_dataset(config, progress=progress)
     config = resolve_balance(config, dataset)
     checkpoint = _resumed_checkpoint(run_dir, resume, dataset)
