@@ -453,8 +453,8 @@ def test_timm_folder_loads_in_plain_timm_with_the_checkpoints_logits(run_dir, tm
 
 def test_timm_format_refuses_what_plain_timm_cannot_build(tmp_path):
     from edgecls.config import build_config
-    from edgecls.deploy.hub import export_timm
     from edgecls.deploy.runtime import ModelInfo
+    from edgecls.deploy.timm_folder import export_timm
     from edgecls.errors import UserError
     from edgecls.models import create_model
 

@@ -293,7 +293,7 @@ def test_a_rollback_keeps_the_time_it_spent_and_a_resume_restores_it():
     split = ImageSplit(images, torch.arange(8) % 2, [""] * 8)
     dataset = Dataset("tiny", ["a", "b"], split, split, None, [], [], False)
     config = build_config({**ONE_MODEL, "input_size": 32, "grayscale": True, "lr": 0.01})
-    trainer = Trainer(config, dataset, train_seconds=100.0)
+    trainer = Trainer(config, dataset, budget_seconds=100.0)
     trainer.budget.record(0, 10.0)
     saved = trainer.checkpoint()
     trainer.budget.record(1, 10.0)

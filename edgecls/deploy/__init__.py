@@ -1,1 +1,1 @@
-"""Using trained models: prediction now, export and benchmarks to come."""
+"""Using trained models: prediction, export in the registered formats, checks and benchmarks."""

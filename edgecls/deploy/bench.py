@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import itertools
 import statistics
 import tempfile
 import threading
@@ -29,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from edgecls import runs
 from edgecls.data import ImageSplit, load_configured_dataset
-from edgecls.deploy.export import (
+from edgecls.deploy.formats import (
     export_onnx,
     export_openvino,
     quantize_int8,
@@ -248,6 +249,9 @@ def _top1(predictor: Predictor, split: ImageSplit) -> float:
     return float((predictor.predict_proba(images).argmax(1) == labels).mean())
 
 
+EXPORTED_SUFFIXES = (".onnx", ".xml", ".tflite", ".param")
+
+
 def bench_model(
     spec: str,
     backends: list[str],
@@ -262,27 +266,8 @@ def bench_model(
     gets each export's top-1 drop on its validation images."""
     check_choices(backends, precisions)
     path = Path(spec)
-    if path.is_file() and path.suffix in (".onnx", ".xml", ".tflite", ".param"):
-        with PeakMemory() as memory:
-            predictor = load_predictor(path)
-            info = predictor.info
-            pixels = np.random.rand(batch, info.channels, info.input_size, info.input_size)
-            pixels = pixels.astype(np.float32)
-            latency = time_runs(lambda: predictor.run(pixels), repeats, warmup)
-        return [
-            BenchRow(
-                path.name,
-                predictor.backend,
-                info.precision,
-                info.input_size,
-                batch,
-                None,
-                None,
-                latency,
-                1000 * batch / latency,
-                peak_memory_mb=memory.peak_mb,
-            )
-        ]
+    if path.is_file() and path.suffix in EXPORTED_SUFFIXES:
+        return [bench_exported(path, batch, repeats, warmup)]
     model, info = _torch_model(spec, input_size, num_classes)
     size = info.input_size
     example = torch.rand(batch, info.channels, size, size)
@@ -299,48 +284,93 @@ def bench_model(
     rows = []
     folder = tempfile.TemporaryDirectory()
     exports = _Exports(model, info, Path(folder.name), calibration)
-    for backend in backends:
-        for precision in precisions:
-            if precision not in BACKEND_PRECISIONS[backend]:
-                continue
-            if precision == "bf16" and not cpu_has_bf16():
-                continue  # OpenVINO would silently run FP32
-            drop = None
-            if backend == "torch":
-                channels_last = model.to(memory_format=torch.channels_last)
-                pixels = example.contiguous(memory_format=torch.channels_last)
-
-                @torch.inference_mode()
-                def run(m=channels_last, x=pixels):
-                    return m(x)
-
-                with PeakMemory() as memory:
-                    latency = time_runs(run, repeats, warmup)
-            else:
-                exports.path(backend, precision)  # converted before memory is counted
-                with PeakMemory() as memory:
-                    exported = exports.predictor(backend, precision)
-                    pixels = example.numpy()
-                    latency = time_runs(lambda p=exported, x=pixels: p.run(x), repeats, warmup)
-                if data is not None:
-                    drop = 100 * (reference - _top1(exported, data[1]))
-            rows.append(
-                BenchRow(
-                    name,
-                    backend,
-                    precision,
-                    size,
-                    batch,
-                    params,
-                    gflops,
-                    latency,
-                    1000 * batch / latency,
-                    None if backend == "torch" else exports.file_mb(backend, precision),
-                    memory.peak_mb,
-                    drop if backend != "torch" else (0.0 if data is not None else None),
-                )
+    for backend, precision in itertools.product(backends, precisions):
+        if precision not in BACKEND_PRECISIONS[backend]:
+            continue
+        if precision == "bf16" and not cpu_has_bf16():
+            continue  # OpenVINO would silently run FP32
+        if backend == "torch":
+            latency, peak_mb = _time_torch(model, example, repeats, warmup)
+            file_mb, drop = None, (0.0 if data is not None else None)
+        else:
+            exported, latency, peak_mb = _time_export(
+                exports, backend, precision, example, repeats, warmup
             )
+            file_mb = exports.file_mb(backend, precision)
+            drop = 100 * (reference - _top1(exported, data[1])) if data is not None else None
+        rows.append(
+            BenchRow(
+                name,
+                backend,
+                precision,
+                size,
+                batch,
+                params,
+                gflops,
+                latency,
+                1000 * batch / latency,
+                file_mb,
+                peak_mb,
+                drop,
+            )
+        )
     return rows
+
+
+def bench_exported(path: Path, batch: int, repeats: int, warmup: int) -> BenchRow:
+    """An exported file, timed on its own runtime (loading it counts towards its memory)."""
+    with PeakMemory() as memory:
+        predictor = load_predictor(path)
+        info = predictor.info
+        pixels = np.random.rand(batch, info.channels, info.input_size, info.input_size)
+        pixels = pixels.astype(np.float32)
+        latency = time_runs(lambda: predictor.run(pixels), repeats, warmup)
+    return BenchRow(
+        path.name,
+        predictor.backend,
+        info.precision,
+        info.input_size,
+        batch,
+        None,
+        None,
+        latency,
+        1000 * batch / latency,
+        peak_memory_mb=memory.peak_mb,
+    )
+
+
+def _time_torch(
+    model: nn.Module, example: torch.Tensor, repeats: int, warmup: int
+) -> tuple[float, float]:
+    """Median latency (ms) and peak memory (MB) of the PyTorch model, channels-last."""
+    channels_last = model.to(memory_format=torch.channels_last)
+    pixels = example.contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def run() -> torch.Tensor:
+        return channels_last(pixels)
+
+    with PeakMemory() as memory:
+        latency = time_runs(run, repeats, warmup)
+    return latency, memory.peak_mb
+
+
+def _time_export(
+    exports: _Exports,
+    backend: str,
+    precision: str,
+    example: torch.Tensor,
+    repeats: int,
+    warmup: int,
+) -> tuple[Predictor, float, float]:
+    """The export in its runtime, its median latency (ms) and the memory (MB) loading and
+    running it added; the conversion happens before memory is counted."""
+    exports.path(backend, precision)
+    with PeakMemory() as memory:
+        exported = exports.predictor(backend, precision)
+        pixels = example.numpy()
+        latency = time_runs(lambda: exported.run(pixels), repeats, warmup)
+    return exported, latency, memory.peak_mb
 
 
 def format_table(rows: list[BenchRow]) -> str:

@@ -1,5 +1,6 @@
-"""`edgecls export`: a trained checkpoint to ONNX, OpenVINO IR (FP32, FP16, INT8), TorchScript,
-TFLite (FP32, INT8), ncnn or Core ML (FP32, FP16; the last three in deploy/mobile.py), checked.
+"""`edgecls export`: a trained checkpoint written in one of the EXPORT_FORMATS (ONNX, OpenVINO IR,
+TorchScript and timm's folder in deploy/formats.py and deploy/timm_folder.py, TFLite, ncnn and
+Core ML in deploy/mobile.py), then checked against the checkpoint.
 
 The exported graph holds the normalization and a softmax, takes float32 pixels in [0, 1] with a
 dynamic batch dimension, and has its metadata (classes, input size, preprocessing) in a JSON file
@@ -13,58 +14,37 @@ disagrees is reported loudly.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
-import logging
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from edgecls import runs
-from edgecls.data import ImageSplit, load_configured_dataset, to_float
-from edgecls.deploy.hub import TimmFolderPredictor, export_timm
-from edgecls.deploy.mobile import (
-    CONVERTERS,
-    export_coreml,
-    export_ncnn,
-    export_tflite,
-    quantize_tflite,
-    require_converter,
-)
+from edgecls.data import Dataset, ImageSplit, load_configured_dataset, to_float
+
+# The other formats register themselves on import, ONNX's family first (mobile and timm_folder
+# import it), then mobile's and timm's folder: the order EXPORT_FORMATS lists them in.
+from edgecls.deploy import mobile, timm_folder  # noqa: F401
+from edgecls.deploy.formats import DEFAULT_OPSET, ExportFormat, ExportJob, Written
 from edgecls.deploy.runtime import (
-    ONNX_METADATA_KEY,
-    TORCHSCRIPT_METADATA,
-    ModelInfo,
     OnnxPredictor,
     OpenVINOPredictor,
     Predictor,
     TorchPredictor,
-    WithSoftmax,
-    coreml_runs_here,
     load_predictor,
-    metadata_path,
-    openvino_core,
 )
 from edgecls.errors import UserError
+from edgecls.registry import EXPORT_FORMATS
 
-FORMATS = ("onnx", "openvino", "torchscript", "tflite", "ncnn", "coreml", "timm")
 PRECISIONS = ("fp32", "fp16", "int8")
-FORMAT_PRECISIONS = {  # what each format exports, beside FP32
-    "onnx": ("int8",),
-    "openvino": ("fp16", "int8"),
-    "tflite": ("int8",),
-    "coreml": ("fp16",),
-}
 
 
 @dataclass
@@ -90,67 +70,7 @@ class ExportReport:
     notes: list[str] = field(default_factory=list)
 
 
-DEFAULT_OPSET = 17  # the lowest that represents these models; OpenCV 5 misreads opset 20 forms
-# Validation images NNCF's accuracy control ranks each quantized layer on (its default is 300).
-# Ranking is the slow part: on the digits model its 64 layers took 39 s on 300 images, 27 s on 100
-# (recompiling each candidate is most of it), and the same layer was reverted. The chosen model is
-# still checked on the whole validation split.
-INT8_RANKING_IMAGES = 100
-# Layers reverted to floating point one at a time at most (NNCF's default: no limit); past it the
-# drop decides as always (FP32 is the fallback). Each costs a validation pass: on the digits model
-# with a 1.7-point INT8 drop, the unbounded restorer ran 200 s in the test suite.
-INT8_MAX_REVERTS = 8
 MIN_AGREEMENT = 0.99  # top-1 agreement with the checkpoint below which a runtime is reported
-
-
-def export_onnx(model: nn.Module, info: ModelInfo, path: Path, opset: int = DEFAULT_OPSET) -> Path:
-    """ONNX at `opset` with a dynamic batch dimension and the ModelInfo in its metadata, checked
-    by onnx.checker.
-
-    The TorchScript exporter writes the classic operator forms (GlobalAveragePool, Flatten) that
-    every runtime reads; the dynamo exporter's opset-18+ forms (ReduceMean with axes as an
-    input) made OpenCV's DNN module return wrong probabilities without an error."""
-    import onnx
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.rand(2, info.channels, info.input_size, info.input_size)
-    graph = WithSoftmax(model).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        try:
-            torch.onnx.export(
-                graph,
-                (example,),
-                str(path),
-                input_names=["pixels"],
-                output_names=["probabilities"],
-                dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}},
-                opset_version=opset,
-                dynamo=False,
-            )
-        except Exception as error:  # torch raises many types for an operator it cannot write
-            raise UserError(f"ONNX export at opset {opset} failed: {error}") from None
-    exported = onnx.load(str(path))
-    exported.metadata_props.add(key=ONNX_METADATA_KEY, value=info.to_json())
-    onnx.checker.check_model(exported, full_check=True)
-    content = exported.SerializeToString()
-    runs.atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(content))
-    info.save(metadata_path(path))
-    return path
-
-
-def export_torchscript(model: nn.Module, info: ModelInfo, path: Path) -> Path:
-    """A traced TorchScript file for LibTorch (C++) and PyTorch Mobile, its ModelInfo inside
-    (`edgecls.json`) and beside it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.rand(2, info.channels, info.input_size, info.input_size)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
-        traced = torch.jit.trace(WithSoftmax(model).eval(), example)
-        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: info.to_json()})
-    info.save(metadata_path(path))
-    return path
 
 
 # OpenCV runs in a child process: a lagging runtime that crashes on a file must not take edgecls
@@ -183,101 +103,6 @@ def opencv_probabilities(path: Path, images: torch.Tensor) -> np.ndarray | str:
 def onnx_runtimes(path: Path) -> dict[str, Predictor]:
     """The ONNX file in every in-process runtime installed here that reads ONNX."""
     return {"onnxruntime": OnnxPredictor(path), "openvino": OpenVINOPredictor(path)}
-
-
-def export_openvino(onnx_path: Path, info: ModelInfo, path: Path, fp16: bool) -> Path:
-    """OpenVINO IR (.xml + .bin) through OpenVINO's own converter."""
-    import openvino as ov
-
-    model = ov.convert_model(str(onnx_path))
-    ov.save_model(model, str(path), compress_to_fp16=fp16)
-    info.save(metadata_path(path))
-    return path
-
-
-def quantize_int8(
-    fp32_xml: Path,
-    info: ModelInfo,
-    calibration: torch.Tensor,
-    path: Path,
-    validation: ImageSplit | None = None,
-    max_drop: float | None = None,
-) -> Path:
-    """Post-training INT8 quantization with NNCF on calibration images (uint8 N,C,S,S).
-
-    With `max_drop` (points of top-1) NNCF's accuracy-controlled quantization measures top-1 on
-    `validation` and returns the layers that cost the most accuracy to floating point until the
-    drop is within the limit."""
-    import nncf
-    import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
-
-    model = openvino_core().read_model(str(fp32_xml))
-    items = [to_float(image[None]).numpy() for image in calibration]
-    preset = nncf.QuantizationPreset.MIXED
-    if max_drop is None:
-        quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), preset=preset)
-    else:
-        # NNCF runs its candidates at a dynamic batch, which crashes OpenVINO's CPU plugin on
-        # INT8 models (see OpenVINOPredictor): one image at a time, at a static shape.
-        model.reshape([1, info.channels, info.input_size, info.input_size])
-        pairs = [
-            (to_float(image[None]).numpy(), int(label))
-            for image, label in zip(validation.images, validation.labels, strict=True)
-        ]
-
-        def top1(compiled: Any, data: Any) -> tuple[float, list[float]]:
-            hits = [float(compiled(pixels)[0].argmax() == label) for pixels, label in data]
-            return sum(hits) / max(1, len(hits)), hits
-
-        quantized = nncf.quantize_with_accuracy_control(
-            model,
-            nncf.Dataset(items),
-            nncf.Dataset(pairs, lambda pair: pair[0]),
-            top1,
-            max_drop=max_drop / 100,
-            drop_type=nncf.DropType.ABSOLUTE,
-            preset=preset,
-            subset_size=len(items),
-            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-                ranking_subset_size=INT8_RANKING_IMAGES, max_num_iterations=INT8_MAX_REVERTS
-            ),
-        )
-    ov.save_model(quantized, str(path), compress_to_fp16=False)
-    info.save(metadata_path(path))
-    return path
-
-
-def quantize_onnx_int8(
-    fp32_path: Path, info: ModelInfo, calibration: torch.Tensor, path: Path
-) -> Path:
-    """ONNX Runtime's static INT8 quantization (QDQ, per-channel weights) on calibration images
-    (uint8 N,C,S,S), with the ModelInfo in the file as for FP32."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-
-    class Images(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter(to_float(image[None]).numpy() for image in calibration)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            pixels = next(self.items, None)
-            return None if pixels is None else {"pixels": pixels}
-
-    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as folder:
-        warnings.simplefilter("ignore")
-        logging.getLogger().setLevel(logging.ERROR)  # ORT's advice to pre-process the model
-        produced = Path(folder) / path.name
-        quantize_static(
-            str(fp32_path), str(produced), Images(), quant_format=QuantFormat.QDQ, per_channel=True
-        )
-        model = onnx.load(str(produced))
-    del model.metadata_props[:]
-    model.metadata_props.add(key=ONNX_METADATA_KEY, value=info.to_json())
-    content = model.SerializeToString()
-    runs.atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(content))
-    info.save(metadata_path(path))
-    return path
 
 
 def per_class_top1(probabilities: np.ndarray, labels: torch.Tensor, classes: list[str]):
@@ -364,23 +189,57 @@ def export_model(
 ) -> ExportReport:
     """Export a checkpoint (or a run folder's best.pt) and check the result against it. INT8
     with `max_drop` (points of top-1) keeps the drop within it, or falls back to FP32."""
-    if fmt not in FORMATS:
-        raise UserError(f"unknown export format '{fmt}': choose {', '.join(FORMATS)}")
+    exporter = chosen_format(fmt, precision)
+    source = TorchPredictor(model_path)
+    dataset = _checking_data(source, data, precision, max_drop)
+    run_dir = model_path if model_path.is_dir() else model_path.parent
+    int8 = precision == "int8"
+    job = ExportJob(
+        source.model,
+        source.config,
+        source.info,
+        precision,
+        folder=out_dir or run_dir / "export",
+        opset=opset,
+        calibration=calibration_subset(dataset.train, calibration_size, seed) if int8 else None,
+        validation=dataset.val if dataset is not None else None,
+        max_drop=max_drop,
+    )
+    written = exporter.write(job)
+    report = ExportReport(str(written.path), fmt, precision, opset=opset if fmt == "onnx" else None)
+    if dataset is None or not len(dataset.val):
+        report.notes.append("no validation data found: predictions were not compared")
+    elif (reason := exporter.not_run_here()) is not None:
+        report.notes.append(reason)
+    else:
+        report.checked_on = f"{data or source.config.data} (validation split)"
+        check_export(report, exporter, written, source, job)
+    runs.write_json(report_path(written.path), asdict(report))
+    return report
+
+
+def chosen_format(fmt: str, precision: str) -> ExportFormat:
+    """The registered format, refused before anything is loaded when it cannot write
+    `precision` or its converter is not installed."""
+    exporter: ExportFormat = EXPORT_FORMATS[fmt]()
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision '{precision}': choose {', '.join(PRECISIONS)}")
-    if precision != "fp32" and precision not in FORMAT_PRECISIONS.get(fmt, ()):
-        others = [f for f, kinds in FORMAT_PRECISIONS.items() if precision in kinds]
+    if precision not in exporter.precisions:
+        others = [
+            e.name for e in EXPORT_FORMATS.entries().values() if precision in e.value.precisions
+        ]
         raise UserError(f"{fmt} export has no {precision}: use --format {' or '.join(others)}")
-    if fmt in CONVERTERS:
-        require_converter(fmt)
-    source = TorchPredictor(model_path)
-    checkpoint_config = source.config
-    run_dir = model_path if model_path.is_dir() else model_path.parent
-    out_dir = out_dir or run_dir / "export"
-    info = dataclasses.replace(source.info, precision=precision)
-    fp32_info = source.info
+    exporter.check()
+    return exporter
+
+
+def _checking_data(
+    source: TorchPredictor, data: str | None, precision: str, max_drop: float | None
+) -> Dataset | None:
+    """The checkpoint's data (or `data`): INT8 calibrates on its training split, and the export
+    is checked on its validation split. Only INT8 cannot do without it."""
     try:
-        dataset = load_configured_dataset(checkpoint_config, data, progress=False)
+        dataset = load_configured_dataset(source.config, data, progress=False)
     except UserError as error:
         if precision == "int8":
             raise UserError(
@@ -391,80 +250,60 @@ def export_model(
         raise UserError("INT8 needs calibration data: pass --data DATA (the training data)")
     if max_drop is not None and (precision != "int8" or dataset is None or not len(dataset.val)):
         raise UserError("--max-drop is for --int8 exports, and needs validation data to measure")
+    return dataset
 
-    model = source.model
-    fp32_path = None  # INT8: the FP32 model it is measured against (and falls back to)
-    calibration = torch.zeros(0)
-    if precision == "int8":
-        calibration = calibration_subset(dataset.train, calibration_size, seed)
-    if fmt == "torchscript":
-        path = export_torchscript(model, fp32_info, out_dir / "model.torchscript")
-    elif fmt == "onnx":
-        path = export_onnx(model, fp32_info, out_dir / "model.onnx", opset)
-        if precision == "int8":
-            fp32_path = path
-            path = quantize_onnx_int8(fp32_path, info, calibration, out_dir / "model_int8.onnx")
-    elif fmt == "openvino":  # OpenVINO's converter reads the ONNX file
-        onnx_path = export_onnx(model, fp32_info, out_dir / "model.onnx", opset)
-        if precision == "int8":
-            fp32_path = export_openvino(onnx_path, fp32_info, out_dir / "model_fp32.xml", False)
-            path = quantize_int8(
-                fp32_path, info, calibration, out_dir / "model_int8.xml", dataset.val, max_drop
-            )
-        else:
-            fp16 = precision == "fp16"
-            path = export_openvino(onnx_path, info, out_dir / f"model_{precision}.xml", fp16)
-    elif fmt == "tflite":
-        fp32_path = export_tflite(model, fp32_info, out_dir / "model.tflite")
-        path = fp32_path
-        if precision == "int8":
-            path = quantize_tflite(fp32_path, info, calibration, out_dir / "model_int8.tflite")
-    elif fmt == "ncnn":
-        path = export_ncnn(model, fp32_info, out_dir / "model.ncnn.param")
-    elif fmt == "timm":
-        path = export_timm(model, checkpoint_config, fp32_info, out_dir / "timm")
-    else:
-        name = "model.mlpackage" if precision == "fp32" else f"model_{precision}.mlpackage"
-        path = export_coreml(model, info, out_dir / name, precision)
 
-    report = ExportReport(str(path), fmt, precision, opset=opset if fmt == "onnx" else None)
-    if dataset is None or not len(dataset.val):
-        report.notes.append("no validation data found: predictions were not compared")
-    elif fmt == "coreml" and not coreml_runs_here():
+def check_export(
+    report: ExportReport,
+    exporter: ExportFormat,
+    written: Written,
+    source: TorchPredictor,
+    job: ExportJob,
+) -> None:
+    """Fill `report` with the written model's agreement with the checkpoint on the validation
+    split, its latency here, and for ONNX each runtime's agreement, for INT8 its drop."""
+    split = job.validation
+    reference = source.predict_proba(split.images)
+    exported = exporter.predictor(written.path)
+    probabilities = compare(exported, reference, split, report)
+    report.latency_ms = batch1_latency(exported, split)
+    if report.format == "onnx" and job.precision == "fp32":
+        check_runtimes(written.path, reference, split, report)
+    if job.precision == "int8":
+        report.calibration_images = len(job.calibration)
+        fp32 = load_predictor(written.fp32_path)
+        int8_drop(report, probabilities, fp32, split, job.info.classes)
+        if job.max_drop is not None:
+            within_drop(report, written.fp32_path, job.max_drop, exporter.controls_drop)
+
+
+def int8_drop(
+    report: ExportReport,
+    int8_probabilities: np.ndarray,
+    fp32: Predictor,
+    split: ImageSplit,
+    classes: list[str],
+) -> None:
+    """The INT8 model's top-1 drop against its FP32 model, overall and per class, in points."""
+    fp32_probabilities = fp32.predict_proba(split.images)
+    report.fp32_top1 = _top1(fp32_probabilities, split.labels)
+    report.int8_top1_drop = 100 * (report.fp32_top1 - report.top1)
+    before = per_class_top1(fp32_probabilities, split.labels, classes)
+    after = per_class_top1(int8_probabilities, split.labels, classes)
+    report.per_class_drop = {k: round(100 * (before[k] - after[k]), 2) for k in before}
+
+
+def within_drop(report: ExportReport, fp32_path: Path, max_drop: float, controlled: bool) -> None:
+    """Over `max_drop` points, the FP32 model is the one to deploy, said in the report."""
+    report.max_drop = max_drop
+    if report.int8_top1_drop > max_drop:
+        report.fallback = str(fp32_path)
+        control = " even with NNCF's accuracy control" if controlled else ""
         report.notes.append(
-            "Core ML runs on macOS and iOS only: the export was not run here, so its "
-            "predictions were not compared (run `edgecls export` on a Mac to check them)"
+            f"INT8 lost {report.int8_top1_drop:.2f} points of top-1, more than "
+            f"--max-drop {max_drop:g}{control}: deploy the FP32 model "
+            f"{report.fallback} instead"
         )
-    else:
-        report.checked_on = f"{data or checkpoint_config.data} (validation split)"
-        reference = source.predict_proba(dataset.val.images)
-        exported = TimmFolderPredictor(path) if fmt == "timm" else load_predictor(path)
-        compare(exported, reference, dataset.val, report)
-        report.latency_ms = batch1_latency(exported, dataset.val)
-        if fmt == "onnx" and precision == "fp32":
-            check_runtimes(path, reference, dataset.val, report)
-        if precision == "int8":
-            report.calibration_images = len(calibration)
-            fp32 = load_predictor(fp32_path)
-            fp32_probabilities = fp32.predict_proba(dataset.val.images)
-            report.fp32_top1 = _top1(fp32_probabilities, dataset.val.labels)
-            report.int8_top1_drop = 100 * (report.fp32_top1 - report.top1)
-            int8_probabilities = exported.predict_proba(dataset.val.images)
-            before = per_class_top1(fp32_probabilities, dataset.val.labels, info.classes)
-            after = per_class_top1(int8_probabilities, dataset.val.labels, info.classes)
-            report.per_class_drop = {k: round(100 * (before[k] - after[k]), 2) for k in before}
-            if max_drop is not None:
-                report.max_drop = max_drop
-                if report.int8_top1_drop > max_drop:
-                    report.fallback = str(fp32_path)
-                    control = " even with NNCF's accuracy control" if fmt == "openvino" else ""
-                    report.notes.append(
-                        f"INT8 lost {report.int8_top1_drop:.2f} points of top-1, more than "
-                        f"--max-drop {max_drop:g}{control}: deploy the FP32 model "
-                        f"{report.fallback} instead"
-                    )
-    runs.write_json(report_path(path), asdict(report))
-    return report
 
 
 def report_path(model_path: Path) -> Path:

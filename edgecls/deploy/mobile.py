@@ -1,6 +1,6 @@
-"""Exports for phones and microcontrollers: LiteRT/TFLite (FP32 and full-integer INT8), ncnn
-(through pnnx) and Core ML, each through its maintained converter, an optional extra
-(`pip install "edgecls[mobile]"`).
+"""Export formats for phones and microcontrollers, registered in EXPORT_FORMATS: LiteRT/TFLite
+(FP32 and full-integer INT8), ncnn (through pnnx) and Core ML (FP32, FP16), each through its
+maintained converter, an optional extra (`pip install "edgecls[mobile]"`).
 
 Each takes the same graph as the ONNX export (normalization and softmax inside, float32 NCHW
 pixels in [0, 1]) at batch 1, the way these runtimes run it on a device, and carries its
@@ -22,14 +22,17 @@ from torch import nn
 
 from edgecls import runs
 from edgecls.data import to_float
+from edgecls.deploy.formats import ExportFormat, ExportJob, Written
 from edgecls.deploy.runtime import (
     TFLITE_METADATA_NAME,
     ModelInfo,
     WithSoftmax,
+    coreml_runs_here,
     metadata_path,
     quiet,
 )
 from edgecls.errors import UserError
+from edgecls.registry import EXPORT_FORMATS
 
 # Format -> (the modules its converter needs, the pip package that brings them).
 CONVERTERS = {
@@ -119,6 +122,21 @@ def add_tflite_metadata(path: Path, info: ModelInfo) -> None:
     info.save(metadata_path(path))
 
 
+@EXPORT_FORMATS.register("tflite", "LiteRT/TFLite flatbuffer, FP32 or full-integer INT8")
+class TFLiteFormat(ExportFormat):
+    precisions = ("fp32", "int8")
+
+    def check(self) -> None:
+        require_converter("tflite")
+
+    def write(self, job: ExportJob) -> Written:
+        fp32 = export_tflite(job.model, job.info, job.folder / "model.tflite")
+        if job.precision != "int8":
+            return Written(fp32)
+        int8 = job.folder / "model_int8.tflite"
+        return Written(quantize_tflite(fp32, job.written_info, job.calibration, int8), fp32)
+
+
 def export_ncnn(model: nn.Module, info: ModelInfo, path: Path) -> Path:
     """ncnn's model.ncnn.param + model.ncnn.bin through pnnx (PyTorch -> TorchScript -> pnnx ->
     ncnn); pnnx's intermediate files stay in a temporary folder."""
@@ -139,6 +157,15 @@ def export_ncnn(model: nn.Module, info: ModelInfo, path: Path) -> Path:
             shutil.copyfile(produced, path.with_suffix(suffix))
     info.save(metadata_path(path))
     return path
+
+
+@EXPORT_FORMATS.register("ncnn", "ncnn's .param + .bin through pnnx")
+class NcnnFormat(ExportFormat):
+    def check(self) -> None:
+        require_converter("ncnn")
+
+    def write(self, job: ExportJob) -> Written:
+        return Written(export_ncnn(job.model, job.info, job.folder / "model.ncnn.param"))
 
 
 def export_coreml(model: nn.Module, info: ModelInfo, path: Path, precision: str) -> Path:
@@ -168,3 +195,24 @@ def export_coreml(model: nn.Module, info: ModelInfo, path: Path, precision: str)
     package.save(str(path))
     info.save(metadata_path(path))
     return path
+
+
+@EXPORT_FORMATS.register("coreml", "Core ML ML Program (.mlpackage), FP32 or FP16")
+class CoreMLFormat(ExportFormat):
+    precisions = ("fp32", "fp16")
+
+    def check(self) -> None:
+        require_converter("coreml")
+
+    def write(self, job: ExportJob) -> Written:
+        name = "model.mlpackage" if job.precision == "fp32" else f"model_{job.precision}.mlpackage"
+        path = job.folder / name
+        return Written(export_coreml(job.model, job.written_info, path, job.precision))
+
+    def not_run_here(self) -> str | None:
+        if coreml_runs_here():
+            return None
+        return (
+            "Core ML runs on macOS and iOS only: the export was not run here, so its "
+            "predictions were not compared (run `edgecls export` on a Mac to check them)"
+        )

@@ -42,7 +42,7 @@ def predict_images(
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Predictions for every readable image, and (path, reason) for those that could not be read.
 
-    Works on a checkpoint or run folder, an ONNX file or an OpenVINO IR alike.
+    Works on a checkpoint or run folder and on every exported model `load_predictor` reads.
     """
     predictor = load_predictor(model_path)
     info = predictor.info

@@ -1,10 +1,11 @@
 """One predictor interface over every model kind edgecls writes: a PyTorch checkpoint, an ONNX
-file (ONNX Runtime), an OpenVINO IR or a TorchScript file, chosen from the file.
+file (ONNX Runtime), an OpenVINO IR, a TorchScript, TFLite or ncnn file or a Core ML package,
+chosen from the file.
 
 Exported models take float32 pixels in [0, 1], NCHW, RGB or one channel, at `input_size`
 (normalization is inside the graph) and return class probabilities. The metadata file beside
-them (`<model>.json`), and an ONNX file's own metadata, carry the class names and input size, so
-nobody re-implements the preprocessing.
+them (`<model>.json`), and the copy inside the file where the format has a place for it, carry
+the class names and input size, so nobody re-implements the preprocessing.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Evaluation metrics for trained classifiers."""
+"""Measuring trained classifiers: metrics, calibration, robustness, a checkpoint evaluated."""
 
 from edgecls.evaluate.metrics import (
     Metrics,

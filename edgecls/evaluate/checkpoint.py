@@ -1,22 +1,27 @@
-"""`edgecls eval`: a trained checkpoint measured on a dataset split."""
+"""A trained checkpoint measured: on a dataset split for `edgecls eval`, and at the end of
+`edgecls train` the run's best.pt on validation and test, with its temperature fitted."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from edgecls import runs
-from edgecls.data import ImageSplit, load_configured_dataset
+from edgecls.data import Dataset, ImageSplit, load_configured_dataset
 from edgecls.device import select_device
 from edgecls.errors import UserError
+from edgecls.evaluate.calibration import fit_temperature, reliability
 from edgecls.evaluate.inference import predict_logits
 from edgecls.evaluate.metrics import Metrics, compute_metrics
 from edgecls.evaluate.robustness import robustness_report
 from edgecls.models import model_from_checkpoint
 from edgecls.report import plot_confusion_matrix
 from edgecls.report.html import write_report
+from edgecls.report.plots import plot_mistakes, plot_reliability
 
 SPLITS = ("auto", "train", "val", "test", "all")
 
@@ -68,16 +73,17 @@ def evaluate_checkpoint(
     split_name, chosen = _pick_split(dataset, split)
     labels = chosen.labels if remap is None else remap[chosen.labels]
     device = select_device(config.device)
-    logits = predict_logits(model.to(device), chosen.images, config.eval_batch_size, device)
-    metrics = compute_metrics(logits, labels, classes)
     if out_dir is None:
         run_dir = model_path if model_path.is_dir() else model_path.parent
         out_dir = run_dir / "eval" / f"{Path(data).name}-{split_name}"
+    model = model.to(device)
+    _, metrics = evaluate_split(
+        model, chosen.images, labels, classes, out_dir / "confusion.png", config.eval_batch_size
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     runs.write_json(
         out_dir / "metrics.json", {"data": data, "split": split_name, **metrics.to_dict()}
     )
-    plot_confusion_matrix(metrics.confusion, classes, out_dir / "confusion.png")
     if corruptions:
         run_dir = model_path if model_path.is_dir() else model_path.parent
         subset = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
@@ -90,6 +96,116 @@ def evaluate_checkpoint(
             runs.write_json(run_dir / "eval" / "robustness.json", result)
             write_report(run_dir)
     return split_name, metrics, out_dir
+
+
+def evaluate_split(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: list[str],
+    confusion: Path,
+    batch_size: int,
+    channels_last: bool = True,
+) -> tuple[torch.Tensor, Metrics]:
+    """The model's logits and metrics on uint8 `images`, its confusion matrix drawn at
+    `confusion`: the one measurement of `edgecls eval` and of a finished training run."""
+    logits = predict_logits(model, images, batch_size, channels_last=channels_last)
+    metrics = compute_metrics(logits, labels, classes)
+    plot_confusion_matrix(metrics.confusion, classes, confusion)
+    return logits, metrics
+
+
+def evaluate_best(
+    model: nn.Module,
+    dataset: Dataset,
+    run_dir: Path,
+    facts: dict[str, Any],
+    batch_size: int,
+    channels_last: bool,
+) -> dict[str, Any]:
+    """Load the run's best.pt into `model` and evaluate it on validation (and test); fit its
+    temperature on validation and store it in best.pt, so eval, predict and every export give
+    calibrated probabilities. Writes metrics.json (with the run's `facts`) and the plots."""
+
+    def measure(split: ImageSplit, name: str) -> tuple[torch.Tensor, Metrics]:
+        confusion = run_dir / f"confusion_{name}.png"
+        return evaluate_split(
+            model, split.images, split.labels, dataset.classes, confusion, batch_size, channels_last
+        )
+
+    best = runs.load_checkpoint(run_dir / "best.pt")
+    model.load_state_dict(best["model"])
+    val_logits, val = measure(dataset.val, "val")
+    temperature = fit_temperature(val_logits, dataset.val.labels)
+    best["temperature"] = temperature
+    runs.save_checkpoint(best, run_dir / "best.pt")
+    calibration: dict[str, Any] = {
+        "temperature": temperature,
+        "val": reliability(val_logits, dataset.val.labels).to_dict(),
+        "val_calibrated": reliability(val_logits / temperature, dataset.val.labels).to_dict(),
+    }
+    metrics: dict[str, Any] = {
+        "val_top1": val.top1,
+        "val_top5": val.top5,
+        "val_map": val.map,
+        "val_balanced_accuracy": val.balanced_accuracy,
+        "val_loss": val.loss,
+        **facts,
+        "val": val.to_dict(),
+    }
+    scored, scored_logits = dataset.val, val_logits
+    if dataset.test is not None and len(dataset.test.labels):
+        scored = dataset.test
+        scored_logits, test = measure(dataset.test, "test")
+        calibration["test"] = reliability(scored_logits, scored.labels).to_dict()
+        calibration["test_calibrated"] = reliability(
+            scored_logits / temperature, scored.labels
+        ).to_dict()
+        metrics.update(
+            test_top1=test.top1,
+            test_top5=test.top5,
+            test_map=test.map,
+            test_balanced_accuracy=test.balanced_accuracy,
+        )
+        metrics["test"] = test.to_dict()
+    metrics["calibration"] = calibration
+    metrics["mistakes"] = confident_mistakes(
+        scored, scored_logits / temperature, dataset.classes, run_dir
+    )
+    runs.write_json(run_dir / "metrics.json", metrics)
+    plot_reliability(calibration, run_dir / "reliability.png")
+    return metrics
+
+
+MISTAKES_SHOWN = 12
+
+
+def confident_mistakes(
+    split: ImageSplit, logits: torch.Tensor, classes: list[str], run_dir: Path
+) -> list[dict[str, Any]]:
+    """The wrong predictions the model was surest of, drawn as mistakes.png and listed with
+    where each image came from."""
+    confidence, predicted = logits.softmax(dim=1).max(dim=1)
+    wrong = torch.nonzero(predicted != split.labels).flatten()
+    worst = wrong[confidence[wrong].argsort(descending=True)][:MISTAKES_SHOWN].tolist()
+    mistakes = [
+        {
+            "source": split.sources[i] if i < len(split.sources) else str(i),
+            "true": classes[int(split.labels[i])],
+            "predicted": classes[int(predicted[i])],
+            "confidence": float(confidence[i]),
+        }
+        for i in worst
+    ]
+    if mistakes:
+        plot_mistakes(
+            split.images[worst].numpy(),
+            [m["true"] for m in mistakes],
+            [m["predicted"] for m in mistakes],
+            [m["confidence"] for m in mistakes],
+            run_dir / "mistakes.png",
+        )
+    return mistakes
 
 
 def _robustness(model, config, images, labels, classes, device, reference: Path | None) -> dict:

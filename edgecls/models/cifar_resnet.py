@@ -62,7 +62,8 @@ class CifarResNet(nn.Module):
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
         )
-        rates = torch.linspace(0, drop_path_rate, 3 * blocks).tolist()  # deeper blocks drop more
+        # Deeper blocks drop more; on the CPU also when the model is built on the meta device.
+        rates = torch.linspace(0, drop_path_rate, 3 * blocks, device="cpu").tolist()
         layers, channels = [], width
         for stage in range(3):
             out = width * 2**stage

@@ -201,7 +201,7 @@ def measure_latency(candidate: Candidate, channels: int, classes: int) -> None:
     import tempfile
 
     from edgecls.deploy.bench import time_runs
-    from edgecls.deploy.export import export_onnx
+    from edgecls.deploy.formats import export_onnx
     from edgecls.deploy.runtime import ModelInfo, OnnxPredictor
 
     config = build_config(

@@ -123,7 +123,7 @@ class Trainer:
     the epoch loop. Everything beside training (checkpoints, history, progress) is a callback.
 
     `run_dir` is where a diverging run rolls back from (its last.pt; None: the start);
-    `train_seconds` is the training time of a budgeted run: training stops when another epoch
+    `budget_seconds` is the training time of a budgeted run: training stops when another epoch
     would not fit. In a `world` of several processes each trains its shard of every batch
     through DistributedDataParallel replicas, and they agree on every decision.
     """
@@ -134,7 +134,7 @@ class Trainer:
         dataset: Dataset,
         *,
         run_dir: Path | None = None,
-        train_seconds: float | None = None,
+        budget_seconds: float | None = None,
         callbacks: Sequence[Callback] = (),
         world: World = SINGLE,
     ):
@@ -188,7 +188,7 @@ class Trainer:
         # evaluated, kept as best.pt and deployed, while the optimizer trains the model itself.
         self.ema = ModelEmaV3(self.model, decay=config.ema) if config.ema else None
         self.batch_transform: BatchTransform = create_batch_transform(config, len(dataset.classes))
-        self.budget = TimeBudget(train_seconds) if train_seconds is not None else None
+        self.budget = TimeBudget(budget_seconds) if budget_seconds is not None else None
         self.schedule: Schedule = create_schedule(config, self.budget)
         self.early_stopping = create_early_stopping(config)
         self.state = RunState()

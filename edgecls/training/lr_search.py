@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,64 +290,20 @@ def trial_search(
     """
     started = time.perf_counter()
     low, high = lr_range_for(config)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    shared = storage_url(config) is not None
-    study = optuna.create_study(
-        study_name=study_name(config, dataset, method),
-        storage=_storage(config, run_dir),
-        load_if_exists=True,
-        direction="maximize",
-        pruner=(
-            optuna.pruners.NopPruner()
-            if method == "grid"
-            else optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-        ),
-    )
-    _fail_dead_trials(study, storage_is_private=not shared)
+    study = _open_study(config, dataset, method, run_dir)
     grid = lr_grid(config) if method == "grid" else []
     planned = len(grid) if method == "grid" else config.lr_search_trials
 
-    def counted() -> list[optuna.trial.FrozenTrial]:
-        return study.get_trials(deepcopy=False, states=COUNTED)
-
     def objective(trial: optuna.Trial) -> float:
-        live = study.get_trials(deepcopy=False, states=LIVE)
-        ahead = [t for t in live if t.number < trial.number]
-        if len(ahead) >= planned:
-            raise SurplusTrial
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
-        if method == "grid":
-            lr = trial.suggest_float("lr", *[_free_grid_point(study, grid, ahead)] * 2)
-        else:
-            lr = trial.suggest_float("lr", low, high, step=config.lr_search_step)
-        trainer = Trainer(trial_config(config, lr), dataset, callbacks=[ReportToTrial(trial)])
-        try:
-            state = trainer.fit()
-        except Diverged as why:
-            raise optuna.TrialPruned(str(why)) from None
-        return state.best_top1
+        return _run_trial(trial, study, config, dataset, grid, planned)
 
-    if len(counted()) < planned:
+    if len(_counted(study)) < planned:
         console.print(
             f"LR search ({method}): {planned} trials of {config.lr_search_epochs} epochs "
             f"in [{low}, {high}]" + (f", worker {worker}" if worker else ""),
             highlight=False,
         )
-    with progress_bars(progress) as bars:
-        task = bars.add_task("LR search", total=planned, completed=len(counted()), status="")
-        while len(done := counted()) < planned:
-            if len(study.get_trials(deepcopy=False, states=LIVE)) >= planned:
-                time.sleep(WAIT_SECONDS)  # the last trials run in other workers
-                _fail_dead_trials(study, storage_is_private=False)
-            else:
-                study.sampler = optuna.samplers.TPESampler(
-                    seed=config.seed + len(done) + 1000 * worker, constant_liar=shared
-                )
-                study.optimize(objective, n_trials=1, catch=(SurplusTrial,))
-            best = max((t.value for t in counted() if t.value is not None), default=None)
-            status = "" if best is None else f"best top-1 {best:.1%}"
-            bars.update(task, completed=len(counted()), status=status)
+    _run_until_counted(study, objective, planned, config, progress, worker)
     trials = [
         {
             "number": t.number,
@@ -359,7 +315,7 @@ def trial_search(
         for t in study.trials
         if t.state != TrialState.FAIL or t.params
     ]
-    completed = [t for t in counted() if t.state == TrialState.COMPLETE]
+    completed = [t for t in _counted(study) if t.state == TrialState.COMPLETE]
     if not completed:
         raise UserError(
             f"every LR-search trial in [{low}, {high}] diverged or was pruned; "
@@ -369,6 +325,87 @@ def trial_search(
     return LRSearchResult(
         method, float(best_trial.params["lr"]), time.perf_counter() - started, trials
     )
+
+
+def _open_study(
+    config: Config, dataset: Dataset, method: str, run_dir: Path | None
+) -> optuna.Study:
+    """The search's study in its storage (new, or as an earlier run or other workers left it),
+    with the trials of dead processes failed."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=study_name(config, dataset, method),
+        storage=_storage(config, run_dir),
+        load_if_exists=True,
+        direction="maximize",
+        pruner=(
+            optuna.pruners.NopPruner()
+            if method == "grid"
+            else optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        ),
+    )
+    _fail_dead_trials(study, storage_is_private=storage_url(config) is None)
+    return study
+
+
+def _counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=COUNTED)
+
+
+def _run_trial(
+    trial: optuna.Trial,
+    study: optuna.Study,
+    config: Config,
+    dataset: Dataset,
+    grid: list[float],
+    planned: int,
+) -> float:
+    """One trial (a grid point, or TPE's suggestion) trained briefly: its best validation
+    top-1. One past the `planned` number of live trials stops unrun."""
+    live = study.get_trials(deepcopy=False, states=LIVE)
+    ahead = [t for t in live if t.number < trial.number]
+    if len(ahead) >= planned:
+        raise SurplusTrial
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
+    if grid:
+        lr = trial.suggest_float("lr", *[_free_grid_point(study, grid, ahead)] * 2)
+    else:
+        low, high = lr_range_for(config)
+        lr = trial.suggest_float("lr", low, high, step=config.lr_search_step)
+    trainer = Trainer(trial_config(config, lr), dataset, callbacks=[ReportToTrial(trial)])
+    try:
+        state = trainer.fit()
+    except Diverged as why:
+        raise optuna.TrialPruned(str(why)) from None
+    return state.best_top1
+
+
+def _run_until_counted(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    planned: int,
+    config: Config,
+    progress: bool,
+    worker: int,
+) -> None:
+    """Run trials until `planned` are complete or pruned, here or in other workers, with a
+    progress bar and the best top-1 so far."""
+    shared = storage_url(config) is not None
+    with progress_bars(progress) as bars:
+        task = bars.add_task("LR search", total=planned, completed=len(_counted(study)), status="")
+        while len(done := _counted(study)) < planned:
+            if len(study.get_trials(deepcopy=False, states=LIVE)) >= planned:
+                time.sleep(WAIT_SECONDS)  # the last trials run in other workers
+                _fail_dead_trials(study, storage_is_private=False)
+            else:
+                study.sampler = optuna.samplers.TPESampler(
+                    seed=config.seed + len(done) + 1000 * worker, constant_liar=shared
+                )
+                study.optimize(objective, n_trials=1, catch=(SurplusTrial,))
+            best = max((t.value for t in _counted(study) if t.value is not None), default=None)
+            status = "" if best is None else f"best top-1 {best:.1%}"
+            bars.update(task, completed=len(_counted(study)), status=status)
 
 
 def _free_grid_point(study: optuna.Study, grid: list[float], ahead: list) -> float:

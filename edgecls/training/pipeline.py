@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,15 +15,13 @@ import torch
 from edgecls import runs
 from edgecls.config import Config, parse_duration
 from edgecls.console import console, messages_off
-from edgecls.data import Dataset, ImageSplit, load_configured_dataset
+from edgecls.data import Dataset, load_configured_dataset
 from edgecls.data.splits import IMBALANCE_RATIO, imbalance_ratio
 from edgecls.errors import UserError
-from edgecls.evaluate import compute_metrics
-from edgecls.evaluate.calibration import fit_temperature, reliability
+from edgecls.evaluate.checkpoint import evaluate_best
 from edgecls.models import create_model
-from edgecls.report import plot_confusion_matrix, plot_history
+from edgecls.report import plot_history
 from edgecls.report.html import write_report
-from edgecls.report.plots import plot_mistakes, plot_reliability
 from edgecls.training.callbacks import CheckpointWriter, ProgressBars
 from edgecls.training.distributed import SINGLE, World
 from edgecls.training.loop import Diverged, Trainer
@@ -93,37 +92,6 @@ def train(
     return TrainedRun(run_dir, metrics)
 
 
-MISTAKES_SHOWN = 12
-
-
-def confident_mistakes(
-    split: ImageSplit, logits: torch.Tensor, classes: list[str], run_dir: Path
-) -> list[dict[str, Any]]:
-    """The wrong predictions the model was surest of, drawn as mistakes.png and listed with
-    where each image came from."""
-    confidence, predicted = logits.softmax(dim=1).max(dim=1)
-    wrong = torch.nonzero(predicted != split.labels).flatten()
-    worst = wrong[confidence[wrong].argsort(descending=True)][:MISTAKES_SHOWN].tolist()
-    mistakes = [
-        {
-            "source": split.sources[i] if i < len(split.sources) else str(i),
-            "true": classes[int(split.labels[i])],
-            "predicted": classes[int(predicted[i])],
-            "confidence": float(confidence[i]),
-        }
-        for i in worst
-    ]
-    if mistakes:
-        plot_mistakes(
-            split.images[worst].numpy(),
-            [m["true"] for m in mistakes],
-            [m["predicted"] for m in mistakes],
-            [m["confidence"] for m in mistakes],
-            run_dir / "mistakes.png",
-        )
-    return mistakes
-
-
 def resolve_balance(config: Config, dataset: Dataset) -> Config:
     """balance=auto: a class-balanced sampler when the largest class of the training split has
     more than IMBALANCE_RATIO times the images of the smallest, else none; said when chosen."""
@@ -144,8 +112,8 @@ BUDGET_RESERVE = 0.03  # share of a time budget kept for the final evaluation
 EXPORT_RESERVE = 0.05  # and for exporting, when asked to
 
 
-def _training_seconds(config: Config, started: float) -> float | None:
-    """What is left of the time budget for training, after what the job already spent and a
+def _training_budget(config: Config, started: float) -> float | None:
+    """Seconds the time budget leaves for training, after what the job already spent and a
     reserve for the final evaluation (and export)."""
     if config.time_budget is None:
         return None
@@ -191,58 +159,25 @@ def _train_in(
     plan: dict[str, Any] | None,
     world: World,
 ) -> dict[str, Any]:
+    """`train` in its claimed folder, in every process; rank 0 alone writes and evaluates."""
     dataset = dataset or load_configured_dataset(config, progress=progress)
     config = resolve_balance(config, dataset)
-    last = run_dir / "last.pt"
-    checkpoint = runs.load_checkpoint(last) if resume and last.is_file() else None
-    if checkpoint is not None:
-        _check_same_classes(dataset, checkpoint)
-    # Build the model (and teacher) once before writing anything: a wrong name, weights file or
-    # teacher, or a missing tracking package, fails here.
-    create_model(config, len(dataset.classes))
-    load_teacher(config, dataset.classes, torch.device("cpu"))
-    check_trackers(config)
-    if len(dataset.train) < 2 * world.size:
-        raise UserError(
-            f"{len(dataset.train)} training images cannot be shared by {world.size} processes "
-            "(each needs 2 per batch): use fewer processes"
-        )
+    checkpoint = _resumed_checkpoint(run_dir, resume, dataset)
+    _check_before_writing(config, dataset, world)
     if world.main:
-        runs.write_config(run_dir, config)
-        if plan is not None:
-            runs.write_json(run_dir / "plan.json", plan)
-        console.print(f"run folder: {run_dir}", highlight=False, soft_wrap=True)
-        if dataset.storage != "memory":
-            console.print(f"images: {dataset.storage}", highlight=False, soft_wrap=True)
-        if world.size > 1:
-            console.print(f"training in {world.size} processes", highlight=False)
-        write_skipped(run_dir, dataset)
+        _start_run_folder(run_dir, config, plan, dataset, world)
     extra: dict[str, Any] = {"processes": world.size}
-    if isinstance(config.lr, str):  # searched by rank 0 alone, the others waiting
-        if world.main:
-            search = search_lr(config, dataset, run_dir, progress)
-            runs.write_json(run_dir / "lr_search.json", search.to_dict())
-            console.print(
-                f"initial lr ({search.method}): {search.lr:.4g} in {search.seconds:.0f} s"
-            )
-            config = dataclasses.replace(config, lr=search.lr)
-            runs.write_config(run_dir, config)
-        config = world.share(config)
+    if isinstance(config.lr, str):
+        config = _searched_lr(config, dataset, run_dir, progress, world)
     if (run_dir / "lr_search.json").is_file():
-        search_summary = runs.read_json(run_dir / "lr_search.json")
-        extra["lr_search"] = {
-            "method": search_summary["method"],
-            "lr": search_summary["lr"],
-            "seconds": round(search_summary["seconds"], 2),
-            "trials": len(search_summary["trials"]),
-        }
+        extra["lr_search"] = _lr_search_summary(run_dir)
     trackers = create_trackers(config, run_dir) if world.main else []
     try:
         trainer = Trainer(
             config,
             dataset,
             run_dir=run_dir,
-            train_seconds=world.share(_training_seconds(config, started)),
+            budget_seconds=world.share(_training_budget(config, started)),
             callbacks=[CheckpointWriter(run_dir), ProgressBars(progress), *trackers]
             if world.main
             else [],
@@ -254,19 +189,7 @@ def _train_in(
         trainer.fit()
         if not world.main:  # rank 0 evaluates, exports and reports
             return {}
-        finishing = time.perf_counter()
-        metrics = evaluate_best(trainer, run_dir, {"lr": config.lr, **extra})
-        if config.export:
-            from edgecls.deploy.export import export_after_training  # onnx/openvino load slowly
-
-            metrics["exports"] = export_after_training(run_dir, config.export.split(","))
-            runs.write_json(run_dir / "metrics.json", metrics)
-        write_report(run_dir)
-        # What evaluating, exporting and reporting took, against what a budget kept for it.
-        metrics["final_seconds"] = round(time.perf_counter() - finishing, 2)
-        if trainer.budget is not None:
-            metrics["final_seconds_reserved"] = round(trainer.budget.final_seconds, 2)
-        runs.write_json(run_dir / "metrics.json", metrics)
+        metrics = _finish(trainer, run_dir, {"lr": config.lr, **extra})
         for tracker in trackers:
             tracker.finish(run_dir, metrics)
     finally:
@@ -275,34 +198,106 @@ def _train_in(
     return metrics
 
 
-def evaluate_best(trainer: Trainer, run_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate best.pt on validation (and test); write metrics.json (with `extra`) and plots."""
-    best = runs.load_checkpoint(run_dir / "best.pt")
-    model = trainer.evaluated_model
-    model.load_state_dict(best["model"])
-    dataset, state = trainer.dataset, trainer.state
-    val_logits = trainer.logits(dataset.val)
-    val = compute_metrics(val_logits, dataset.val.labels, dataset.classes)
-    # Temperature scaling on validation: stored in best.pt, so eval, predict and every export
-    # give calibrated probabilities.
-    temperature = fit_temperature(val_logits, dataset.val.labels)
-    best["temperature"] = temperature
-    runs.save_checkpoint(best, run_dir / "best.pt")
-    calibration: dict[str, Any] = {
-        "temperature": temperature,
-        "val": reliability(val_logits, dataset.val.labels).to_dict(),
-        "val_calibrated": reliability(val_logits / temperature, dataset.val.labels).to_dict(),
+def _resumed_checkpoint(run_dir: Path, resume: bool, dataset: Dataset) -> dict[str, Any] | None:
+    """last.pt of the run to resume, if it got that far, for the same classes."""
+    last = run_dir / "last.pt"
+    checkpoint = runs.load_checkpoint(last) if resume and last.is_file() else None
+    if checkpoint is not None:
+        _check_same_classes(dataset, checkpoint)
+    return checkpoint
+
+
+def _check_before_writing(config: Config, dataset: Dataset, world: World) -> None:
+    """Fail before anything is written: a wrong model name, weights file or teacher, a missing
+    tracking package, or too few images for the processes.
+
+    The model and teacher are built on the meta device, where every check of building them
+    runs but no weights are allocated or copied (the trainer builds them for real)."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*to a meta parameter")  # a no-op copy
+        create_model(config, len(dataset.classes))
+        load_teacher(config, dataset.classes, torch.device("meta"))
+    check_trackers(config)
+    if len(dataset.train) < 2 * world.size:
+        raise UserError(
+            f"{len(dataset.train)} training images cannot be shared by {world.size} processes "
+            "(each needs 2 per batch): use fewer processes"
+        )
+
+
+def _start_run_folder(
+    run_dir: Path, config: Config, plan: dict[str, Any] | None, dataset: Dataset, world: World
+) -> None:
+    """config.yaml, plan.json and the skipped files written; where the run goes said."""
+    runs.write_config(run_dir, config)
+    if plan is not None:
+        runs.write_json(run_dir / "plan.json", plan)
+    console.print(f"run folder: {run_dir}", highlight=False, soft_wrap=True)
+    if dataset.storage != "memory":
+        console.print(f"images: {dataset.storage}", highlight=False, soft_wrap=True)
+    if world.size > 1:
+        console.print(f"training in {world.size} processes", highlight=False)
+    write_skipped(run_dir, dataset)
+
+
+def _searched_lr(
+    config: Config, dataset: Dataset, run_dir: Path, progress: bool, world: World
+) -> Config:
+    """The config with the LR its method found: rank 0 searches, the others wait for it."""
+    if world.main:
+        search = search_lr(config, dataset, run_dir, progress)
+        runs.write_json(run_dir / "lr_search.json", search.to_dict())
+        console.print(f"initial lr ({search.method}): {search.lr:.4g} in {search.seconds:.0f} s")
+        config = dataclasses.replace(config, lr=search.lr)
+        runs.write_config(run_dir, config)
+    return world.share(config)
+
+
+def _lr_search_summary(run_dir: Path) -> dict[str, Any]:
+    search = runs.read_json(run_dir / "lr_search.json")
+    return {
+        "method": search["method"],
+        "lr": search["lr"],
+        "seconds": round(search["seconds"], 2),
+        "trials": len(search["trials"]),
     }
-    metrics: dict[str, Any] = {
-        "val_top1": val.top1,
-        "val_top5": val.top5,
-        "val_map": val.map,
-        "val_balanced_accuracy": val.balanced_accuracy,
-        "val_loss": val.loss,
-        "balance": trainer.config.balance,
+
+
+def _finish(trainer: Trainer, run_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    """best.pt evaluated, exported if asked and reported; metrics.json also says what this took,
+    against what a time budget kept for it."""
+    finishing = time.perf_counter()
+    config = trainer.config
+    metrics = evaluate_best(
+        trainer.evaluated_model,
+        trainer.dataset,
+        run_dir,
+        _run_facts(trainer, extra),
+        config.eval_batch_size,
+        config.channels_last,
+    )
+    plot_history(trainer.state.history, run_dir)
+    if config.export:
+        from edgecls.deploy.export import export_after_training  # onnx/openvino load slowly
+
+        metrics["exports"] = export_after_training(run_dir, config.export.split(","))
+        runs.write_json(run_dir / "metrics.json", metrics)
+    write_report(run_dir)
+    metrics["final_seconds"] = round(time.perf_counter() - finishing, 2)
+    if trainer.budget is not None:
+        metrics["final_seconds_reserved"] = round(trainer.budget.final_seconds, 2)
+    runs.write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _run_facts(trainer: Trainer, extra: dict[str, Any]) -> dict[str, Any]:
+    """What metrics.json says about the training beside the scores, with `extra`."""
+    dataset, state, config = trainer.dataset, trainer.state, trainer.config
+    return {
+        "balance": config.balance,
         "best_epoch": state.best_epoch,
         "epochs_trained": state.epoch,
-        "stopped_early": state.epoch < trainer.config.max_epochs,
+        "stopped_early": state.epoch < config.max_epochs,
         "train_seconds": round(state.train_seconds, 2),
         "num_classes": len(dataset.classes),
         "num_train": len(dataset.train.labels),
@@ -311,31 +306,4 @@ def evaluate_best(trainer: Trainer, run_dir: Path, extra: dict[str, Any]) -> dic
         "rollbacks": state.rollbacks,
         "resumes": state.resumes,
         **extra,
-        "val": val.to_dict(),
     }
-    plot_confusion_matrix(val.confusion, dataset.classes, run_dir / "confusion_val.png")
-    if dataset.test is not None and len(dataset.test.labels):
-        test_logits = trainer.logits(dataset.test)
-        test = compute_metrics(test_logits, dataset.test.labels, dataset.classes)
-        calibration["test"] = reliability(test_logits, dataset.test.labels).to_dict()
-        calibration["test_calibrated"] = reliability(
-            test_logits / temperature, dataset.test.labels
-        ).to_dict()
-        metrics.update(
-            test_top1=test.top1,
-            test_top5=test.top5,
-            test_map=test.map,
-            test_balanced_accuracy=test.balanced_accuracy,
-        )
-        metrics["test"] = test.to_dict()
-        plot_confusion_matrix(test.confusion, dataset.classes, run_dir / "confusion_test.png")
-    metrics["calibration"] = calibration
-    scored = dataset.test if "test" in metrics else dataset.val
-    scored_logits = test_logits if "test" in metrics else val_logits
-    metrics["mistakes"] = confident_mistakes(
-        scored, scored_logits / temperature, dataset.classes, run_dir
-    )
-    runs.write_json(run_dir / "metrics.json", metrics)
-    plot_history(state.history, run_dir)
-    plot_reliability(calibration, run_dir / "reliability.png")
-    return metrics

@@ -17,9 +17,11 @@ import torch
 from timm.models import save_for_hf
 
 from edgecls.config import Config
+from edgecls.deploy.formats import ExportFormat, ExportJob, Written
 from edgecls.deploy.runtime import ModelInfo, Predictor
 from edgecls.errors import UserError
 from edgecls.models import Classifier
+from edgecls.registry import EXPORT_FORMATS
 
 
 def export_timm(model: Classifier, config: Config, info: ModelInfo, folder: Path) -> Path:
@@ -76,3 +78,12 @@ class TimmFolderPredictor(Predictor):
     def run(self, pixels: np.ndarray) -> np.ndarray:
         batch = (torch.from_numpy(pixels) - self.mean) / self.std
         return (self.model(batch) / self.info.temperature).softmax(1).numpy()
+
+
+@EXPORT_FORMATS.register("timm", "a folder in timm's hub layout that plain timm loads")
+class TimmFormat(ExportFormat):
+    def write(self, job: ExportJob) -> Written:
+        return Written(export_timm(job.model, job.config, job.info, job.folder / "timm"))
+
+    def predictor(self, path: Path) -> Predictor:
+        return TimmFolderPredictor(path)
