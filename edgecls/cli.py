@@ -19,6 +19,7 @@ from edgecls import config as cfg
 from edgecls import runs
 from edgecls.console import user_error_line
 from edgecls.errors import UserError
+from edgecls.registry import EXPORT_FORMATS, Registry
 
 if TYPE_CHECKING:
     from edgecls.api import Run
@@ -76,6 +77,24 @@ def _config_range(key: str) -> click.ParamType:
     (rule,) = cfg.rules_of(key)
     kind = click.IntRange if isinstance(getattr(cfg.Config(), key), int) else click.FloatRange
     return kind(rule.low, rule.high, min_open=rule.open_low, max_open=rule.open_high)
+
+
+class RegistryChoice(click.ParamType):
+    """One of a registry's names, read when a command's help is shown or its value checked (not
+    when the CLI starts: the implementations load slowly)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.name = registry.kind
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[" + "|".join(self.registry.names()) + "]"
+
+    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if value not in self.registry:
+            names = ", ".join(self.registry.names())
+            self.fail(f"unknown {self.registry.kind} '{value}': choose {names}", param, ctx)
+        return value
 
 
 def _split_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
@@ -463,7 +482,11 @@ def predict(model, inputs, top_k, csv_path) -> None:
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
-    "--format", "fmt", required=True, help="onnx, openvino, torchscript, tflite, ncnn or coreml."
+    "--format",
+    "fmt",
+    required=True,
+    type=RegistryChoice(EXPORT_FORMATS),
+    help="The format to write (the formats registered in EXPORT_FORMATS).",
 )
 @click.option("--precision", default="fp32", show_default=True, help="fp32, fp16 or int8.")
 @click.option("--int8", "int8", is_flag=True, help="Same as --precision int8.")

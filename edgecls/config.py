@@ -21,6 +21,7 @@ from edgecls.errors import UserError
 from edgecls.redact import redact
 from edgecls.registry import (
     AUGMENT_POLICIES,
+    EXPORT_FORMATS,
     OPTIMIZERS,
     SCHEDULES,
     Registry,
@@ -428,7 +429,7 @@ class Config:
     export: str | None = key(
         None,
         'formats to export best.pt to after training (FP32), e.g. "onnx,openvino"',
-        SomeOf(("onnx", "openvino", "torchscript", "tflite", "ncnn", "coreml", "timm")),
+        SomeOf(EXPORT_FORMATS),
     )
     tensorboard: bool = key(False, "TensorBoard event files in RUN/tensorboard")
     mlflow: bool | str = key(
