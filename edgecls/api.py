@@ -278,6 +278,7 @@ def train(
 def resume(
     run_dir: str | Path,
     *,
+    accept_changed_data: bool = False,
     progress: bool = True,
     messages: bool | None = None,
     nproc: int | None = None,
@@ -292,6 +293,8 @@ def resume(
 
     Args:
         run_dir: The run folder.
+        accept_changed_data: Continue although the data changed since the run stopped (images
+            added or removed, a validation split drawn differently); refused otherwise.
         progress: Show progress bars.
         messages: Show console messages (default: as `progress`).
         nproc: Continue in this many processes on this machine (DDP through torchrun).
@@ -311,14 +314,23 @@ def resume(
     started = time.monotonic() if started is None else started
     overrides = {**(settings or {}), **overrides}
     if _launches(nproc):
-        options = _options(resume=run_dir, quiet=not progress)
+        options = _options(
+            resume=run_dir, accept_changed_data=accept_changed_data, quiet=not progress
+        )
         return _launch(nproc, ["train", *options, *_pairs(overrides)])
     world = distributed.join()
     run_dir = Path(run_dir)
     config, changed = cfg.resume_config(runs.read_config(run_dir), _typed(overrides))
     with messages_off(not (progress if messages is None else messages)):
         return _train_here(
-            config, run_dir, world, started, resume=True, changed=changed, progress=progress
+            config,
+            run_dir,
+            world,
+            started,
+            resume=True,
+            changed=changed,
+            accept_changed_data=accept_changed_data,
+            progress=progress,
         )
 
 
@@ -372,6 +384,7 @@ def _train_here(
     overwrite: bool = False,
     resume: bool = False,
     changed: dict[str, Any] | None = None,
+    accept_changed_data: bool = False,
     plan: Plan | None = None,
     progress: bool = True,
 ) -> Run | None:
@@ -385,6 +398,7 @@ def _train_here(
             resume=resume,
             overwrite=overwrite,
             resume_overrides=changed,
+            accept_changed_data=accept_changed_data,
             progress=progress,
             started=started,
             plan=plan.to_dict() if plan else None,

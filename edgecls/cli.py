@@ -147,6 +147,11 @@ def _print_summary(run: Run) -> None:
 @click.option("--run-dir", type=click.Path(path_type=Path), help="Default: runs/<auto name>.")
 @click.option("--overwrite", is_flag=True, help="Reuse a run folder that already holds files.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this folder.")
+@click.option(
+    "--accept-changed-data",
+    is_flag=True,
+    help="With --resume: continue although images were added, removed or split differently.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--plan", "plan_only", is_flag=True, help="Print the plan for DATA and exit.")
 @click.option(
@@ -155,7 +160,18 @@ def _print_summary(run: Run) -> None:
     help="Train in N processes on this machine (DDP through torchrun; batch_size is per process).",
 )
 @user_errors
-def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, nproc, **options) -> None:
+def train(
+    args,
+    recipe,
+    run_dir,
+    overwrite,
+    resume,
+    accept_changed_data,
+    quiet,
+    plan_only,
+    nproc,
+    **options,
+) -> None:
     """Train on DATA (default: the built-in digits) with optional key=value overrides
     (`edgecls keys` lists them).
 
@@ -168,13 +184,17 @@ def train(args, recipe, run_dir, overwrite, resume, quiet, plan_only, nproc, **o
     data, pairs = _split_args(args)
     given = _given(options)
     common = {"progress": not quiet, "messages": True, "nproc": nproc, "started": started}
+    if accept_changed_data and not resume:
+        raise UserError("--accept-changed-data goes with --resume RUN")
     if resume:
         if data or recipe or given or run_dir:
             raise UserError(
                 "--resume continues a run with its saved config; only key=value overrides of "
                 f"{', '.join(cfg.RESUME_KEYS)} may be added"
             )
-        run = api.resume(resume, settings=_settings(pairs), **common)
+        run = api.resume(
+            resume, accept_changed_data=accept_changed_data, settings=_settings(pairs), **common
+        )
     elif plan_only:
         settings = {**_settings(pairs), **given}
         api.show_plan(api.plan_run(data, recipe, started=started, settings=settings), out)

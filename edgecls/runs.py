@@ -274,6 +274,21 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def remove_own_output(path: Path, written_by_edgecls: bool) -> None:
+    """An earlier export at `path` is removed before it is written anew; anything else there is
+    refused and left as it is: edgecls never deletes what it did not write."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not written_by_edgecls or path.is_symlink():
+        raise UserError(
+            f"{path} exists and edgecls did not write it: choose another --out, or move it away"
+        )
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
 def write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
 

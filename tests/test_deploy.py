@@ -2,6 +2,7 @@
 on every model kind, the bench table, and bad input."""
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 
@@ -466,3 +467,46 @@ def test_timm_format_refuses_what_plain_timm_cannot_build(tmp_path):
         config = build_config({**settings, "grayscale": True})
         with pytest.raises(UserError, match=reason):
             export_timm(create_model(config, 2), config, info, tmp_path / "timm")
+
+
+def test_an_export_never_deletes_a_folder_edgecls_did_not_write(run_dir, tmp_path):
+    import subprocess
+    import sys
+
+    mine = tmp_path / "out" / "timm"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    fails_cleanly(
+        "export", str(run_dir), "--format", "timm", "--out", str(tmp_path / "out"),
+        contains="edgecls did not write it",
+    )  # fmt: skip
+    assert (mine / "notes.txt").read_text() == "mine"
+    if importlib.util.find_spec("coremltools") is None:
+        return
+    package = tmp_path / "out" / "model_fp16.mlpackage"
+    package.mkdir()
+    (package / "notes.txt").write_text("mine too")
+    command = [sys.executable, "-m", "edgecls", "export", str(run_dir), "--format", "coreml"]
+    done = subprocess.run(
+        [*command, "--precision", "fp16", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "edgecls did not write it" in done.stderr
+    assert (package / "notes.txt").read_text() == "mine too"
+
+
+def test_an_export_replaces_its_own_earlier_output(run_dir, tmp_path):
+    for _ in range(2):
+        assert (
+            invoke("export", str(run_dir), "--format", "timm", "--out", str(tmp_path)).exit_code
+            == 0
+        )
+    assert (tmp_path / "timm" / "edgecls.json").is_file()
+
+
+def test_data_named_for_the_export_check_must_exist(run_dir, tmp_path):
+    fails_cleanly(
+        "export", str(run_dir), "--format", "onnx", "--out", str(tmp_path),
+        "--data", str(tmp_path / "no-such-dir"), contains="could not be loaded",
+    )  # fmt: skip

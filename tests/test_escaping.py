@@ -113,3 +113,16 @@ def test_a_run_on_classes_with_hostile_names_finishes_with_escaped_output(tmp_pa
     assert not unescaped_html(report)
     assert "<img src=x" not in (run.run_dir / "report.html").read_text()
     assert json.loads((run.run_dir / "metrics.json").read_text())["val"]["classes"] == run.classes
+    from click.testing import CliRunner
+
+    from edgecls.cli import main
+
+    table = tmp_path / "predictions.csv"
+    image = data / NASTY[2] / "0.png"
+    result = CliRunner().invoke(
+        main, ["predict", str(run.run_dir), str(image), "--csv", str(table)]
+    )
+    assert result.exit_code == 0, result.output
+    with open(table, newline="") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    assert "'" + NASTY[2] in cells and NASTY[2] not in cells  # quoted, never a formula

@@ -284,6 +284,20 @@ def test_resume_refuses_data_whose_classes_changed(tmp_path, digit_folder):
     assert "new: x" in message
 
 
+@pytest.mark.slow
+def test_resume_refuses_images_added_unless_told_to_accept_them(tmp_path, digit_folder):
+    data = _copy_tree(digit_folder, tmp_path / "data")
+    run = tmp_path / "run"
+    assert invoke("train", data, *TINY, "--epochs", "1", "--run-dir", run).exit_code == 0
+    for i in range(3):  # the same classes, more images: the validation split is drawn anew
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(data / "3" / f"new{i}.png")
+    message = fails_cleanly(invoke("train", "--resume", run), contains="the data changed")
+    assert "3 images added" in message and "--accept-changed-data" in message
+    accepted = invoke("train", "--resume", run, "--accept-changed-data", "--quiet", "max_epochs=2")
+    assert accepted.exit_code == 0, accepted.output
+    assert [row["epoch"] for row in runs.read_history(run)] == [1, 2]
+
+
 # --- atomic writes ------------------------------------------------------------------------------
 
 

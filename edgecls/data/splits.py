@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,6 +69,48 @@ class Dataset:
     problems: list[str]
     fatal: bool
     storage: str = "memory"  # or "disk cache FOLDER"
+
+
+def _digest(items: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
+
+
+def data_summary(dataset: Dataset) -> dict[str, Any]:
+    """What a checkpoint remembers of its data, to notice on resume that it changed: the images
+    of all splits together, and each split's images with their labels."""
+    splits = {"train": dataset.train, "val": dataset.val}
+    if dataset.test is not None:
+        splits["test"] = dataset.test
+    return {
+        "images": sum(len(split) for split in splits.values()),
+        "all": _digest([source for split in splits.values() for source in split.sources]),
+        "splits": {
+            name: _digest(
+                [
+                    f"{s}\t{int(y)}"
+                    for s, y in zip(split.sources, split.labels.tolist(), strict=True)
+                ]
+            )
+            for name, split in splits.items()
+        },
+    }
+
+
+def describe_changes(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    """How the data differs from a checkpoint's: "" when it is the same."""
+    if saved["all"] != now["all"]:
+        difference = now["images"] - saved["images"]
+        if difference > 0:
+            return f"{difference} images added"
+        if difference < 0:
+            return f"{-difference} images removed"
+        return "images replaced by others"
+    if saved["splits"] != now["splits"]:
+        return (
+            "the images are split or labelled differently: validation images may have been "
+            "trained on"
+        )
+    return ""
 
 
 class Problems:

@@ -237,7 +237,8 @@ def _checking_data(
     source: TorchPredictor, data: str | None, precision: str, max_drop: float | None
 ) -> Dataset | None:
     """The checkpoint's data (or `data`): INT8 calibrates on its training split, and the export
-    is checked on its validation split. Only INT8 cannot do without it."""
+    is checked on its validation split. Only INT8 cannot do without it; data the user named
+    must load (the check is skipped, and said, only when the checkpoint's own data is gone)."""
     try:
         dataset = load_configured_dataset(source.config, data, progress=False)
     except UserError as error:
@@ -245,6 +246,8 @@ def _checking_data(
             raise UserError(
                 f"INT8 needs calibration data and it could not be loaded: {error}"
             ) from None
+        if data is not None:
+            raise UserError(f"--data {data} could not be loaded: {error}") from None
         dataset = None
     if precision == "int8" and (dataset is None or not len(dataset.train)):
         raise UserError("INT8 needs calibration data: pass --data DATA (the training data)")

@@ -190,11 +190,15 @@ def export_coreml(model: nn.Module, info: ModelInfo, path: Path, precision: str)
             raise UserError(f"Core ML conversion failed: {error}") from None
     package.short_description = "edgecls classifier: " + ", ".join(info.classes)
     package.user_defined_metadata["edgecls"] = info.to_json()
-    if path.exists():
-        shutil.rmtree(path)
+    runs.remove_own_output(path, _written_by_edgecls(path))
     package.save(str(path))
     info.save(metadata_path(path))
     return path
+
+
+def _written_by_edgecls(package: Path) -> bool:
+    """A Core ML package edgecls wrote: its model holds the `edgecls` metadata."""
+    return any(b"edgecls" in spec.read_bytes() for spec in package.glob("**/*.mlmodel"))
 
 
 @EXPORT_FORMATS.register("coreml", "Core ML ML Program (.mlpackage), FP32 or FP16")

@@ -11,6 +11,7 @@ import torch
 from edgecls.data import IMAGE_EXTENSIONS, BadImageError, load_image, printable_path, to_tensor
 from edgecls.deploy.runtime import load_predictor
 from edgecls.errors import UserError
+from edgecls.report.escape import csv_cell
 
 
 @dataclass
@@ -66,6 +67,7 @@ def predict_images(
 
 
 def write_predictions_csv(predictions: list[Prediction], path: Path) -> None:
+    """One row per image; a label or path a spreadsheet would run as a formula is quoted."""
     k = max((len(p.labels) for p in predictions), default=0)
     header = ["path"] + [f"{name}{i}" for i in range(1, k + 1) for name in ("label", "prob")]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +78,6 @@ def write_predictions_csv(predictions: list[Prediction], path: Path) -> None:
             cells = [
                 c
                 for pair in zip(p.labels, p.probabilities, strict=True)
-                for c in (pair[0], f"{pair[1]:.6f}")
+                for c in (csv_cell(pair[0]), f"{pair[1]:.6f}")
             ]
-            writer.writerow([p.path, *cells])
+            writer.writerow([csv_cell(p.path), *cells])

@@ -8,7 +8,6 @@ its models goes into the config's preprocessing, where timm's data pipeline read
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import timm
 import torch
 from timm.models import save_for_hf
 
+from edgecls import runs
 from edgecls.config import Config
 from edgecls.deploy.formats import ExportFormat, ExportJob, Written
 from edgecls.deploy.runtime import ModelInfo, Predictor
@@ -38,8 +38,7 @@ def export_timm(model: Classifier, config: Config, info: ModelInfo, folder: Path
         )
     if config.head_width:
         raise UserError("--format timm cannot describe head_width: timm builds 1280 wide")
-    if folder.exists():
-        shutil.rmtree(folder)
+    runs.remove_own_output(folder, (folder / "edgecls.json").is_file())
     channels = 1 if config.grayscale else 3
     save_for_hf(
         model.backbone,

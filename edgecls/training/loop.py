@@ -35,6 +35,7 @@ from edgecls import runs
 from edgecls.config import Config
 from edgecls.console import console
 from edgecls.data import Dataset, ImageSplit
+from edgecls.data.splits import data_summary
 from edgecls.device import mixed_precision, select_device
 from edgecls.evaluate import compute_metrics
 from edgecls.evaluate.inference import predict_logits
@@ -193,6 +194,7 @@ class Trainer:
         self.early_stopping = create_early_stopping(config)
         self.state = RunState()
         self.start: dict[str, Any] = {}  # where a divergence before the first checkpoint returns
+        self.data_summary = data_summary(dataset)  # saved with each checkpoint, checked on resume
 
     # one update ----------------------------------------------------------------------------
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -237,6 +239,7 @@ class Trainer:
             "rng": rng_states(),
             "config": runs.saved_config(self.config),
             "classes": self.dataset.classes,
+            "data": self.data_summary,
             "state": vars(self.state),
         }
 

@@ -16,7 +16,7 @@ from edgecls import runs
 from edgecls.config import Config, parse_duration
 from edgecls.console import console, messages_off
 from edgecls.data import Dataset, load_configured_dataset
-from edgecls.data.splits import IMBALANCE_RATIO, imbalance_ratio
+from edgecls.data.splits import IMBALANCE_RATIO, data_summary, describe_changes, imbalance_ratio
 from edgecls.errors import UserError
 from edgecls.evaluate.checkpoint import evaluate_best
 from edgecls.models import create_model
@@ -49,6 +49,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     resume_overrides: dict[str, Any] | None = None,
+    accept_changed_data: bool = False,
     progress: bool = True,
     dataset: Dataset | None = None,
     started: float | None = None,
@@ -60,27 +61,25 @@ def train(
 
     The folder is locked for the whole run. With `resume`, training continues from last.pt, or,
     if the run stopped during the LR search, the search continues from its stored trials;
-    `resume_overrides` are the safe settings changed for the rest of the run. `dataset`
+    `resume_overrides` are the safe settings changed for the rest of the run; data that changed
+    since (images added or removed, another validation split) is refused unless
+    `accept_changed_data`. `dataset`
     overrides `config.data` (benchmarks that train on a fixed subset). A `time_budget` counts
     from `started` (time.monotonic() when the job began; default now); `plan` is saved as
     plan.json. In a `world` of several processes, rank 0 claims the folder, writes every file
     and returns the metrics; the others train beside it, silent, and return none.
     """
     started = time.monotonic() if started is None else started
-    resume_overrides = resume_overrides or {}
+    resuming = Resuming(resume_overrides or {}, accept_changed_data) if resume else None
     if not world.main:
         run_dir = world.share(None)  # rank 0's, once it has claimed it
         with messages_off():
-            _train_in(
-                config, run_dir, resume, resume_overrides, False, dataset, started, None, world
-            )
+            _train_in(config, run_dir, resuming, False, dataset, started, None, world)
         return TrainedRun(run_dir, {})
     with runs.claim_run_dir(run_dir, config, overwrite=overwrite, resume=resume) as run_dir:
         world.share(run_dir)
         try:
-            metrics = _train_in(
-                config, run_dir, resume, resume_overrides, progress, dataset, started, plan, world
-            )
+            metrics = _train_in(config, run_dir, resuming, progress, dataset, started, plan, world)
         except KeyboardInterrupt:
             if (run_dir / "config.yaml").is_file():
                 console.print(f"continue with: edgecls train --resume {run_dir}", highlight=False)
@@ -148,11 +147,18 @@ def _record_resume(trainer: Trainer, saved_lr: float, changed: dict[str, Any]) -
     state.resumes.append({"epoch": state.epoch, "overrides": changed})
 
 
+@dataclass(frozen=True)
+class Resuming:
+    """A resumed run: the safe settings it changes, and whether the user accepts changed data."""
+
+    overrides: dict[str, Any]
+    accept_changed_data: bool = False
+
+
 def _train_in(
     config: Config,
     run_dir: Path,
-    resume: bool,
-    resume_overrides: dict[str, Any],
+    resuming: Resuming | None,
     progress: bool,
     dataset: Dataset | None,
     started: float,
@@ -162,7 +168,7 @@ def _train_in(
     """`train` in its claimed folder, in every process; rank 0 alone writes and evaluates."""
     dataset = dataset or load_configured_dataset(config, progress=progress)
     config = resolve_balance(config, dataset)
-    checkpoint = _resumed_checkpoint(run_dir, resume, dataset)
+    checkpoint = _resumed_checkpoint(run_dir, resuming, dataset)
     _check_before_writing(config, dataset, world)
     if world.main:
         _start_run_folder(run_dir, config, plan, dataset, world)
@@ -185,7 +191,7 @@ def _train_in(
         )
         if checkpoint is not None:
             trainer.restore(checkpoint)
-            _record_resume(trainer, checkpoint["config"]["lr"], resume_overrides)
+            _record_resume(trainer, checkpoint["config"]["lr"], resuming.overrides)
         trainer.fit()
         if not world.main:  # rank 0 evaluates, exports and reports
             return {}
@@ -198,13 +204,30 @@ def _train_in(
     return metrics
 
 
-def _resumed_checkpoint(run_dir: Path, resume: bool, dataset: Dataset) -> dict[str, Any] | None:
-    """last.pt of the run to resume, if it got that far, for the same classes."""
+def _resumed_checkpoint(
+    run_dir: Path, resuming: Resuming | None, dataset: Dataset
+) -> dict[str, Any] | None:
+    """last.pt of the run to resume, if it got that far, for the same classes and (unless the
+    user accepts a change) the same images in the same splits."""
     last = run_dir / "last.pt"
-    checkpoint = runs.load_checkpoint(last) if resume and last.is_file() else None
+    checkpoint = runs.load_checkpoint(last) if resuming and last.is_file() else None
     if checkpoint is not None:
         _check_same_classes(dataset, checkpoint)
+        if not resuming.accept_changed_data:
+            _check_same_data(dataset, checkpoint)
     return checkpoint
+
+
+def _check_same_data(dataset: Dataset, checkpoint: dict[str, Any]) -> None:
+    saved = checkpoint.get("data")
+    if saved is None:  # a checkpoint of an earlier edgecls
+        return
+    changes = describe_changes(saved, data_summary(dataset))
+    if changes:
+        raise UserError(
+            f"the data changed since the interrupted run ({changes}): resume with the same data, "
+            "or continue anyway with --accept-changed-data"
+        )
 
 
 def _check_before_writing(config: Config, dataset: Dataset, world: World) -> None:
