@@ -644,6 +644,7 @@ def ablate(
         base = dataclasses.replace(base, data=cfg.DEFAULT_DATA)
     name = Path(recipe).stem
     out_dir = Path(out_dir or Path("runs") / f"ablate-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    runs.check_folder_writable(out_dir)  # a file, or a folder under one, is refused here
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} is not empty: name another --out")
     rows = run_ablation(

@@ -202,6 +202,10 @@ def a_folder_of_mine(tmp: Path) -> None:
     (tmp / "mine" / "notes.txt").write_text("precious")
 
 
+def a_file_of_mine(tmp: Path) -> None:
+    (tmp / "notes.txt").write_text("precious")
+
+
 def corrupt_checkpoint(tmp: Path) -> None:
     (tmp / "corrupt.pt").write_bytes(b"\x00" * 100)
 
@@ -535,6 +539,20 @@ CASES = [
         "train {data} lr=tpe lr_search_storage=postgresql://bob:s3cret@127.0.0.1:1/x " + TRAIN,
         2,
         "postgresql://bob:***@127.0.0.1:1/x",
+    ),
+    Case(
+        "ablate into a file",
+        "ablate {data} --recipe digits --stack mixup --out {tmp}/notes.txt",
+        2,
+        "not a folder",
+        a_file_of_mine,
+        then=lambda tmp: (tmp / "notes.txt").read_text() == "precious" or pytest.fail(),
+    ),
+    Case(
+        "export check data that does not exist",
+        "export {run} --format onnx --out {tmp}/out --data {tmp}/no-such-dir",
+        2,
+        "could not be loaded",
     ),
     Case("time_budget not a duration", "train {data} time_budget=soon", 2, "time_budget"),
     Case("time_budget too small", "train {data} time_budget=1s --quiet", 2, "too small"),

@@ -503,10 +503,3 @@ def test_an_export_replaces_its_own_earlier_output(run_dir, tmp_path):
             == 0
         )
     assert (tmp_path / "timm" / "edgecls.json").is_file()
-
-
-def test_data_named_for_the_export_check_must_exist(run_dir, tmp_path):
-    fails_cleanly(
-        "export", str(run_dir), "--format", "onnx", "--out", str(tmp_path),
-        "--data", str(tmp_path / "no-such-dir"), contains="could not be loaded",
-    )  # fmt: skip
