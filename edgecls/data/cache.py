@@ -289,7 +289,7 @@ class DiskCache:
                 self._decode_into(files, pending, decode_one, images, status, failures, progress)
             self._decode_again(files, decode_one, images, status, failures)
             (self.folder / "complete.json").write_text(json.dumps({"images": len(files)}))
-            (self.folder / "last_used").write_text(f"{time.time():.0f}\n")
+            (self.folder / "last_used").write_text(f"{time.time()!r}\n")
         return images, failures
 
     def _decode_again(
