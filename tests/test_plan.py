@@ -35,6 +35,17 @@ ONE_MODEL = {"model": "mobilenetv3_small_100"}  # one candidate model keeps plan
 FP32 = {"amp": False}  # and so does timing one precision, where a test is not about it
 
 
+@pytest.fixture(autouse=True)
+def steady_machine(monkeypatch):
+    """The plan's training-step times injected, not measured: 20 ms a step for every candidate
+    however busy the machine is, so what the plan chooses does not depend on the machine's speed
+    (the mixed-precision test injects its own). The wall time of a budgeted run is a benchmark:
+    benchmarks/budget.py."""
+    import edgecls.plan.measure as measured
+
+    monkeypatch.setattr(measured, "_step_seconds", lambda train_step, mixed, least: 0.02)
+
+
 def make_folder(root, side, colour, per_class=6, classes=3):
     rng = np.random.default_rng(0)
     for c in range(classes):
@@ -201,19 +212,8 @@ def test_plan_prints_and_exits_without_training(small_grey, tmp_path, monkeypatc
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.fixture
-def steady_machine(monkeypatch):
-    """The plan's timings injected, not measured: a training step takes 20 ms and an image 0.2 ms
-    to decode however busy the machine is, so what the plan chooses does not depend on the
-    machine's speed. (The wall time of a budgeted run is a benchmark: benchmarks/budget.py.)"""
-    import edgecls.plan.measure as measured
-
-    monkeypatch.setattr(measured, "_step_seconds", lambda train_step, mixed, least: 0.02)
-    monkeypatch.setattr(measured, "decode_seconds", lambda files, input_size: 0.0002)
-
-
 @pytest.mark.slow
-def test_a_planned_run_saves_its_plan_and_keeps_the_budget(small_grey, tmp_path, steady_machine):
+def test_a_planned_run_saves_its_plan_and_keeps_the_budget(small_grey, tmp_path):
     import edgecls
 
     trained = edgecls.train(
