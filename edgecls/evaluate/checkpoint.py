@@ -23,8 +23,6 @@ from edgecls.report import plot_confusion_matrix
 from edgecls.report.html import write_report
 from edgecls.report.plots import plot_mistakes, plot_reliability
 
-SPLITS = ("auto", "train", "val", "test", "all")
-
 
 def _pick_split(dataset, split: str) -> tuple[str, ImageSplit]:
     if split == "auto":

@@ -11,7 +11,7 @@ timm's policies in a DataLoader (`edgecls.data.per_image`). Each is one registra
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -101,9 +101,6 @@ def random_resized_crop(
 
 # A short run underfits under `basic`: the same warp without rotation or colour jitter.
 LIGHT = {"max_rotation": 0.0, "scale": (0.95, 1.05), "max_shift": 0.08, "jitter": 0.0}
-
-
-TensorPolicy = Callable[[torch.Tensor, torch.Generator, Config], torch.Tensor]
 
 
 @AUGMENT_POLICIES.register("basic", "flip, crop, small rotation and jitter, on batches")
