@@ -145,3 +145,68 @@ def test_a_user_error_met_only_by_another_process_is_said(tmp_path):
     assert _errors_of_other_ranks(str(tmp_path), 2) == [
         "error: (process 1 of 2) no such folder: /data"
     ]
+
+
+ROLLBACK_SCRIPT = """
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgecls import runs
+from edgecls.config import build_config
+from edgecls.data import load_dataset
+from edgecls.training.distributed import join
+from edgecls.training.loop import Trainer
+
+out = Path(sys.argv[1])
+world = join()
+dataset = load_dataset("digits", input_size=16, grayscale=True, progress=False)
+config = build_config({"model": "mobilenetv3_small_050", "input_size": 16, "grayscale": True,
+                       "lr": 0.01, "batch_size": 16, "workers": 0})
+run_dir = out / f"rank{world.rank}"  # on several machines, only rank 0's folder has last.pt
+run_dir.mkdir(parents=True, exist_ok=True)
+trainer = Trainer(config, dataset, run_dir=run_dir, world=world)
+trainer.start = trainer.checkpoint()
+if world.main:
+    with torch.no_grad():
+        for parameter in trainer.model.parameters():
+            parameter.add_(1.0)
+    runs.save_checkpoint(trainer.checkpoint(), run_dir / "last.pt")
+    with torch.no_grad():
+        for parameter in trainer.model.parameters():
+            parameter.sub_(1.0)
+trainer.roll_back(0, "a test")
+total = sum(float(p.double().sum()) for p in trainer.model.parameters())
+(out / f"sum{world.rank}").write_text(repr(total))
+"""
+
+
+@pytest.mark.slow
+def test_a_rollback_restores_rank_0s_checkpoint_on_every_rank(tmp_path):
+    """Each rank with a run folder of its own, as on two machines: rank 0's last.pt (weights +1)
+    is the state both return to, not rank 1's start."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "rollback.py"
+    script.write_text(ROLLBACK_SCRIPT)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path)],
+            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stderr=subprocess.PIPE,
+        )
+        for rank in range(2)
+    ]
+    for process in ranks:
+        assert process.wait(timeout=300) == 0, process.stderr.read().decode()[-2000:]
+    sums = [float((tmp_path / f"sum{rank}").read_text()) for rank in range(2)]
+    assert sums[0] == pytest.approx(sums[1])
