@@ -23,16 +23,20 @@ _QUERY = re.compile(
 
 def redact(value: Any) -> Any:
     """`value` with every password in a URL replaced by ***; dicts, lists and tuples are
-    walked, other values returned as they are."""
+    walked. What holds no secret comes back as the very same object (a checkpoint's state dicts
+    keep their type and metadata)."""
     if isinstance(value, str):
-        text = _USERINFO.sub(rf"\1:{REDACTED}@", value)
-        return _QUERY.sub(rf"\1{REDACTED}", text)
+        text = _QUERY.sub(rf"\1{REDACTED}", _USERINFO.sub(rf"\1:{REDACTED}@", value))
+        return value if text == value else text
     if isinstance(value, dict):
-        return {key: redact(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [redact(item) for item in value]
-    if isinstance(value, tuple):
+        items = {key: redact(item) for key, item in value.items()}
+        return value if all(items[key] is value[key] for key in value) else items
+    if isinstance(value, (list, tuple)):
         items = [redact(item) for item in value]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        if isinstance(value, list):
+            return items
         return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
     return value
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import random
 import time
@@ -194,7 +195,6 @@ class Trainer:
         self.early_stopping = create_early_stopping(config)
         self.state = RunState()
         self.start: dict[str, Any] = {}  # where a divergence before the first checkpoint returns
-        self.data_summary = data_summary(dataset)  # saved with each checkpoint, checked on resume
 
     # one update ----------------------------------------------------------------------------
     def compute_loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -224,6 +224,11 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     # checkpoints ---------------------------------------------------------------------------
+    @functools.cached_property
+    def data_summary(self) -> dict[str, Any]:
+        """Saved with each checkpoint and compared on resume; made once, when first saved."""
+        return data_summary(self.dataset)
+
     def checkpoint(self) -> dict[str, Any]:
         return {
             "model": self.evaluated_model.state_dict(),
