@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from edgecls import config as cfg
@@ -39,14 +38,11 @@ from edgecls.data import (
     load_dataset,
     load_image,
     printable_path,
-    to_tensor,
+    to_pixels,
 )
 from edgecls.data.images import to_8bit
-from edgecls.deploy.predict import Prediction, expand_inputs
-from edgecls.deploy.runtime import ModelInfo, Predictor, load_predictor
 from edgecls.errors import UserError
 from edgecls.redact import redact
-from edgecls.training import distributed
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -55,8 +51,11 @@ if TYPE_CHECKING:
     from edgecls.data.cache import CacheEntry
     from edgecls.deploy.bench import BenchRow
     from edgecls.deploy.export import ExportReport
+    from edgecls.deploy.predict import Prediction
+    from edgecls.deploy.runtime import ModelInfo, Predictor
     from edgecls.evaluate.metrics import Metrics
     from edgecls.plan import Plan
+    from edgecls.training.distributed import World
     from edgecls.training.lr_search import LRSearchResult
 
 EdgeclsError = UserError  # the one exception type of the API, as of the CLI
@@ -120,6 +119,8 @@ class Run:
         return runs.read_json(path) if path.is_file() else None
 
     def predict(self, images: Any, top_k: int = 5) -> list[Prediction]:
+        from edgecls.deploy.runtime import load_predictor
+
         return _predict(load_predictor(self.run_dir), images, top_k)
 
     def export(self, format: str = "onnx", precision: str = "fp32", **options: Any) -> ExportReport:
@@ -199,6 +200,8 @@ def load(path: str | Path) -> Run | Model:
         return Run(path)
     if path.suffix == ".pt" and path.is_file() and runs.is_run_folder(path.parent):
         return Run(path.parent)
+    from edgecls.deploy.runtime import load_predictor
+
     return Model(path, load_predictor(path))
 
 
@@ -256,6 +259,8 @@ def train(
     if _launches(nproc):
         options = _options(recipe=recipe, run_dir=run_dir, overwrite=overwrite, quiet=not progress)
         return _launch(nproc, ["train", *([data] if data else []), *options, *_pairs(overrides)])
+    from edgecls.training import distributed
+
     world = distributed.join()
     user_values = _typed(overrides)
     with messages_off(not (progress if messages is None else messages)):
@@ -318,6 +323,8 @@ def resume(
             resume=run_dir, accept_changed_data=accept_changed_data, quiet=not progress
         )
         return _launch(nproc, ["train", *options, *_pairs(overrides)])
+    from edgecls.training import distributed
+
     world = distributed.join()
     run_dir = Path(run_dir)
     config, changed = cfg.resume_config(runs.read_config(run_dir), _typed(overrides))
@@ -378,7 +385,7 @@ def show_plan(plan: Plan, where: Console = console) -> None:
 def _train_here(
     config: cfg.Config,
     run_dir: Path | None,
-    world: distributed.World,
+    world: World,
     started: float,
     *,
     overwrite: bool = False,
@@ -389,6 +396,7 @@ def _train_here(
     progress: bool = True,
 ) -> Run | None:
     """Train in this process (one of `world`); a lost peer process ends it with status 1."""
+    from edgecls.training import distributed
     from edgecls.training import train as run_training
 
     try:
@@ -415,11 +423,15 @@ def _train_here(
 
 def _launches(nproc: int | None) -> bool:
     """Whether this process starts `nproc` training processes (it is not one of them)."""
+    from edgecls.training import distributed
+
     return nproc is not None and nproc > 1 and not distributed.under_torchrun()
 
 
 def _launch(nproc: int, argv: list[str]) -> None:
     """`edgecls ARGV` in `nproc` processes under torchrun; their failure is this one's."""
+    from edgecls.training import distributed
+
     status = distributed.launch(nproc, argv)
     if status:
         raise SystemExit(status)
@@ -943,19 +955,22 @@ def _predict(predictor: Predictor, images: Any, top_k: int = 5) -> list[Predicti
     for index, item in enumerate(items):
         for name, image in _images_of(item, index):
             names.append(name)
-            tensors.append(to_tensor(to_8bit(image, info.grayscale), info.input_size))
+            tensors.append(to_pixels(to_8bit(image, info.grayscale), info.input_size))
     if not tensors:
         raise UserError("no images to predict")
-    probabilities = torch.from_numpy(predictor.predict_proba(torch.stack(tensors)))
-    values, indices = probabilities.topk(min(top_k, len(info.classes)), dim=1)
+    from edgecls.deploy.predict import Prediction, top_labels
+
+    probabilities = predictor.predict_proba(np.stack(tensors))
     return [
-        Prediction(name, [info.classes[i] for i in idx.tolist()], val.tolist())
-        for name, val, idx in zip(names, values, indices, strict=True)
+        Prediction(name, *top_labels(row, info.classes, top_k))
+        for name, row in zip(names, probabilities, strict=True)
     ]
 
 
 def _images_of(item: Any, index: int) -> Iterable[tuple[str, Image.Image]]:
     if isinstance(item, (str, Path)):
+        from edgecls.deploy.predict import expand_inputs
+
         for path in expand_inputs([Path(item)]):
             try:
                 yield printable_path(path), load_image(path)
@@ -968,7 +983,7 @@ def _images_of(item: Any, index: int) -> Iterable[tuple[str, Image.Image]]:
 def _as_image(item: Any, what: str) -> Image.Image:
     if isinstance(item, Image.Image):
         return item
-    if isinstance(item, torch.Tensor):
+    if type(item).__module__ == "torch":  # a tensor
         item = item.numpy()
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8:
@@ -1000,7 +1015,7 @@ def write_memory_data(
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise UserError(f"item {index} of the data is not an (image, label) pair")
         image, label = pair
-        if isinstance(label, torch.Tensor):
+        if type(label).__module__ == "torch":  # a tensor
             label = label.item()
         if names is not None and isinstance(label, (int, np.integer)):
             label = names[int(label)]

@@ -30,7 +30,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from edgecls.config import Config
@@ -235,6 +234,8 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     last = path.parent / "last.pt"
     kept = f"the last good checkpoint {last} is intact" if last.is_file() else "no checkpoint yet"
 
+    import torch
+
     def write(tmp: str) -> None:
         serialised = io.BytesIO()
         torch.save(redact(state), serialised)
@@ -254,6 +255,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         path = path / "best.pt"
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
+    import torch
+
     try:
         # weights_only: a checkpoint is data; unpickling anything else could run code.
         state = torch.load(path, map_location="cpu", weights_only=True)

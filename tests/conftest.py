@@ -2,10 +2,14 @@
 tracked run (each trained once per session)."""
 
 import os
+import tempfile
 
 # One thread per test process and per process it starts: the tiny models here spend more time
 # synchronising threads than computing.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Runs on data that fits in memory keep what they decoded in the image cache for the next run:
+# the suite's go to a folder of its own, not the user's cache.
+os.environ.setdefault("EDGECLS_CACHE_DIR", tempfile.mkdtemp(prefix="edgecls-test-cache-"))
 
 import numpy as np
 import pytest

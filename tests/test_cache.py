@@ -14,7 +14,7 @@ import edgecls.data.loader as loader
 from edgecls.cli import main
 from edgecls.config import Config
 from edgecls.data import load_dataset
-from edgecls.data.cache import choose_cache, is_mapped
+from edgecls.data.cache import choose_cache, map_of
 from edgecls.training.augment import training_batches
 
 
@@ -68,7 +68,7 @@ def test_a_disk_cache_holds_what_memory_holds_and_is_reused_without_decoding(
     decodes.clear()
     disk = load(folder, "disk", tmp_path / "cache")
     assert len(decodes) == 61 and disk.storage.startswith("disk cache ")
-    assert is_mapped(disk.train.images) and is_mapped(disk.val.images)
+    assert map_of(disk.train.images) is not None and map_of(disk.val.images) is not None
     same_splits(memory, disk)
     assert disk.skipped == memory.skipped and len(disk.skipped) == 1
 
@@ -187,7 +187,7 @@ def test_evaluating_a_slice_of_the_disk_cache_does_not_keep_its_pages(tmp_path, 
     images = cache_module.open_map(path, (24_000, 1, 64, 64), create=True)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64 * 64, 2))
     cache_module.release_pages()
-    predict_logits(model, images[:], batch_size=500, channels_last=False)  # a slice: no mark
+    predict_logits(model, torch.from_numpy(images[:]), batch_size=500, channels_last=False)
     resident = resident_bytes_of(path)
     assert resident < 16 * 2**20, f"{resident / 2**20:.0f} MB of a 94 MB map stayed resident"
 
@@ -266,6 +266,19 @@ def test_the_space_check_counts_the_subsets_too(folder, tmp_path, monkeypatch):
         load(folder, "disk", tmp_path / "cache")
 
 
+def test_auto_decodes_small_data_into_memory_once_and_a_second_load_maps_it(
+    folder, tmp_path, decodes
+):
+    first = load(folder, "auto", tmp_path / "cache")
+    assert first.storage == "memory" and len(decodes) == 61
+    decodes.clear()
+    second = load(folder, "auto", tmp_path / "cache")
+    assert second.storage.startswith("disk cache ") and map_of(second.train.images) is not None
+    assert decodes == [folder / "class0" / "broken.png"]  # only the unreadable file, again
+    same_splits(first, second)
+    assert second.skipped == first.skipped
+
+
 def test_a_second_process_waits_for_a_subset_being_written(tmp_path):
     import subprocess
     import sys
@@ -274,8 +287,8 @@ def test_a_second_process_waits_for_a_subset_being_written(tmp_path):
     folder = tmp_path / "entry"
     folder.mkdir()
     images = cache_module.open_map(folder / "images.u8", (40, 1, 8, 8), create=True)
-    images[:] = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1)
-    images._edgecls_map.flush()
+    images[:] = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1)
+    cache_module.flush(images)
     rows = [3, 1, 4, 15, 9, 26]
     script = (
         "import sys, torch; from pathlib import Path; import edgecls.data.cache as c\n"

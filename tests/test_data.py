@@ -18,7 +18,7 @@ from edgecls.data import (
     describe,
     load_dataset,
     load_image,
-    to_tensor,
+    to_pixels,
 )
 from edgecls.errors import UserError
 
@@ -331,13 +331,27 @@ def test_exif_orientation_is_applied(tmp_path):
     assert load_image(tmp_path / "a.jpg", grayscale=True).size == (8, 16)
 
 
-def test_to_tensor_resizes_shorter_side_then_center_crops():
+def test_to_pixels_resizes_shorter_side_then_center_crops():
     img = Image.new("RGB", (30, 10), (0, 0, 255))
     img.paste(RED, (10, 0, 20, 10))  # only the centre third is red
-    tensor = to_tensor(img, 5)
-    assert tensor.dtype == torch.uint8 and tuple(tensor.shape) == (3, 5, 5)
-    assert tensor[:, :, 1:4].flatten(1).unique(dim=1).tolist() == [[255], [0], [0]]
-    assert tuple(to_tensor(Image.new("L", (3, 7)), 4).shape) == (1, 4, 4)
+    pixels = to_pixels(img, 5)
+    assert pixels.dtype == np.uint8 and pixels.shape == (3, 5, 5)
+    assert np.unique(pixels[:, :, 1:4].reshape(3, -1), axis=1).tolist() == [[255], [0], [0]]
+    assert to_pixels(Image.new("L", (3, 7)), 4).shape == (1, 4, 4)
+
+
+@pytest.mark.parametrize("size", [(28, 28, 32), (300, 200, 64), (200, 301, 224), (33, 17, 16)])
+def test_to_pixels_matches_torchvision_antialiased_resize_and_centre_crop(size):
+    """Decoding moved from torchvision's tensor resize to PIL's (no torch to read data): the
+    pixels stay those training saw before, to within one level where the image shrinks."""
+    import torchvision.transforms.v2.functional as TF
+
+    width, height, side = size
+    array = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(array)
+    reference = TF.center_crop(TF.resize(TF.pil_to_tensor(image), [side], antialias=True), side)
+    difference = np.abs(to_pixels(image, side).astype(int) - reference.numpy().astype(int))
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.05
 
 
 @pytest.mark.parametrize("content", [b"", b"hello, not an image\n", "truncated"])

@@ -16,7 +16,7 @@ from PIL import Image
 
 from edgecls.cli import main
 from edgecls.config import build_config, load_recipe
-from edgecls.data.splits import Shard
+from edgecls.data.sampling import Shard
 from edgecls.runs import load_checkpoint
 from edgecls.training.augment import index_batches, num_batches
 from edgecls.training.loop import create_models, seed_everything

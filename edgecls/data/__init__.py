@@ -1,4 +1,4 @@
-"""Loading labelled images (folders, list files, built-ins) into checked uint8 tensors."""
+"""Loading labelled images (folders, list files, built-ins) into checked uint8 arrays."""
 
 from edgecls.data.builtin import BUILTIN_DATASETS
 from edgecls.data.images import (
@@ -7,7 +7,7 @@ from edgecls.data.images import (
     load_image,
     printable_path,
     to_float,
-    to_tensor,
+    to_pixels,
 )
 from edgecls.data.loader import load_configured_dataset, load_dataset
 from edgecls.data.report import describe
@@ -25,5 +25,5 @@ __all__ = [
     "load_image",
     "printable_path",
     "to_float",
-    "to_tensor",
+    "to_pixels",
 ]

@@ -9,12 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torchvision.datasets
 from PIL import Image, ImageOps
 
 from edgecls.console import progress_bar
-from edgecls.data.images import arrays_to_tensor, to_8bit, to_tensor
+from edgecls.data.images import arrays_to_pixels, to_8bit, to_pixels
 from edgecls.data.splits import ImageSplit
 from edgecls.errors import UserError
 
@@ -93,11 +91,11 @@ def load_builtin(
 
 
 def _from_arrays(
-    source: str, images: np.ndarray | torch.Tensor, labels, input_size: int, grayscale: bool
+    source: str, images: np.ndarray, labels, input_size: int, grayscale: bool
 ) -> ImageSplit:
     return ImageSplit(
-        arrays_to_tensor(images, input_size, grayscale),
-        torch.as_tensor(np.asarray(labels), dtype=torch.int64),
+        arrays_to_pixels(images, input_size, grayscale),
+        np.asarray(labels, dtype=np.int64),
         [f"{source}[{i}]" for i in range(len(images))],
     )
 
@@ -158,10 +156,12 @@ def _torchvision(
     # Checked first because some classes create their folder even when they then fail.
     if data_root is None or not (download or (Path(data_root) / spec.folder).exists()):
         raise UserError(f"{hint} (not found)")
+    import torchvision.datasets  # only these built-ins need torch
+
     dataset_class = getattr(torchvision.datasets, spec.cls)
 
-    def to_input(img: Image.Image) -> torch.Tensor:
-        return to_tensor(to_8bit(ImageOps.exif_transpose(img), grayscale), input_size)
+    def to_input(img: Image.Image) -> np.ndarray:
+        return to_pixels(to_8bit(ImageOps.exif_transpose(img), grayscale), input_size)
 
     splits, classes = {}, None
     for split, kwargs in spec.splits.items():
@@ -182,12 +182,12 @@ def _torchvision_split(
 ) -> ImageSplit:
     """In-memory datasets (CIFAR, SVHN, MNIST-like) are resized as arrays; others per file."""
     data = getattr(dataset, "data", None)
-    if isinstance(data, (np.ndarray, torch.Tensor)):
+    if data is not None and hasattr(data, "ndim"):  # an array or a tensor
         if data.ndim == 4 and data.shape[1] == 3:  # SVHN stores (N, 3, H, W)
             data = data.transpose(0, 2, 3, 1)
         labels = getattr(dataset, "targets", None)
         labels = labels if labels is not None else dataset.labels
-        return _from_arrays(source, data, labels, input_size, grayscale)
+        return _from_arrays(source, np.asarray(data), labels, input_size, grayscale)
     with ThreadPoolExecutor() as pool:
         loaded = pool.map(dataset.__getitem__, range(len(dataset)))
         pairs = list(progress_bar(loaded, len(dataset), f"loading {source}", progress))
@@ -195,7 +195,7 @@ def _torchvision_split(
         return ImageSplit.empty(1 if grayscale else 3, input_size)
     images, labels = zip(*pairs, strict=True)
     return ImageSplit(
-        torch.stack(images),
-        torch.tensor(labels, dtype=torch.int64),
+        np.stack(images),
+        np.asarray(labels, dtype=np.int64),
         [f"{source}[{i}]" for i in range(len(pairs))],
     )

@@ -1,7 +1,7 @@
 """The disk image cache: a folder's images decoded once, at the run's input size and channels,
 into a memory-mapped uint8 file that every later run with the same fingerprint reuses.
 
-Training then reads its batches from the map as it reads them from memory (the same tensors,
+Training then reads its batches from the map as it reads them from memory (the same arrays,
 the same augmentation), so a dataset no longer has to fit in RAM. Pages read from the map are
 dropped from the process whenever its mapped pages grew by RELEASE_BYTES, so a run's resident
 memory does not grow with the dataset; the kernel keeps them in its page cache while memory allows.
@@ -24,15 +24,19 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psutil
-import torch
 
 from edgecls.console import progress_bar
 from edgecls.data.images import BadImageError
 from edgecls.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    Pixels = np.ndarray | torch.Tensor
 
 CACHE_MODES = ("auto", "memory", "disk")
 FORMAT_VERSION = 2  # part of every fingerprint: a new layout never reads an old file
@@ -50,6 +54,10 @@ DECODE_THREADS = min(8, os.cpu_count() or 1)  # PIL releases the GIL while it de
 # futures cost more than the decoding; tasks of 64 amortise them (and large JPEGs still decode in
 # parallel). The disk cache, for large data, keeps one per file: it commits as it goes.
 DECODE_CHUNK = 64
+
+# `cache=auto` keeps what it decoded into memory in the cache too, for the next run on the same
+# files, while that takes less than this share of the disk's free space.
+KEEP_SHARE = 0.05
 
 PENDING, DECODED, UNREADABLE = 0, 1, 2
 
@@ -112,9 +120,18 @@ def fingerprint(
     return digest.hexdigest()[:24]
 
 
-# Every open map (while a tensor uses it), so that their pages can be released together.
-# Each with the address its tensor starts at, which every view of it shares.
-_OPEN_MAPS: weakref.WeakKeyDictionary[mmap.mmap, int] = weakref.WeakKeyDictionary()
+@dataclass(frozen=True)
+class MapPlace:
+    """Where a map lies in memory, and the folder the subsets of its images go to."""
+
+    start: int
+    size: int
+    folder: Path
+
+
+# Every open map (while an array uses it: each array of a map holds it), so that their pages
+# can be released together, and an array (or a tensor of the same memory) known as a map's.
+_OPEN_MAPS: weakref.WeakKeyDictionary[mmap.mmap, MapPlace] = weakref.WeakKeyDictionary()
 _read_since_release = 0
 _mapped_after_release = 0
 PAGE_BYTES = mmap.PAGESIZE
@@ -129,14 +146,14 @@ def mapped_resident_bytes() -> int | None:
         return None
 
 
-def note_read(images: torch.Tensor, source: torch.Tensor) -> None:
+def note_read(images: Pixels, source: Pixels) -> None:
     """After a batch read from `source`: once the mapped pages grew by RELEASE_BYTES (or, where
     they cannot be measured, that much was read), drop the maps' pages from this process
     (MADV_DONTNEED: they stay in the page cache, the file is untouched)."""
     global _read_since_release
-    if not _OPEN_MAPS or not reads_a_map(source):
+    if not _OPEN_MAPS or map_of(source) is None:
         return
-    _read_since_release += images.numel() * images.element_size()
+    _read_since_release += images.nbytes
     mapped = mapped_resident_bytes()
     grown = _read_since_release if mapped is None else mapped - _mapped_after_release
     if grown >= RELEASE_BYTES:
@@ -152,35 +169,41 @@ def release_pages() -> None:
     _mapped_after_release = mapped_resident_bytes() or 0
 
 
-def is_mapped(images: torch.Tensor) -> bool:
-    return getattr(images, "_edgecls_map", None) is not None
+def _address(images: Pixels) -> int:
+    if isinstance(images, np.ndarray):
+        return images.__array_interface__["data"][0]
+    return images.data_ptr()
 
 
-def reads_a_map(images: torch.Tensor) -> bool:
-    """Whether `images` are (a view of) a map's, by address: a slice loses the mark `is_mapped`
-    reads, and the validation pass, reading a slice, kept every page it read."""
-    return images.untyped_storage().data_ptr() in _OPEN_MAPS.values()
+def map_of(images: Pixels) -> mmap.mmap | None:
+    """The open map whose memory `images` (an array, a view of one, or a tensor of the same
+    memory) lie in, by address: a view is a map's as much as the whole."""
+    if not _OPEN_MAPS or not len(images):
+        return None
+    address = _address(images)
+    for mapping, place in list(_OPEN_MAPS.items()):
+        if place.start <= address < place.start + place.size:
+            return mapping
+    return None
 
 
-def _mark(tensor: torch.Tensor, mapping: mmap.mmap, folder: Path) -> torch.Tensor:
-    """Remember the map behind a tensor (and keep it alive) and the folder its subsets go to."""
-    tensor._edgecls_map = mapping
-    tensor._edgecls_folder = folder
-    return tensor
-
-
-def mapped_subset(images: torch.Tensor, rows: list[int] | np.ndarray) -> torch.Tensor:
-    """`images[rows]`: a view when the rows are one run (no copy); else of a mapped tensor a
+def mapped_subset(images: np.ndarray, rows: list[int] | np.ndarray) -> np.ndarray:
+    """`images[rows]`: a view when the rows are one run (no copy); else of a mapped array a
     map of their own beside it (written once, reused like the cache), never all in memory."""
     rows = [int(r) for r in rows]
     if rows and rows == list(range(rows[0], rows[0] + len(rows))):
-        view = images[rows[0] : rows[0] + len(rows)]
-        if not is_mapped(images):
-            return view
-        return _mark(view, images._edgecls_map, images._edgecls_folder)
-    if not is_mapped(images):
-        return images[torch.as_tensor(rows, dtype=torch.int64)]
-    return take_rows(images, rows, images._edgecls_folder)
+        return images[rows[0] : rows[0] + len(rows)]
+    mapping = map_of(images)
+    if mapping is None:
+        return images[np.asarray(rows, dtype=np.int64)]
+    return take_rows(images, rows, _OPEN_MAPS[mapping].folder)
+
+
+def _free_bytes(folder: Path) -> int:
+    """Free space of the disk `folder` is on (or would be on: its nearest existing parent)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return psutil.disk_usage(str(folder)).free
 
 
 def _too_little_space(folder: Path, needed: int) -> UserError:
@@ -210,8 +233,8 @@ def _reserve(path: Path, size: int) -> None:
         handle.truncate(size)
 
 
-def open_map(path: Path, shape: tuple[int, ...], create: bool = False) -> torch.Tensor:
-    """A uint8 tensor of `shape` backed by the file at `path` (created at its full size, its
+def open_map(path: Path, shape: tuple[int, ...], create: bool = False) -> np.ndarray:
+    """A uint8 array of `shape` backed by the file at `path` (created at its full size, its
     space reserved on the disk)."""
     size = int(np.prod(shape))
     if create:
@@ -219,10 +242,17 @@ def open_map(path: Path, shape: tuple[int, ...], create: bool = False) -> torch.
     with open(path, "r+b") as handle:
         mapping = mmap.mmap(handle.fileno(), size) if size else None
     if mapping is None:
-        return torch.empty(shape, dtype=torch.uint8)
-    tensor = torch.from_numpy(np.frombuffer(mapping, dtype=np.uint8).reshape(shape))
-    _OPEN_MAPS[mapping] = tensor.untyped_storage().data_ptr()
-    return _mark(tensor, mapping, path.parent)
+        return np.empty(shape, dtype=np.uint8)
+    array = np.frombuffer(mapping, dtype=np.uint8).reshape(shape)  # holds the map open
+    _OPEN_MAPS[mapping] = MapPlace(_address(array), size, path.parent)
+    return array
+
+
+def flush(images: np.ndarray) -> None:
+    """The map behind `images` written to its file (an empty array has none)."""
+    mapping = map_of(images)
+    if mapping is not None:
+        mapping.flush()
 
 
 @contextmanager
@@ -252,9 +282,13 @@ class DiskCache:
         grayscale: bool,
         boxes: dict[Path, tuple] | None,
         cache_dir: str | Path | None,
+        create: bool = True,
     ) -> DiskCache:
         root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         folder = root / fingerprint(files, input_size, grayscale, boxes)
+        channels = 1 if grayscale else 3
+        if not create:
+            return cls(folder, (len(files), channels, input_size, input_size))
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -262,7 +296,6 @@ class DiskCache:
                 f"cannot create the image cache folder {folder} ({exc.strerror}): "
                 "set cache_dir=FOLDER or cache=memory"
             ) from None
-        channels = 1 if grayscale else 3
         return cls(folder, (len(files), channels, input_size, input_size))
 
     @property
@@ -272,9 +305,9 @@ class DiskCache:
     def build(
         self,
         files: list[Path],
-        decode_one: Callable[[Path], torch.Tensor | BadImageError],
+        decode_one: Callable[[Path], np.ndarray | BadImageError],
         progress: bool,
-    ) -> tuple[torch.Tensor, list[BadImageError | None]]:
+    ) -> tuple[np.ndarray, list[BadImageError | None]]:
         """Decode the files not decoded yet (all of them the first time; the rest after an
         interrupted build) into the map; returns the images and, per file, its failure."""
         self._check_space()
@@ -283,7 +316,7 @@ class DiskCache:
             fresh = not status_path.is_file()
             images = open_map(images_path, self.shape, create=fresh)
             status = open_map(status_path, (len(files),), create=fresh)
-            pending = np.flatnonzero(status.numpy() == PENDING).tolist()
+            pending = np.flatnonzero(status == PENDING).tolist()
             failures: list[BadImageError | None] = [None] * len(files)
             if pending:
                 self._decode_into(files, pending, decode_one, images, status, failures, progress)
@@ -292,18 +325,40 @@ class DiskCache:
             (self.folder / "last_used").write_text(f"{time.time()!r}\n")
         return images, failures
 
+    def keep(self, images: np.ndarray, failures: list[BadImageError | None]) -> None:
+        """Images decoded in memory (cache=auto) written as this entry, so that the next run on
+        the same files maps them instead of decoding. Only while they take less than KEEP_SHARE
+        of the disk's free space; a disk that cannot take them is no error: this run has them."""
+        try:
+            if self.complete or images.nbytes > KEEP_SHARE * _free_bytes(self.folder):
+                return
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with _locked(self.folder):
+                if (self.folder / "status.u8").is_file():  # another run's build
+                    return
+                kept = open_map(self.folder / "images.u8", self.shape, create=True)
+                kept[:] = images
+                flush(kept)
+                status = open_map(self.folder / "status.u8", (len(failures),), create=True)
+                status[:] = [DECODED if failure is None else UNREADABLE for failure in failures]
+                flush(status)
+                (self.folder / "complete.json").write_text(json.dumps({"images": len(failures)}))
+                (self.folder / "last_used").write_text(f"{time.time()!r}\n")
+        except (OSError, UserError):
+            return
+
     def _decode_again(
         self,
         files: list[Path],
-        decode_one: Callable[[Path], torch.Tensor | BadImageError],
-        images: torch.Tensor,
-        status: torch.Tensor,
+        decode_one: Callable[[Path], np.ndarray | BadImageError],
+        images: np.ndarray,
+        status: np.ndarray,
         failures: list[BadImageError | None],
     ) -> None:
         """Files an earlier build could not read, read again: for the reason they are skipped,
         or, now readable, decoded into their row (never left to train as a black image)."""
         readable = []
-        for i in np.flatnonzero(status.numpy() == UNREADABLE).tolist():
+        for i in np.flatnonzero(status == UNREADABLE).tolist():
             if failures[i] is not None:  # failed in this very build
                 continue
             image = decode_one(files[i])
@@ -318,9 +373,9 @@ class DiskCache:
         self,
         files: list[Path],
         pending: list[int],
-        decode_one: Callable[[Path], torch.Tensor | BadImageError],
-        images: torch.Tensor,
-        status: torch.Tensor,
+        decode_one: Callable[[Path], np.ndarray | BadImageError],
+        images: np.ndarray,
+        status: np.ndarray,
         failures: list[BadImageError | None],
         progress: bool,
     ) -> None:
@@ -348,13 +403,12 @@ class DiskCache:
             self._commit(images, status, written)
 
     @staticmethod
-    def _commit(images: torch.Tensor, status: torch.Tensor, rows: list[int]) -> None:
+    def _commit(images: np.ndarray, status: np.ndarray, rows: list[int]) -> None:
         """Pixels reach the file before their status says so: an interrupted build resumes
         from the last commit and never trusts a half-written row."""
-        images._edgecls_map.flush()
-        for i in rows:
-            status[i] = DECODED
-        status._edgecls_map.flush()
+        flush(images)
+        status[rows] = DECODED
+        flush(status)
         release_pages()
 
     def _check_space(self) -> None:
@@ -367,14 +421,14 @@ class DiskCache:
             raise _too_little_space(self.folder, needed)
 
 
-def take_rows(images: torch.Tensor, rows: list[int] | np.ndarray, folder: Path) -> torch.Tensor:
+def take_rows(images: np.ndarray, rows: list[int] | np.ndarray, folder: Path) -> np.ndarray:
     """`images[rows]` copied into a map of its own in `folder`, chunk by chunk (never all in
     memory); named after the rows, so the same subset is written once. Written under the cache's
     lock into a temporary file renamed when complete: a second process (a DDP rank, an LR-search
     worker) waits and maps the finished file, never truncates one being written."""
     rows = [int(r) for r in rows]
     if not rows:
-        return torch.empty((0, *images.shape[1:]), dtype=torch.uint8)
+        return np.empty((0, *images.shape[1:]), dtype=np.uint8)
     name = hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
     shape = (len(rows), *images.shape[1:])
     path = folder / f"rows-{name}.u8"
@@ -383,10 +437,10 @@ def take_rows(images: torch.Tensor, rows: list[int] | np.ndarray, folder: Path) 
             partial = folder / f"rows-{name}.u8.partial"
             subset = open_map(partial, shape, create=True)
             for start in range(0, len(rows), CHUNK):
-                index = torch.as_tensor(rows[start : start + CHUNK])
+                index = np.asarray(rows[start : start + CHUNK], dtype=np.int64)
                 subset[start : start + len(index)] = images[index]
                 release_pages()
-            subset._edgecls_map.flush()
+            flush(subset)
             os.replace(partial, path)
             return subset
     return open_map(path, shape)

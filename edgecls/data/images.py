@@ -1,15 +1,18 @@
-"""Decoding image files of any common kind into 8-bit RGB or L, and resizing to square tensors."""
+"""Decoding image files of any common kind into 8-bit RGB or L, and resizing them to square uint8
+arrays (numpy: reading data needs no torch; training views the same memory as tensors)."""
 
 from __future__ import annotations
 
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -80,34 +83,32 @@ def to_8bit(img: Image.Image, grayscale: bool) -> Image.Image:
     return img.convert("L" if grayscale else "RGB")
 
 
-def to_tensor(image: Image.Image, input_size: int) -> torch.Tensor:
-    """uint8 (C, S, S): shorter side resized to `input_size`, then a centred square crop."""
-    return resize_batch(TF.pil_to_tensor(image).unsqueeze(0), input_size)[0]
+def to_pixels(image: Image.Image, input_size: int) -> np.ndarray:
+    """uint8 (C, S, S): shorter side resized to `input_size` (bilinear, antialiased when it
+    shrinks), then a centred square crop."""
+    width, height = image.size
+    if (width, height) != (input_size, input_size):
+        short, long = sorted((width, height))
+        side = int(input_size * long / short)
+        size = (input_size, side) if width <= height else (side, input_size)
+        if size != image.size:
+            image = image.resize(size, Image.Resampling.BILINEAR)
+        left = int(round((size[0] - input_size) / 2.0))
+        top = int(round((size[1] - input_size) / 2.0))
+        image = image.crop((left, top, left + input_size, top + input_size))
+    pixels = np.asarray(image, dtype=np.uint8)
+    if pixels.ndim == 2:
+        return pixels[None].copy()
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-def resize_batch(images: torch.Tensor, input_size: int) -> torch.Tensor:
-    """Vectorised shorter-side resize + centre crop of uint8 (N, C, H, W), same as `to_tensor`."""
-    if images.shape[-2:] != (input_size, input_size):
-        images = TF.resize(images, [input_size], antialias=True)
-        images = TF.center_crop(images, [input_size, input_size])
-    return images.contiguous()
-
-
-def arrays_to_tensor(
-    images: np.ndarray | torch.Tensor, input_size: int, grayscale: bool, chunk: int = 4096
-) -> torch.Tensor:
-    """uint8 (N, H, W) or (N, H, W, 3) arrays -> uint8 (N, C, S, S), in chunks to bound memory."""
-    images = torch.as_tensor(images)
-    if images.ndim == 3:
-        images = images.unsqueeze(-1)
-    images = images.permute(0, 3, 1, 2)
-    channels = 1 if grayscale else 3
-    out = torch.empty((len(images), channels, input_size, input_size), dtype=torch.uint8)
-    for start in range(0, len(images), chunk):
-        part = images[start : start + chunk]
-        if grayscale and part.shape[1] == 3:
-            part = TF.rgb_to_grayscale(part)
-        out[start : start + chunk] = resize_batch(part, input_size)  # broadcasts 1 -> 3 channels
+def arrays_to_pixels(images: np.ndarray, input_size: int, grayscale: bool) -> np.ndarray:
+    """uint8 (N, H, W) or (N, H, W, 3) arrays -> uint8 (N, C, S, S), resized as `to_pixels`."""
+    images = np.asarray(images, dtype=np.uint8)
+    out = np.empty((len(images), 1 if grayscale else 3, input_size, input_size), np.uint8)
+    for i, array in enumerate(images):
+        image = Image.fromarray(array)
+        out[i] = to_pixels(image.convert("L" if grayscale else "RGB"), input_size)
     return out
 
 

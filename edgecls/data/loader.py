@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from edgecls.console import progress_bar
 from edgecls.data.builtin import BUILTIN_DATASETS, load_builtin
@@ -20,7 +21,7 @@ from edgecls.data.cache import (
     decode_in_threads,
     mapped_subset,
 )
-from edgecls.data.images import BadImageError, load_image, printable_path, to_tensor
+from edgecls.data.images import BadImageError, load_image, printable_path, to_pixels
 from edgecls.data.sources import Box, SplitFiles, discover
 from edgecls.data.splits import Dataset, ImageSplit, Problems, split_off_val, warn_imbalance
 from edgecls.errors import UserError
@@ -125,7 +126,7 @@ class Decoder:
         self.input_size, self.grayscale, self.progress = input_size, grayscale, progress
         self.bbox_crop, self.cache, self.cache_dir = bbox_crop, cache, cache_dir
         self.disk: DiskCache | None = None
-        self.images: torch.Tensor | None = None  # every file's pixels, in memory or mapped
+        self.images: np.ndarray | None = None  # every file's pixels, in memory or mapped
 
     def decode(self, files: list[Path], boxes: dict[Path, Box]) -> dict[Path, int | BadImageError]:
         """Each file's row in `images` or why it failed."""
@@ -134,31 +135,49 @@ class Decoder:
             decode_file, input_size=self.input_size, grayscale=self.grayscale, boxes=boxes
         )
         channels = 1 if self.grayscale else 3
-        if choose_cache(self.cache, len(files), channels, self.input_size) == "disk" and files:
+        mode = choose_cache(self.cache, len(files), channels, self.input_size)
+        kept = None
+        if files and mode == "memory" and self.cache == "auto":
+            kept = DiskCache.for_files(
+                files, self.input_size, self.grayscale, boxes, self.cache_dir, create=False
+            )
+        if files and mode == "disk":
             self.disk = DiskCache.for_files(
                 files, self.input_size, self.grayscale, boxes, self.cache_dir
             )
+        elif kept is not None and kept.complete:  # decoded by an earlier run: mapped
+            self.disk = kept
+        if self.disk is not None:
             self.images, failures = self.disk.build(files, decode_one, self.progress)
         else:
-            # Written into one tensor as they come: a list of images stacked at the end, then
-            # split, held 3.2 times the decoded size at its peak (`python benchmarks/scaling.py`,
-            # benchmarks/results/scaling_caches_c5fac84.md: 22.8 GiB for 7.0 GiB at 224 px).
-            shape = (len(files), channels, self.input_size, self.input_size)
-            self.images, failures = torch.empty(shape, dtype=torch.uint8), [None] * len(files)
-            with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-                results = decode_in_threads(pool, decode_one, files)
-                shown = progress_bar(results, len(files), "decoding images", self.progress)
-                for row, image in enumerate(shown):
-                    if isinstance(image, BadImageError):
-                        failures[row] = image
-                    else:
-                        self.images[row] = image
+            self.images, failures = self._decode_in_memory(files, decode_one)
+            if kept is not None:
+                kept.keep(self.images, failures)
         return {
             file: failure or row
             for row, (file, failure) in enumerate(zip(files, failures, strict=True))
         }
 
-    def rows(self, rows: list[int]) -> torch.Tensor:
+    def _decode_in_memory(
+        self, files: list[Path], decode_one: Callable[[Path], np.ndarray | BadImageError]
+    ) -> tuple[np.ndarray, list[BadImageError | None]]:
+        """Written into one array as they come: a list of images stacked at the end, then
+        split, held 3.2 times the decoded size at its peak (`python benchmarks/scaling.py`,
+        benchmarks/results/scaling_caches_c5fac84.md: 22.8 GiB for 7.0 GiB at 224 px)."""
+        channels = 1 if self.grayscale else 3
+        images = np.empty((len(files), channels, self.input_size, self.input_size), np.uint8)
+        failures: list[BadImageError | None] = [None] * len(files)
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+            results = decode_in_threads(pool, decode_one, files)
+            shown = progress_bar(results, len(files), "decoding images", self.progress)
+            for row, image in enumerate(shown):
+                if isinstance(image, BadImageError):
+                    failures[row] = image
+                else:
+                    images[row] = image
+        return images, failures
+
+    def rows(self, rows: list[int]) -> np.ndarray:
         """The images of these rows: a view where they are one run (a split of its own folder)."""
         return mapped_subset(self.images, rows)
 
@@ -190,7 +209,7 @@ def _load_files(
         if kept:
             splits[name] = ImageSplit(
                 decoder.rows([decoded[file] for file, _ in kept]),
-                torch.tensor([index[label] for _, label in kept], dtype=torch.int64),
+                np.array([index[label] for _, label in kept], dtype=np.int64),
                 [printable_path(file) for file, _ in kept],
             )
         else:
@@ -202,7 +221,7 @@ def _load_files(
 
 def decode_file(
     file: Path, *, input_size: int, grayscale: bool, boxes: dict[Path, Box]
-) -> torch.Tensor | BadImageError:
+) -> np.ndarray | BadImageError:
     """One file's pixels, cropped to its box if it has one (run in threads: PIL releases the
     GIL); a failure is returned so that it can be listed."""
     try:
@@ -213,7 +232,7 @@ def decode_file(
             if x0 >= image.width or y0 >= image.height:
                 return BadImageError(file, f"box {box} lies outside its {image.size} image")
             image = image.crop((x0, y0, min(x1, image.width), min(y1, image.height)))
-        return to_tensor(image, input_size)
+        return to_pixels(image, input_size)
     except BadImageError as exc:
         return exc
 

@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode, v2
 
 from edgecls.data.cache import note_read
-from edgecls.data.splits import WHOLE, ImageSplit, Shard, epoch_order
+from edgecls.data.sampling import WHOLE, Shard, epoch_order
+from edgecls.data.splits import ImageSplit
 from edgecls.registry import AUGMENT_POLICIES
 
 Transform = Callable[[Image.Image], torch.Tensor]

@@ -67,6 +67,23 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
 
+def _images_under(folder: Path) -> list[Path]:
+    """Image files anywhere under `folder` (symlinked folders not followed, as `rglob`), hidden
+    files and folders left out, sorted: plain listings, not a Path and a stat per entry."""
+    found = []
+    for root, folders, names in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        for name in names:
+            path = os.path.join(root, name)
+            if (
+                not name.startswith(".")
+                and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+                and os.path.isfile(path)
+            ):
+                found.append(Path(path))
+    return sorted(found)
+
+
 def scan_class_folders(folder: Path, problems: Problems) -> SplitFiles:
     """One sub-folder per class; images may sit in nested folders; other files are ignored."""
     files = SplitFiles(origin=f"{folder}/")
@@ -76,8 +93,7 @@ def scan_class_folders(folder: Path, problems: Problems) -> SplitFiles:
             continue
         name = printable_path(class_dir.name)
         files.classes.append(name)
-        images = sorted(p for p in class_dir.rglob("*") if _is_image(p) and _visible(p, folder))
-        files.items += [(p, name) for p in images]
+        files.items += [(p, name) for p in _images_under(class_dir)]
     loose = [p for p in folder.iterdir() if _is_image(p) and _visible(p, folder)]
     if loose:
         problems.warn(

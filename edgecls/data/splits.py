@@ -5,54 +5,70 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from sklearn.model_selection import train_test_split
 
 from edgecls.data.cache import mapped_subset
 
+if TYPE_CHECKING:
+    import torch
 
-@dataclass
+
 class ImageSplit:
-    """Decoded images of one split; `sources` says where each came from, for error analysis."""
+    """Decoded images of one split; `sources` says where each came from, for error analysis.
 
-    images: torch.Tensor  # uint8 (N, C, S, S)
-    labels: torch.Tensor  # int64 (N,)
-    sources: list[str]
+    Held as numpy arrays (`pixels`, `targets`), so that reading and checking data needs no torch;
+    training and evaluation read `images` and `labels`, torch tensors of the same memory."""
+
+    def __init__(self, images: np.ndarray | torch.Tensor, labels, sources: list[str]) -> None:
+        self.pixels = np.asarray(images, dtype=np.uint8)  # (N, C, S, S)
+        self.targets = np.asarray(labels, dtype=np.int64)  # (N,)
+        self.sources = sources
+
+    @cached_property
+    def images(self) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(self.pixels)
+
+    @cached_property
+    def labels(self) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(self.targets)
 
     @classmethod
     def empty(cls, channels: int, input_size: int) -> ImageSplit:
-        images = torch.empty((0, channels, input_size, input_size), dtype=torch.uint8)
-        return cls(images, torch.empty(0, dtype=torch.int64), [])
+        images = np.empty((0, channels, input_size, input_size), dtype=np.uint8)
+        return cls(images, np.empty(0, dtype=np.int64), [])
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.targets)
 
     def subset(self, indices: np.ndarray) -> ImageSplit:
-        index = torch.as_tensor(indices, dtype=torch.int64)
         return ImageSplit(
-            mapped_subset(self.images, indices),
-            self.labels[index],
+            mapped_subset(self.pixels, indices),
+            self.targets[np.asarray(indices, dtype=np.int64)],
             [self.sources[i] for i in indices],
         )
 
     def class_counts(self, n_classes: int) -> list[int]:
-        return torch.bincount(self.labels, minlength=n_classes).tolist()
+        return np.bincount(self.targets, minlength=n_classes).tolist()
 
     def channel_statistics(self, chunk: int = 1024) -> tuple[list[float], list[float]]:
         """Per-channel mean and standard deviation of the pixels in [0, 1] (paper 001
         normalizes with the training set's own), a chunk of images at a time."""
-        total = torch.zeros(self.images.shape[1], dtype=torch.float64)
-        squares = torch.zeros_like(total)
-        for start in range(0, len(self.images), chunk):
-            pixels = self.images[start : start + chunk].double() / 255
-            total += pixels.sum(dim=(0, 2, 3))
-            squares += (pixels**2).sum(dim=(0, 2, 3))
-        count = max(1, self.images.numel() // self.images.shape[1])
+        total = np.zeros(self.pixels.shape[1], dtype=np.float64)
+        squares = np.zeros_like(total)
+        for start in range(0, len(self.pixels), chunk):
+            pixels = self.pixels[start : start + chunk].astype(np.float64) / 255
+            total += pixels.sum(axis=(0, 2, 3))
+            squares += (pixels**2).sum(axis=(0, 2, 3))
+        count = max(1, self.pixels.size // self.pixels.shape[1])
         mean = total / count
-        std = (squares / count - mean**2).clamp_min(1e-12).sqrt()
+        std = np.sqrt(np.maximum(squares / count - mean**2, 1e-12))
         return mean.tolist(), std.tolist()
 
 
@@ -88,7 +104,7 @@ def data_summary(dataset: Dataset) -> dict[str, Any]:
             name: _digest(
                 [
                     f"{s}\t{int(y)}"
-                    for s, y in zip(split.sources, split.labels.tolist(), strict=True)
+                    for s, y in zip(split.sources, split.targets.tolist(), strict=True)
                 ]
             )
             for name, split in splits.items()
@@ -132,7 +148,7 @@ def split_off_val(
     train: ImageSplit, classes: list[str], fraction: float, seed: int, problems: Problems
 ) -> tuple[ImageSplit, ImageSplit]:
     """Stratified, seeded split so every class is in val and reruns see the same images."""
-    labels = train.labels.numpy()
+    labels = train.targets
     counts = Counter(labels.tolist())
     nothing = train.subset(np.empty(0, dtype=np.int64))
     if not counts:
@@ -143,6 +159,8 @@ def split_off_val(
         why = f"class {rare[0]!r} has only 1 image" if rare else "too few images per class"
         problems.error(f"cannot split off a validation set: {why} (add images or a val/ folder)")
         return train, nothing
+    from sklearn.model_selection import train_test_split  # 1.5 s to import: only when used
+
     train_idx, val_idx = train_test_split(
         np.arange(len(labels)), test_size=n_val, stratify=labels, random_state=seed
     )
@@ -169,45 +187,3 @@ def warn_imbalance(
             f"{split_name} is imbalanced: {classes[lo]!r} has {counts[lo]} images, "
             f"{classes[hi]!r} has {counts[hi]} (training compensates: balance=auto)"
         )
-
-
-def balanced_sample_weights(labels: torch.Tensor) -> torch.Tensor:
-    """Per image, 1 / its class's count: drawn by these, every class is equally likely."""
-    counts = torch.bincount(labels).float()
-    return 1.0 / counts[labels]
-
-
-def epoch_order(n: int, generator: torch.Generator, weights: torch.Tensor | None) -> torch.Tensor:
-    """A shuffle of the n images, or with `weights` n draws with replacement in proportion
-    (balance=sampler); both the batch path and the per-image loader draw their epoch here."""
-    if weights is None:
-        return torch.randperm(n, generator=generator)
-    return torch.multinomial(weights, n, replacement=True, generator=generator)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """This process's part of the work when `size` processes train together (rank 0 of 1: all)."""
-
-    rank: int = 0
-    size: int = 1
-
-    def rows(self, total: int) -> slice:
-        """A contiguous block of `total` rows (a view, even of a memory-mapped split)."""
-        per, extra = divmod(total, self.size)
-        start = self.rank * per + min(self.rank, extra)
-        return slice(start, start + per + (self.rank < extra))
-
-    def batches(self, order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-        """The epoch's `order` cut into global batches of `batch_size` x `size` images (the last
-        short one dropped unless it is the only one: batch norm needs > 1 sample), and this
-        process's slice of each: together the processes train the batches one process would."""
-        step = batch_size * self.size
-        usable = len(order) if len(order) <= step else len(order) - len(order) % step
-        return [
-            order[start : start + step].tensor_split(self.size)[self.rank]
-            for start in range(0, usable, step)
-        ]
-
-
-WHOLE = Shard()  # one process: all of it

@@ -28,13 +28,12 @@ from edgecls.deploy.runtime import (
     TORCHSCRIPT_METADATA,
     ModelInfo,
     Predictor,
-    WithSoftmax,
     load_predictor,
     metadata_path,
     openvino_core,
 )
 from edgecls.errors import UserError
-from edgecls.models import Classifier
+from edgecls.models import Classifier, WithSoftmax
 from edgecls.registry import EXPORT_FORMATS
 
 DEFAULT_OPSET = 17  # the lowest that represents these models; OpenCV 5 misreads opset 20 forms

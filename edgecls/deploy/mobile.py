@@ -26,12 +26,12 @@ from edgecls.deploy.formats import ExportFormat, ExportJob, Written
 from edgecls.deploy.runtime import (
     TFLITE_METADATA_NAME,
     ModelInfo,
-    WithSoftmax,
     coreml_runs_here,
     metadata_path,
     quiet,
 )
 from edgecls.errors import UserError
+from edgecls.models import WithSoftmax
 from edgecls.registry import EXPORT_FORMATS
 
 # Format -> (the modules its converter needs, the pip package that brings them).

@@ -6,9 +6,9 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from edgecls.data import IMAGE_EXTENSIONS, BadImageError, load_image, printable_path, to_tensor
+from edgecls.data import IMAGE_EXTENSIONS, BadImageError, load_image, printable_path, to_pixels
 from edgecls.deploy.runtime import load_predictor
 from edgecls.errors import UserError
 from edgecls.report.escape import csv_cell
@@ -38,6 +38,14 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     return files
 
 
+def top_labels(
+    probabilities: np.ndarray, classes: list[str], k: int
+) -> tuple[list[str], list[float]]:
+    """The k most probable labels of one image, most probable first, with their probabilities."""
+    best = np.argsort(-probabilities, kind="stable")[: min(k, len(classes))]
+    return [classes[i] for i in best], probabilities[best].tolist()
+
+
 def predict_images(
     model_path: Path, inputs: list[Path], top_k: int = 5
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
@@ -50,18 +58,16 @@ def predict_images(
     readable, tensors, skipped = [], [], []
     for path in expand_inputs(inputs):
         try:
-            tensors.append(to_tensor(load_image(path, info.grayscale), info.input_size))
+            tensors.append(to_pixels(load_image(path, info.grayscale), info.input_size))
             readable.append(path)
         except BadImageError as error:
             skipped.append((error.path, error.reason))
     if not tensors:
         return [], skipped
-    probabilities = torch.from_numpy(predictor.predict_proba(torch.stack(tensors)))
-    k = min(top_k, len(info.classes))
-    values, indices = probabilities.topk(k, dim=1)
+    probabilities = predictor.predict_proba(np.stack(tensors))
     predictions = [
-        Prediction(printable_path(path), [info.classes[i] for i in idx.tolist()], val.tolist())
-        for path, val, idx in zip(readable, values, indices, strict=True)
+        Prediction(printable_path(path), *top_labels(row, info.classes, top_k))
+        for path, row in zip(readable, probabilities, strict=True)
     ]
     return predictions, skipped
 

@@ -21,15 +21,15 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from edgecls import runs
-from edgecls.data import to_float
 from edgecls.errors import UserError
-from edgecls.models import model_from_checkpoint
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -85,17 +85,6 @@ TORCHSCRIPT_METADATA = "edgecls.json"  # and in a TorchScript file's extra files
 TFLITE_METADATA_NAME = "edgecls"  # and in a TFLite flatbuffer's metadata
 
 
-class WithSoftmax(torch.nn.Module):
-    """The deployed graph, in every format: probabilities, not logits."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixels).softmax(dim=1)
-
-
 def onnx_metadata(path: Path) -> ModelInfo | None:
     """The ModelInfo an ONNX file carries itself (exported by edgecls), if any."""
     import onnx
@@ -126,9 +115,9 @@ class Predictor:
     info: ModelInfo
     backend: str
 
-    def predict_proba(self, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    def predict_proba(self, images: np.ndarray | torch.Tensor, batch_size: int = 64) -> np.ndarray:
         outputs = [
-            self.run(to_float(images[start : start + batch_size]).numpy())
+            self.run(np.asarray(images[start : start + batch_size], dtype=np.float32) / 255)
             for start in range(0, len(images), batch_size)
         ]
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.info.classes)))
@@ -141,6 +130,8 @@ class TorchPredictor(Predictor):
     backend = "torch"
 
     def __init__(self, path: Path) -> None:
+        from edgecls.models import model_from_checkpoint
+
         checkpoint = runs.load_checkpoint(path)
         self.model, self.config = model_from_checkpoint(checkpoint)
         self.info = ModelInfo(
@@ -150,10 +141,12 @@ class TorchPredictor(Predictor):
             temperature=float(self.model.temperature),
         )
 
-    @torch.inference_mode()
     def run(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
         batch = torch.from_numpy(pixels).contiguous(memory_format=torch.channels_last)
-        return self.model(batch).float().softmax(1).numpy()
+        with torch.inference_mode():
+            return self.model(batch).float().softmax(1).numpy()
 
 
 class OnnxPredictor(Predictor):
@@ -184,6 +177,8 @@ class TorchScriptPredictor(Predictor):
     backend = "torchscript"
 
     def __init__(self, path: Path) -> None:
+        import torch
+
         extra = {TORCHSCRIPT_METADATA: ""}
         try:
             with warnings.catch_warnings():
@@ -197,6 +192,8 @@ class TorchScriptPredictor(Predictor):
             self.info = ModelInfo.load(metadata_path(path))
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
         with torch.no_grad():
             return self.module(torch.from_numpy(pixels.astype(np.float32))).numpy()
 

@@ -227,3 +227,14 @@ def model_from_checkpoint(checkpoint: dict) -> tuple[Classifier, Config]:
     model.load_state_dict(checkpoint["model"])
     model.temperature.fill_(checkpoint.get("temperature", 1.0))
     return model.eval(), config
+
+
+class WithSoftmax(nn.Module):
+    """The deployed graph, in every format: probabilities, not logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels).softmax(dim=1)

@@ -22,7 +22,7 @@ from edgecls.config import Config
 from edgecls.data import ImageSplit, to_float
 from edgecls.data.cache import note_read
 from edgecls.data.per_image import PerImagePolicy, per_image_loader
-from edgecls.data.splits import WHOLE, Shard, balanced_sample_weights, epoch_order
+from edgecls.data.sampling import WHOLE, Shard, balanced_sample_weights, epoch_order
 from edgecls.registry import AUGMENT_POLICIES
 
 

@@ -28,7 +28,7 @@ from timm.layers import BatchNormAct2d, convert_sync_batchnorm
 
 from edgecls.config import STORAGE_ENV
 from edgecls.console import ERRORS_DIR_ENV
-from edgecls.data.splits import Shard
+from edgecls.data.sampling import Shard
 from edgecls.errors import UserError
 
 # Ranks other than 0 wait in a collective while rank 0 searches the LR or writes the final
