@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from edgecls.errors import UserError
@@ -50,6 +49,8 @@ def fit_linear_head(
     device = classifier.weight.device
     features = penultimate_features(model, images[rows], batch_size, device).numpy()
     targets = labels[rows].numpy()
+    from sklearn.linear_model import LogisticRegression  # 1 s to import: only when used
+
     probe = LogisticRegression(C=1.0, max_iter=1000).fit(features, targets)
     weight = np.zeros((num_classes, features.shape[1]), dtype=np.float32)
     bias = np.full(num_classes, -10.0, dtype=np.float32)  # a class the probe never saw
