@@ -7,6 +7,9 @@ pixels scaled to [0, 1] and nobody has to re-implement the preprocessing.
 from __future__ import annotations
 
 import importlib.util
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +105,15 @@ def normalization(backbone: nn.Module, channels: int) -> tuple[list[float], list
     if channels == 1:
         return [sum(mean) / 3], [sum(std) / 3]
     return mean, std
+
+
+@contextmanager
+def on_meta_device() -> Iterator[None]:
+    """Models built inside run every check of building them (name, options, weights file) but
+    allocate and copy no weights: for checking a configuration, not for a model to keep."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*to a meta parameter")  # a no-op copy
+        yield
 
 
 def create_model(config: Config, num_classes: int) -> Classifier:

@@ -15,7 +15,7 @@ from typing import Any
 from edgecls.config import Config, build_config, parse_duration
 from edgecls.data.cache import choose_cache, decoded_bytes
 from edgecls.errors import UserError
-from edgecls.models import create_model
+from edgecls.models import create_model, on_meta_device
 from edgecls.plan.candidates import CIFAR_MODELS, TINY_SIDE, Candidate, candidates_for
 from edgecls.plan.measure import (
     AMP_MIN_SPEEDUP,
@@ -159,7 +159,8 @@ def make_plan(
     clock_started = started if started is not None else planning_clock
     situation = _situation(user, profile, machine, BUDGET_RESERVE, clock_started, planning_started)
     if "model" in user or "weights" in user:  # a wrong name or weights file fails here, first
-        create_model(build_config(user, {"input_size": 32}), max(2, profile.classes))
+        with on_meta_device():
+            create_model(build_config(user, {"input_size": 32}), max(2, profile.classes))
     candidates = candidates_for(profile, user)
     _measure_best_first(candidates, situation)
     _allow_a_short_budget(candidates, situation)

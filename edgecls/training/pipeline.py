@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from edgecls.data import Dataset, load_configured_dataset
 from edgecls.data.splits import IMBALANCE_RATIO, data_summary, describe_changes, imbalance_ratio
 from edgecls.errors import UserError
 from edgecls.evaluate.checkpoint import evaluate_best
-from edgecls.models import create_model
+from edgecls.models import create_model, on_meta_device
 from edgecls.report import plot_history
 from edgecls.report.html import write_report
 from edgecls.training.callbacks import CheckpointWriter, ProgressBars
@@ -236,8 +235,7 @@ def _check_before_writing(config: Config, dataset: Dataset, world: World) -> Non
 
     The model and teacher are built on the meta device, where every check of building them
     runs but no weights are allocated or copied (the trainer builds them for real)."""
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*to a meta parameter")  # a no-op copy
+    with on_meta_device():
         create_model(config, len(dataset.classes))
         load_teacher(config, dataset.classes, torch.device("meta"))
     check_trackers(config)
