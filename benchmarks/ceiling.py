@@ -56,7 +56,18 @@ RESULTS = Path(__file__).parent / "results" / "ceiling.md"
 BATCH = 128
 LR = 0.05
 TARGET = 0.9  # edgecls's training throughput as a share of the ceiling
-PHASES = ("startup", "load", "plan", "lr_search", "train", "validate", "evaluate", "report")
+PHASES = (  # metrics.json's phase_seconds, in the order a run goes through them
+    "startup",
+    "plan",
+    "load",
+    "lr_search",
+    "setup",
+    "train",
+    "validate",
+    "checkpoints",
+    "evaluate",
+    "report",
+)
 
 
 @dataclass

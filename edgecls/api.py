@@ -42,6 +42,7 @@ from edgecls.data import (
 )
 from edgecls.data.images import to_8bit
 from edgecls.errors import UserError
+from edgecls.phases import Phases
 from edgecls.redact import redact
 
 if TYPE_CHECKING:
@@ -259,14 +260,17 @@ def train(
     if _launches(nproc):
         options = _options(recipe=recipe, run_dir=run_dir, overwrite=overwrite, quiet=not progress)
         return _launch(nproc, ["train", *([data] if data else []), *options, *_pairs(overrides)])
-    from edgecls.training import distributed
+    # torch, timm and the training loop load here, counted as the run's startup
+    from edgecls.training import distributed, pipeline  # noqa: F401
 
     world = distributed.join()
     user_values = _typed(overrides)
-    with messages_off(not (progress if messages is None else messages)):
+    phases = Phases(started)
+    with messages_off(not (progress if messages is None else messages)), phases.timing("plan"):
         config, plan = world.share(
             _configure(data, recipe, user_values, started) if world.main else None
         )
+    with messages_off(not (progress if messages is None else messages)):
         if plan is not None and world.main and (plan_console is not None or progress):
             show_plan(plan, plan_console or console)
         return _train_here(
@@ -277,6 +281,7 @@ def train(
             overwrite=overwrite,
             plan=plan,
             progress=progress,
+            phases=phases,
         )
 
 
@@ -394,6 +399,7 @@ def _train_here(
     accept_changed_data: bool = False,
     plan: Plan | None = None,
     progress: bool = True,
+    phases: Phases | None = None,
 ) -> Run | None:
     """Train in this process (one of `world`); a lost peer process ends it with status 1."""
     from edgecls.training import distributed
@@ -411,6 +417,7 @@ def _train_here(
             started=started,
             plan=plan.to_dict() if plan else None,
             world=world,
+            phases=phases or Phases(started),
         )
     except RuntimeError as error:
         if not distributed.lost_a_process(error):

@@ -1,5 +1,7 @@
 """The Python API: edgecls.train / load / check_data, Run and Model, on in-memory data."""
 
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -30,10 +32,15 @@ def trained(tmp_path_factory):
     pairs = [(stripes(i % 3, i), ["rows", "columns", "diagonal"][i % 3]) for i in range(90)]
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
+        began = time.monotonic()
         run = edgecls.train(
             pairs, recipe="digits", run_dir=folder / "run", progress=False, **SETTINGS
         )
+        WALL_SECONDS["trained"] = time.monotonic() - began
     return run, folder
+
+
+WALL_SECONDS: dict[str, float] = {}
 
 
 def test_train_on_in_memory_pairs_gives_a_run_with_metrics_and_history(trained):
@@ -47,6 +54,17 @@ def test_train_on_in_memory_pairs_gives_a_run_with_metrics_and_history(trained):
     (data,) = written.iterdir()  # the pairs, once, as class folders of PNGs
     assert sorted(p.name for p in data.iterdir() if p.is_dir()) == ["columns", "diagonal", "rows"]
     assert run.config["data"] == str(data.relative_to(folder))
+
+
+def test_metrics_split_the_run_s_wall_time_into_phases(trained):
+    run, _ = trained
+    phases = run.metrics["phase_seconds"]
+    expected = {"startup", "plan", "load", "setup", "train", "validate", "checkpoints"}
+    assert expected | {"evaluate", "report"} <= set(phases)
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert sum(phases.values()) <= WALL_SECONDS["trained"] + 0.1  # each rounded to 0.01 s
+    looped = phases["train"] + phases["validate"]  # the epochs, without their bookkeeping
+    assert 0.8 * run.metrics["train_seconds"] <= looped <= run.metrics["train_seconds"] + 0.02
 
 
 def test_run_predicts_arrays_pil_images_and_paths_alike(trained, tmp_path):

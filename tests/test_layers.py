@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "edgecls"
 # Bottom to top: a module may import from its own layer or any layer below it.
 LAYERS = [
-    {"errors", "redact", "console", "device", "registry"},
+    {"errors", "redact", "console", "device", "registry", "phases"},
     {"config"},
     {"runs", "models", "data", "report"},
     {"evaluate", "deploy"},

@@ -41,6 +41,7 @@ from edgecls.device import mixed_precision, select_device
 from edgecls.evaluate import compute_metrics
 from edgecls.evaluate.inference import predict_logits
 from edgecls.models import Classifier, create_model
+from edgecls.phases import Phases
 from edgecls.training.augment import num_batches, training_batches
 from edgecls.training.callbacks import Callback
 from edgecls.training.distributed import SINGLE, World, device_of, replicate
@@ -139,9 +140,11 @@ class Trainer:
         budget_seconds: float | None = None,
         callbacks: Sequence[Callback] = (),
         world: World = SINGLE,
+        phases: Phases | None = None,
     ):
         self.config = config
         self.world = world
+        self.phases = phases or Phases()
         self.run_dir = run_dir
         self.dataset = dataset
         self.callbacks = list(callbacks)
@@ -363,6 +366,8 @@ class Trainer:
                     evaluated = time.perf_counter()
                     val = self.evaluate(self.dataset.val)
                     val_seconds = time.perf_counter() - evaluated
+                    self.phases.add("train", evaluated - started)
+                    self.phases.add("validate", val_seconds)
                     if not math.isfinite(val.loss):
                         raise Diverged("non-finite validation outputs")
                 except Diverged as why:
@@ -402,6 +407,7 @@ class Trainer:
                 written = time.perf_counter()
                 self._call("on_epoch_end", epoch, val, improved)
                 overhead = self.world.share(time.perf_counter() - written)  # after rank 0 wrote
+                self.phases.add("checkpoints", overhead)
                 if self.budget is not None:
                     self.budget.record_overhead(overhead)
         finally:

@@ -19,6 +19,7 @@ from edgecls.data.splits import IMBALANCE_RATIO, data_summary, describe_changes,
 from edgecls.errors import UserError
 from edgecls.evaluate.checkpoint import evaluate_best
 from edgecls.models import create_model, on_meta_device
+from edgecls.phases import Phases
 from edgecls.report import plot_history
 from edgecls.report.html import write_report
 from edgecls.training.callbacks import CheckpointWriter, ProgressBars
@@ -54,6 +55,7 @@ def train(
     started: float | None = None,
     plan: dict[str, Any] | None = None,
     world: World = SINGLE,
+    phases: Phases | None = None,
 ) -> TrainedRun:
     """Train as configured into `run_dir` (None: a new folder under runs/); return the final
     metrics (also in metrics.json).
@@ -66,19 +68,23 @@ def train(
     overrides `config.data` (benchmarks that train on a fixed subset). A `time_budget` counts
     from `started` (time.monotonic() when the job began; default now); `plan` is saved as
     plan.json. In a `world` of several processes, rank 0 claims the folder, writes every file
-    and returns the metrics; the others train beside it, silent, and return none.
+    and returns the metrics; the others train beside it, silent, and return none. `phases`
+    holds the seconds spent so far (startup, plan), for metrics.json's phase_seconds.
     """
     started = time.monotonic() if started is None else started
+    phases = phases or Phases()
     resuming = Resuming(resume_overrides or {}, accept_changed_data) if resume else None
     if not world.main:
         run_dir = world.share(None)  # rank 0's, once it has claimed it
         with messages_off():
-            _train_in(config, run_dir, resuming, False, dataset, started, None, world)
+            _train_in(config, run_dir, resuming, False, dataset, started, None, world, phases)
         return TrainedRun(run_dir, {})
     with runs.claim_run_dir(run_dir, config, overwrite=overwrite, resume=resume) as run_dir:
         world.share(run_dir)
         try:
-            metrics = _train_in(config, run_dir, resuming, progress, dataset, started, plan, world)
+            metrics = _train_in(
+                config, run_dir, resuming, progress, dataset, started, plan, world, phases
+            )
         except KeyboardInterrupt:
             if (run_dir / "config.yaml").is_file():
                 console.print(f"continue with: edgecls train --resume {run_dir}", highlight=False)
@@ -163,9 +169,11 @@ def _train_in(
     started: float,
     plan: dict[str, Any] | None,
     world: World,
+    phases: Phases,
 ) -> dict[str, Any]:
     """`train` in its claimed folder, in every process; rank 0 alone writes and evaluates."""
-    dataset = dataset or load_configured_dataset(config, progress=progress)
+    with phases.timing("load"):
+        dataset = dataset or load_configured_dataset(config, progress=progress)
     config = resolve_balance(config, dataset)
     checkpoint = _resumed_checkpoint(run_dir, resuming, dataset)
     _check_before_writing(config, dataset, world)
@@ -173,11 +181,13 @@ def _train_in(
         _start_run_folder(run_dir, config, plan, dataset, world)
     extra: dict[str, Any] = {"processes": world.size}
     if isinstance(config.lr, str):
-        config = _searched_lr(config, dataset, run_dir, progress, world)
+        with phases.timing("lr_search"):
+            config = _searched_lr(config, dataset, run_dir, progress, world)
     if (run_dir / "lr_search.json").is_file():
         extra["lr_search"] = _lr_search_summary(run_dir)
     trackers = create_trackers(config, run_dir) if world.main else []
     try:
+        setup = time.perf_counter()
         trainer = Trainer(
             config,
             dataset,
@@ -187,10 +197,12 @@ def _train_in(
             if world.main
             else [],
             world=world,
+            phases=phases,
         )
         if checkpoint is not None:
             trainer.restore(checkpoint)
             _record_resume(trainer, checkpoint["config"]["lr"], resuming.overrides)
+        phases.add("setup", time.perf_counter() - setup)
         trainer.fit()
         if not world.main:  # rank 0 evaluates, exports and reports
             return {}
@@ -289,22 +301,27 @@ def _finish(trainer: Trainer, run_dir: Path, extra: dict[str, Any]) -> dict[str,
     against what a time budget kept for it."""
     finishing = time.perf_counter()
     config = trainer.config
-    metrics = evaluate_best(
-        trainer.evaluated_model,
-        trainer.dataset,
-        run_dir,
-        _run_facts(trainer, extra),
-        config.eval_batch_size,
-        config.channels_last,
-    )
-    plot_history(trainer.state.history, run_dir)
+    phases = trainer.phases
+    with phases.timing("evaluate"):
+        metrics = evaluate_best(
+            trainer.evaluated_model,
+            trainer.dataset,
+            run_dir,
+            _run_facts(trainer, extra),
+            config.eval_batch_size,
+            config.channels_last,
+        )
     if config.export:
         from edgecls.deploy.export import export_after_training  # onnx/openvino load slowly
 
-        metrics["exports"] = export_after_training(run_dir, config.export.split(","))
+        with phases.timing("export"):
+            metrics["exports"] = export_after_training(run_dir, config.export.split(","))
         runs.write_json(run_dir / "metrics.json", metrics)
-    write_report(run_dir)
+    with phases.timing("report"):
+        plot_history(trainer.state.history, run_dir)
+        write_report(run_dir)
     metrics["final_seconds"] = round(time.perf_counter() - finishing, 2)
+    metrics["phase_seconds"] = phases.to_dict()
     if trainer.budget is not None:
         metrics["final_seconds_reserved"] = round(trainer.budget.final_seconds, 2)
     runs.write_json(run_dir / "metrics.json", metrics)
