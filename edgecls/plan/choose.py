@@ -542,9 +542,16 @@ def _affordable_recipe(
         return {}, []
     recipe = _paper_recipe(chosen)
     wanted = [name for name in ("sam", "mutual", "augmix") if recipe.get(name, True)]
+    kind = "scratch" if chosen.weights == "scratch" else "imagenet"
+    if chosen.epochs < FULL_RECIPE_EPOCHS[kind]:  # each costs at least a plain step: none fits
+        situation.notes.append(
+            f"dropped for the budget, not timed: {', '.join(INGREDIENTS[n] for n in wanted)} "
+            f"(the budget fits {chosen.epochs:.0f} plain epochs, the paper's recipe "
+            f"needs {FULL_RECIPE_EPOCHS[kind]})"
+        )
+        return {}, []
     config = build_config({**situation.user, **values, "lr": 0.01})
     costs = measure_ingredients(chosen, situation.channels, situation.profile.classes, config)
-    kind = "scratch" if chosen.weights == "scratch" else "imagenet"
     kept, dropped = affordable_ingredients(costs, wanted, chosen.epochs, FULL_RECIPE_EPOCHS[kind])
     if dropped:
         situation.notes.append(
