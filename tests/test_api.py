@@ -67,6 +67,44 @@ def test_metrics_split_the_run_s_wall_time_into_phases(trained):
     assert 0.8 * run.metrics["train_seconds"] <= looped <= run.metrics["train_seconds"] + 0.02
 
 
+def test_the_final_evaluation_reuses_the_loop_s_validation_logits_of_best_pt(
+    trained, tmp_path, monkeypatch
+):
+    """The scores metrics.json has from the loop's logits are those a fresh pass of best.pt over
+    validation gives, and given those logits, the final evaluation makes no pass of its own."""
+    import shutil
+
+    import torch
+
+    import edgecls.evaluate.checkpoint as final
+    from edgecls.config import config_from_dict
+    from edgecls.data import load_configured_dataset
+    from edgecls.evaluate import compute_metrics
+    from edgecls.evaluate.inference import predict_logits
+    from edgecls.models import model_from_checkpoint
+    from edgecls.runs import load_checkpoint
+
+    run, folder = trained
+    config = config_from_dict(run.config)
+    monkeypatch.chdir(folder)  # the run's data path is relative to where it was trained
+    dataset = load_configured_dataset(config, progress=False)
+    model, _ = model_from_checkpoint(load_checkpoint(run.run_dir / "best.pt"))
+    model.temperature.fill_(1.0)  # scored before its temperature was fitted
+    logits = predict_logits(model, dataset.val.images, config.eval_batch_size)
+    fresh = compute_metrics(logits, dataset.val.labels, dataset.classes)
+    assert run.metrics["val_top1"] == fresh.top1
+    assert abs(run.metrics["val_loss"] - fresh.loss) < 1e-5
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a second pass over validation")
+
+    shutil.copy(run.run_dir / "best.pt", tmp_path / "best.pt")
+    monkeypatch.setattr(final, "predict_logits", no_pass)
+    metrics = final.evaluate_best(model, dataset, tmp_path, {}, 64, True, logits)
+    assert metrics["val_top1"] == fresh.top1 and metrics["val_loss"] == fresh.loss
+    assert torch.equal(torch.tensor(metrics["val"]["confusion"]), torch.tensor(fresh.confusion))
+
+
 def test_run_predicts_arrays_pil_images_and_paths_alike(trained, tmp_path):
     run, _ = trained
     array = stripes(1, 999)

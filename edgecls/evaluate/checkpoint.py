@@ -104,10 +104,13 @@ def evaluate_split(
     confusion: Path,
     batch_size: int,
     channels_last: bool = True,
+    logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """The model's logits and metrics on uint8 `images`, its confusion matrix drawn at
-    `confusion`: the one measurement of `edgecls eval` and of a finished training run."""
-    logits = predict_logits(model, images, batch_size, channels_last=channels_last)
+    `confusion`: the one measurement of `edgecls eval` and of a finished training run. `logits`
+    the caller already has for these weights and images are used instead of another pass."""
+    if logits is None:
+        logits = predict_logits(model, images, batch_size, channels_last=channels_last)
     metrics = compute_metrics(logits, labels, classes)
     plot_confusion_matrix(metrics.confusion, classes, confusion)
     return logits, metrics
@@ -120,20 +123,31 @@ def evaluate_best(
     facts: dict[str, Any],
     batch_size: int,
     channels_last: bool,
+    val_logits: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Load the run's best.pt into `model` and evaluate it on validation (and test); fit its
     temperature on validation and store it in best.pt, so eval, predict and every export give
-    calibrated probabilities. Writes metrics.json (with the run's `facts`) and the plots."""
+    calibrated probabilities. Writes metrics.json (with the run's `facts`) and the plots.
+    `val_logits`: best.pt's on validation, when the training loop kept them (no second pass)."""
 
-    def measure(split: ImageSplit, name: str) -> tuple[torch.Tensor, Metrics]:
+    def measure(
+        split: ImageSplit, name: str, logits: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Metrics]:
         confusion = run_dir / f"confusion_{name}.png"
         return evaluate_split(
-            model, split.images, split.labels, dataset.classes, confusion, batch_size, channels_last
+            model,
+            split.images,
+            split.labels,
+            dataset.classes,
+            confusion,
+            batch_size,
+            channels_last,
+            logits,
         )
 
     best = runs.load_checkpoint(run_dir / "best.pt")
     model.load_state_dict(best["model"])
-    val_logits, val = measure(dataset.val, "val")
+    val_logits, val = measure(dataset.val, "val", val_logits)
     temperature = fit_temperature(val_logits, dataset.val.labels)
     best["temperature"] = temperature
     runs.save_checkpoint(best, run_dir / "best.pt")

@@ -145,6 +145,10 @@ class Trainer:
         self.config = config
         self.world = world
         self.phases = phases or Phases()
+        # validation logits of the last evaluation, and of the best epoch's weights (best.pt's):
+        # the final evaluation reuses them instead of another pass over validation
+        self.evaluated_logits: torch.Tensor | None = None
+        self.best_val_logits: torch.Tensor | None = None
         self.run_dir = run_dir
         self.dataset = dataset
         self.callbacks = list(callbacks)
@@ -315,6 +319,7 @@ class Trainer:
         self.world.share_tensors(list(self.evaluated_model.buffers()))
         rows = self.world.shard.rows(len(split))
         logits = self.world.gather_rows(self.logits(split, rows), len(split))
+        self.evaluated_logits = logits
         return compute_metrics(logits, split.labels, self.dataset.classes)
 
     # the loop ------------------------------------------------------------------------------
@@ -404,6 +409,7 @@ class Trainer:
                 improved = val.top1 > state.best_top1
                 if improved:
                     state.best_top1, state.best_epoch = val.top1, epoch + 1
+                    self.best_val_logits = self.evaluated_logits
                 written = time.perf_counter()
                 self._call("on_epoch_end", epoch, val, improved)
                 overhead = self.world.share(time.perf_counter() - written)  # after rank 0 wrote

@@ -310,6 +310,7 @@ def _finish(trainer: Trainer, run_dir: Path, extra: dict[str, Any]) -> dict[str,
             _run_facts(trainer, extra),
             config.eval_batch_size,
             config.channels_last,
+            trainer.best_val_logits,
         )
     if config.export:
         from edgecls.deploy.export import export_after_training  # onnx/openvino load slowly
