@@ -53,9 +53,10 @@ def is_run_folder(path: Path) -> bool:
 def holds_run_folders(path: Path) -> bool:
     """The folder itself is a run, or directly holds runs (like `runs/`)."""
     try:
-        return is_run_folder(path) or any(
-            child.is_dir() and is_run_folder(child) for child in path.iterdir()
-        )
+        if is_run_folder(path):
+            return True
+        with os.scandir(path) as children:  # entries know their type: no stat per file
+            return any(child.is_dir() and is_run_folder(Path(child.path)) for child in children)
     except OSError:
         return False
 

@@ -1,15 +1,20 @@
 """Shared by the test files: small folders of real digit images, one trained digits run and one
 tracked run (each trained once per session)."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # One thread per test process and per process it starts: the tiny models here spend more time
 # synchronising threads than computing.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Runs on data that fits in memory keep what they decoded in the image cache for the next run:
-# the suite's go to a folder of its own, not the user's cache.
-os.environ.setdefault("EDGECLS_CACHE_DIR", tempfile.mkdtemp(prefix="edgecls-test-cache-"))
+# the suite's go to a folder of its own, not the user's cache, removed by the process that made
+# it (pytest-xdist's workers inherit the variable and share the folder).
+if "EDGECLS_CACHE_DIR" not in os.environ:
+    os.environ["EDGECLS_CACHE_DIR"] = tempfile.mkdtemp(prefix="edgecls-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["EDGECLS_CACHE_DIR"], ignore_errors=True)
 
 import numpy as np
 import pytest

@@ -510,3 +510,31 @@ def test_list_rows_with_a_box_are_cropped_to_it(tmp_path):
     (tmp_path / "bad.csv").write_text("0.png,a,30,0,10,40\n1.png,b\n")
     with pytest.raises(UserError, match="x0 < x1"):
         load_dataset(str(tmp_path / "bad.csv"), input_size=16, progress=False)
+
+
+def test_worker_processes_decode_as_threads_do_failures_included(tmp_path, monkeypatch):
+    """Many files decode in worker processes: the same pixels, order and failures as threads."""
+    import edgecls.data.decoding as decoding
+
+    root = _with_bad_files(tmp_path / "data")
+    for i in range(6):
+        write_image(root / "cat" / f"grey{i}.png", (40 * i, 90, 200), size=(9 + i, 7))
+    in_threads = load(root, val_fraction=0.2, cache="memory")
+    monkeypatch.setattr(decoding, "PROCESS_MIN_FILES", 1)
+    monkeypatch.setattr(decoding, "DECODE_CHUNK", 3)  # several tasks per worker
+    in_processes = load(root, val_fraction=0.2, cache="memory")
+    for name in ("train", "val"):
+        threads, processes = getattr(in_threads, name), getattr(in_processes, name)
+        assert processes.sources == threads.sources
+        assert np.array_equal(processes.pixels, threads.pixels)
+    assert sorted(in_processes.skipped) == sorted(in_threads.skipped)
+
+
+def test_class_folders_are_listed_in_path_order_hidden_left_out(tmp_path):
+    """Nested folders sort as Paths do ("a/b" before "a-b"), so splits stay as they were."""
+    from edgecls.data.sources import _images_under
+
+    for name in ("a/x.png", "a-b.png", "a0.png", ".hidden.png", ".git/y.png", "notes.txt"):
+        write_image(tmp_path / name) if name.endswith(".png") else (tmp_path / name).write_text("")
+    listed = [p.relative_to(tmp_path).as_posix() for p in _images_under(tmp_path)]
+    assert listed == ["a/x.png", "a-b.png", "a0.png"]

@@ -24,12 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
 
 from edgecls.console import progress_bar
+from edgecls.data.decoding import DECODE_THREADS
 from edgecls.data.images import BadImageError
 from edgecls.errors import UserError
 
@@ -49,11 +50,6 @@ MEMORY_SHARE = 0.4
 # so shuffled reads leave more resident than they read (tests/test_cache.py checks the release).
 RELEASE_BYTES = 256 * 2**20
 CHUNK = 256  # images decoded between two flushes of the map and its status
-DECODE_THREADS = min(8, os.cpu_count() or 1)  # PIL releases the GIL while it decodes
-# Files per task of the decoding threads into memory: with one future per small file, the
-# futures cost more than the decoding; tasks of 64 amortise them (and large JPEGs still decode in
-# parallel). The disk cache, for large data, keeps one per file: it commits as it goes.
-DECODE_CHUNK = 64
 
 # `cache=auto` keeps what it decoded into memory in the cache too, for the next run on the same
 # files, while that takes less than this share of the disk's free space.
@@ -504,12 +500,3 @@ def remove_entry(entry: CacheEntry) -> bool:
     with contextlib.suppress(OSError):  # something else was put there: left with it
         entry.folder.rmdir()
     return True
-
-
-def decode_in_threads(
-    pool: ThreadPoolExecutor, decode: Callable[[Path], Any], files: list[Path]
-) -> Iterator[Any]:
-    """`decode` of each file, in order, run by `pool` in tasks of DECODE_CHUNK files."""
-    chunks = [files[start : start + DECODE_CHUNK] for start in range(0, len(files), DECODE_CHUNK)]
-    for chunk in pool.map(lambda chunk: [decode(file) for file in chunk], chunks):
-        yield from chunk

@@ -39,6 +39,10 @@ class BadImageError(Exception):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self) -> tuple[type[BadImageError], tuple[str, str]]:
+        # Sent back from decoding worker processes: rebuilt from both fields, not the message.
+        return BadImageError, (self.path, self.reason)
+
 
 def load_image(
     path: str | Path, grayscale: bool = False, *, min_size: int | None = None

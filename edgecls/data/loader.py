@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,12 +14,11 @@ from edgecls.console import progress_bar
 from edgecls.data.builtin import BUILTIN_DATASETS, load_builtin
 from edgecls.data.cache import (
     CACHE_MODES,
-    DECODE_THREADS,
     DiskCache,
     choose_cache,
-    decode_in_threads,
     mapped_subset,
 )
+from edgecls.data.decoding import decode_in_parallel
 from edgecls.data.images import BadImageError, load_image, printable_path, to_pixels
 from edgecls.data.sources import Box, SplitFiles, discover
 from edgecls.data.splits import Dataset, ImageSplit, Problems, split_off_val, warn_imbalance
@@ -167,14 +165,14 @@ class Decoder:
         channels = 1 if self.grayscale else 3
         images = np.empty((len(files), channels, self.input_size, self.input_size), np.uint8)
         failures: list[BadImageError | None] = [None] * len(files)
-        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-            results = decode_in_threads(pool, decode_one, files)
-            shown = progress_bar(results, len(files), "decoding images", self.progress)
-            for row, image in enumerate(shown):
-                if isinstance(image, BadImageError):
-                    failures[row] = image
-                else:
-                    images[row] = image
+        results = decode_in_parallel(decode_one, files)
+        for row, image in enumerate(
+            progress_bar(results, len(files), "decoding images", self.progress)
+        ):
+            if isinstance(image, BadImageError):
+                failures[row] = image
+            else:
+                images[row] = image
         return images, failures
 
     def rows(self, rows: list[int]) -> np.ndarray:
