@@ -28,6 +28,7 @@ from edgecls.plan import (
     make_plan,
     profile_data,
 )
+from edgecls.plan.measure import _step_seconds as REAL_STEP_SECONDS  # before the fixture's
 from edgecls.plan.measure import measure
 from edgecls.training.loop import Trainer
 from edgecls.training.schedules import BudgetLinearSchedule, ReduceLROnPlateauV2, TimeBudget
@@ -385,3 +386,22 @@ def test_mixed_precision_is_planned_only_where_it_trains_faster(tmp_path, mixed_
     user = make_plan(str(folder), {"model": "resnet20_cifar", "time_budget": "10m", "amp": False})
     assert "amp" not in user.values and "amp" in user.user_keys
     assert user.candidates[0].amp_speedup is None and not user.candidates[0].amp
+
+
+@pytest.mark.parametrize(
+    ("step", "least", "timed"), [(0.05, 2, 8), (0.25, 2, 3), (0.4, 1, 2), (3.0, 2, 1)]
+)
+def test_steps_are_timed_until_enough_and_once_when_long(monkeypatch, step, least, timed):
+    """Steps are timed until MEASURE_SECONDS (at least `least`, at most MEASURE_STEPS[1]); a
+    step of LONG_STEP_SECONDS is timed once (a 224 px step takes seconds). Clock injected."""
+    import edgecls.plan.measure as measured
+
+    now, calls = [0.0], []
+    monkeypatch.setattr(measured.time, "perf_counter", lambda: now[0])
+
+    def train_step(mixed):
+        calls.append(mixed)
+        now[0] += step
+
+    assert REAL_STEP_SECONDS(train_step, False, least) == pytest.approx(step)
+    assert len(calls) == timed

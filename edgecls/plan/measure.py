@@ -26,8 +26,11 @@ if TYPE_CHECKING:
 DECODE_SAMPLE = 24
 # Timed training steps per candidate, after one untimed: at least MEASURE_STEPS[0], on until
 # MEASURE_SECONDS (at most MEASURE_STEPS[1]); their median. A couple of steps on a shared machine
-# vary from one run to the next.
+# vary from one run to the next. A step of LONG_STEP_SECONDS or more is timed once: it averages
+# thousands of kernels already, and MobileNetV3-large's step at 224 px, batch 128, takes 6 s on
+# 2 cores (4 such steps were 24.6 s of planning in benchmarks/results/ceiling.md).
 MEASURE_STEPS, MEASURE_SECONDS = (2, 8), 0.6
+LONG_STEP_SECONDS = 2.0
 # Where the hardware has it (a GPU, a CPU with AVX-512 BF16 or AMX), each candidate is also timed
 # in mixed precision, kept when at least this much faster: on a 2-core AMX CPU bf16 trained the
 # ResNets 1.8-2.3x faster and the depthwise MobileNetV3s 0.6-0.7x (python benchmarks/amp_speed.py).
@@ -88,13 +91,14 @@ def measure(
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(keep_size, lambda tensor: tensor):
-        train_step(bool(amp))  # the activations one batch keeps for backward
+        train_step(bool(amp))  # the activations one batch keeps for backward; the warm-up too
     activations = sum(saved)
     seconds = _step_seconds(train_step, bool(amp), MEASURE_STEPS[0])
     candidate.amp = bool(amp)
     if amp is None and fast_mixed_precision(device.type):
         speedups = {} if speedups is None else speedups
         if candidate.model not in speedups:  # one step decides: the gaps are wide
+            train_step(True)  # warm-up: other kernels
             speedups[candidate.model] = round(seconds / _step_seconds(train_step, True, 1), 2)
         candidate.amp_speedup = speedups[candidate.model]
         if candidate.amp_speedup >= AMP_MIN_SPEEDUP:
@@ -140,11 +144,12 @@ def _training_step(
 
 
 def _step_seconds(train_step: Callable[[bool], None], mixed: bool, least: int) -> float:
-    """The median of at least `least` timed steps after an untimed one, on until
-    MEASURE_SECONDS (at most MEASURE_STEPS[1] steps)."""
-    train_step(mixed)  # warm-up
+    """The median of at least `least` timed steps of a warmed-up `train_step`, on until
+    MEASURE_SECONDS (at most MEASURE_STEPS[1] steps); one when it takes LONG_STEP_SECONDS."""
     steps: list[float] = []
     while len(steps) < MEASURE_STEPS[1] and (len(steps) < least or sum(steps) < MEASURE_SECONDS):
+        if steps and steps[0] >= LONG_STEP_SECONDS:
+            break
         started = time.perf_counter()
         train_step(mixed)
         steps.append(time.perf_counter() - started)
