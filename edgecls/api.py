@@ -34,6 +34,7 @@ from edgecls.console import console, messages_off
 from edgecls.data import (
     BadImageError,
     Dataset,
+    decoding,
     describe,
     load_dataset,
     load_image,
@@ -260,6 +261,8 @@ def train(
     if _launches(nproc):
         options = _options(recipe=recipe, run_dir=run_dir, overwrite=overwrite, quiet=not progress)
         return _launch(nproc, ["train", *([data] if data else []), *options, *_pairs(overrides)])
+    if data is not None and Path(data).exists():  # decoding's worker server starts beside torch
+        decoding.start_early()
     # torch, timm and the training loop load here, counted as the run's startup
     from edgecls.training import distributed, pipeline  # noqa: F401
 
