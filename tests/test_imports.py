@@ -9,7 +9,10 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "torchvision", "timm", "edgecls.training", "edgecls.models", "onnx", "optuna")
+HEAVY = (
+    *("torch", "torchvision", "timm", "edgecls.training", "edgecls.models", "onnx", "optuna"),
+    "matplotlib",  # 0.4 s, for commands that draw nothing
+)
 PROBE = """
 import atexit, json, sys
 heavy = {heavy!r}

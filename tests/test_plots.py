@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgecls.report import plot_confusion_matrix, plot_history
+from edgecls.report.plots import plot_confusion_matrix, plot_history
 
 
 def _history(epochs: int) -> list[dict]:

@@ -19,9 +19,8 @@ from edgecls.evaluate.inference import predict_logits
 from edgecls.evaluate.metrics import Metrics, compute_metrics
 from edgecls.evaluate.robustness import robustness_report
 from edgecls.models import model_from_checkpoint
-from edgecls.report import plot_confusion_matrix
 from edgecls.report.html import write_report
-from edgecls.report.plots import plot_mistakes, plot_reliability
+from edgecls.report.plots import plot_confusion_matrix, plot_mistakes, plot_reliability
 
 
 def _pick_split(dataset, split: str) -> tuple[str, ImageSplit]:

@@ -1,5 +1,2 @@
-"""Figures summarising a training run."""
-
-from edgecls.report.plots import plot_confusion_matrix, plot_history, plot_lr_range_test
-
-__all__ = ["plot_confusion_matrix", "plot_history", "plot_lr_range_test"]
+"""What a person reads of a run: figures (plots), report.html, comparisons. Nothing is imported
+here: `predict` escapes CSV cells with report.escape and should not load matplotlib for it."""

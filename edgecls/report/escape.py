@@ -13,8 +13,6 @@ from contextlib import contextmanager
 from functools import wraps
 from typing import Any, TypeVar
 
-import matplotlib
-
 F = TypeVar("F", bound=Callable[..., Any])
 # Characters that start a Markdown construct anywhere in a line (emphasis, code, links, table
 # cells, strike-through), and those that do at the start of a line (headings, lists, quotes);
@@ -46,6 +44,8 @@ def csv_cell(value: Any) -> Any:
 @contextmanager
 def plain_text() -> Iterator[None]:
     """Matplotlib text drawn as written: a `$` in a class name is not mathtext."""
+    import matplotlib  # here: predict escapes CSV cells and draws nothing
+
     with matplotlib.rc_context({"text.parse_math": False}):
         yield
 

@@ -20,8 +20,8 @@ from edgecls.errors import UserError
 from edgecls.evaluate.checkpoint import evaluate_best
 from edgecls.models import create_model, on_meta_device
 from edgecls.phases import Phases
-from edgecls.report import plot_history
 from edgecls.report.html import write_report
+from edgecls.report.plots import plot_history
 from edgecls.training.callbacks import CheckpointWriter, ProgressBars
 from edgecls.training.distributed import SINGLE, World
 from edgecls.training.loop import Diverged, Trainer
