@@ -199,7 +199,9 @@ def explain_run(
         maps = gradcam(model, to_float(images), predicted.tolist(), layer)
     except (ImportError, UserError, RuntimeError) as error:
         reason = f"{type(error).__name__}: {error}".splitlines()[0]
-        console.print(f"saliency maps skipped: {reason}", highlight=False, markup=False)
+        console.print(
+            f"saliency maps skipped: {reason}", highlight=False, markup=False, soft_wrap=True
+        )
         return {"skipped": reason}
     rows = [
         {
