@@ -22,6 +22,7 @@ from edgecls.deploy.runtime import load_predictor
 from edgecls.evaluate.saliency import (
     explain_run,
     gradcam,
+    log_odds,
     occlusion,
     peak_in_box,
     target_layer,
@@ -249,3 +250,11 @@ def test_pointing_game_reads_rows_and_columns_the_right_way_round():
     maps[1, 7, 1] = 1
     box = [6, 0, 9, 3]  # left, top, right, bottom
     assert peak_in_box(maps, np.array([box, box])).tolist() == [True, False]
+
+
+def test_occlusion_still_sees_a_change_when_the_top_probability_has_rounded_to_1():
+    saturated = np.array([[1.0, 1e-9, 3e-9]], np.float32)  # a calibrated, very sure model
+    occluded = np.array([[1.0, 1e-6, 3e-6]], np.float32)  # the same, its evidence covered
+    assert saturated[0, 0] == occluded[0, 0]
+    assert log_odds(saturated)[0, 0] - log_odds(occluded)[0, 0] == pytest.approx(np.log(1000))
+    assert log_odds(np.array([[0.2, 0.8]]))[0] == pytest.approx([np.log(0.25), np.log(4)])

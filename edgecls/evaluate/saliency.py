@@ -118,22 +118,37 @@ def occlusion_window(input_size: int) -> tuple[int, int]:
     return window, max(1, window // 2)
 
 
+def log_odds(probabilities: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) of every class, 1 - p summed from the other classes' probabilities.
+
+    For softmax outputs this is the class's logit minus the log-sum-exp of the others', recovered
+    from what an exported model returns. A calibrated model's top probability is often exactly
+    1.0 in float32 long before its logits stop moving; occlusion would see no change in it, but
+    the other classes' tiny probabilities still move."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-45, None)
+    top = p.argmax(1)[:, None]
+    is_top = np.arange(p.shape[1]) == top
+    others = p.sum(1, keepdims=True) - p  # precise for every class but the top one
+    others[is_top] = np.where(is_top, 0.0, p).sum(1)  # the top's: the small ones summed
+    return np.log(p) - np.log(np.clip(others, 1e-45, None))
+
+
 def occlusion(
     forward: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, targets: list[int]
 ) -> np.ndarray:
     """Occlusion maps of `targets` for float `pixels` (N, C, S, S) in [0, 1], from a function that
     returns class probabilities for such pixels (any runtime's). A square of the image's mean
-    colour slides over it; a pixel's score is how much the target's probability drops when it is
+    colour slides over it; a pixel's score is how much the target's log-odds drop when it is
     covered, averaged over the squares covering it."""
     from captum.attr import Occlusion
 
-    def probabilities(batch: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(forward(batch.numpy()), dtype=np.float32))
+    def scores(batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(log_odds(forward(batch.numpy())).astype(np.float32))
 
     inputs = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
     channels, size = inputs.shape[1], inputs.shape[-1]
     window, stride = occlusion_window(size)
-    attributions = Occlusion(probabilities).attribute(
+    attributions = Occlusion(scores).attribute(
         inputs,
         sliding_window_shapes=(channels, window, window),
         strides=(channels, stride, stride),
