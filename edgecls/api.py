@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from edgecls.ablate import Row
     from edgecls.data.cache import CacheEntry
     from edgecls.deploy.bench import BenchRow
+    from edgecls.deploy.explain import Explained
     from edgecls.deploy.export import ExportReport
     from edgecls.deploy.predict import Prediction
     from edgecls.deploy.runtime import ModelInfo, Predictor
@@ -818,6 +819,38 @@ def predict(
     if csv_path:
         write_predictions_csv(predictions, Path(csv_path))
     return predictions, skipped
+
+
+def explain(
+    model: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    out_dir: str | Path = Path("runs/explain"),
+    method: str = "auto",
+) -> Explained:
+    """Saliency overlays (heat map over the image) of MODEL's predictions: `edgecls explain`.
+
+    Unreadable images are skipped and listed, as by `predict`; the images are only read.
+
+    Args:
+        model: A run folder, checkpoint, or exported model (ONNX, OpenVINO IR, TorchScript, ...).
+        inputs: Image files or folders of them.
+        out_dir: Where the overlays (`000_<image>_<label>_<percent>.png`) and explain.html go:
+            a new or empty folder, or one an earlier `explain` wrote.
+        method: auto (Grad-CAM for a checkpoint, occlusion for an exported model), gradcam
+            (checkpoints only: it needs gradients) or occlusion (any model, forward passes only).
+
+    Returns:
+        The overlays with each image's predicted label and probability, the images skipped,
+        the index page and the method used.
+
+    Raises:
+        EdgeclsError: No model at `model`, no readable image, an `out_dir` holding other files
+            or inside an image folder, or Grad-CAM asked of an exported model.
+    """
+    from edgecls.deploy.explain import explain_images
+
+    return explain_images(Path(model), [Path(p) for p in inputs], Path(out_dir), method)
 
 
 def export(

@@ -501,6 +501,41 @@ def predict(model, inputs, top_k, csv_path) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("runs/explain"),
+    show_default=True,
+    help="Where the overlays and explain.html go.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["auto", "gradcam", "occlusion"]),
+    default="auto",
+    show_default=True,
+    help="auto: Grad-CAM for a run or .pt, occlusion for an exported model.",
+)
+@user_errors
+def explain(model, inputs, out_dir, method) -> None:
+    """Saliency overlays: where MODEL looks in each image (files or folders) for its prediction."""
+    from edgecls import api
+
+    explained = api.explain(model, inputs, out_dir=out_dir, method=method)
+    for item in explained.overlays:
+        out.print(
+            f"{item.source}: {item.label} {item.probability:.1%} -> {item.file}",
+            highlight=False,
+            markup=False,
+        )
+    for path, reason in explained.skipped:
+        err.print(f"skipped {path}: {reason}", highlight=False, markup=False)
+    out.print(f"{explained.method}; index: {explained.index}", highlight=False, markup=False)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "--format",
     "fmt",

@@ -38,6 +38,7 @@ def test_a_run_writes_a_self_contained_report_with_every_section(tracked_run):
         "Confusion matrix",
         "Per class",
         "Most confident mistakes",
+        "Saliency maps",
         "Calibration",
         "Deployment",
     ):

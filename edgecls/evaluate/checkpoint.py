@@ -18,6 +18,7 @@ from edgecls.evaluate.calibration import fit_temperature, reliability
 from edgecls.evaluate.inference import predict_logits
 from edgecls.evaluate.metrics import Metrics, compute_metrics
 from edgecls.evaluate.robustness import robustness_report
+from edgecls.evaluate.saliency import explain_run
 from edgecls.models import model_from_checkpoint
 from edgecls.report.html import write_report
 from edgecls.report.plots import plot_confusion_matrix, plot_mistakes, plot_reliability
@@ -183,6 +184,8 @@ def evaluate_best(
     metrics["mistakes"] = confident_mistakes(
         scored, scored_logits / temperature, dataset.classes, run_dir
     )
+    probabilities = (val_logits / temperature).softmax(dim=1)
+    metrics["saliency"] = explain_run(model, dataset.val, probabilities, dataset.classes, run_dir)
     runs.write_json(run_dir / "metrics.json", metrics)
     plot_reliability(calibration, run_dir / "reliability.png")
     return metrics

@@ -73,6 +73,12 @@ class CifarResNet(nn.Module):
                 channels = out
         self.stages = nn.Sequential(*layers)
         self.num_features = channels
+        # timm's description of the stage outputs (the last block of each stage), as its own
+        # models have it: what feature extraction and the choice of a Grad-CAM layer read.
+        self.feature_info = [
+            {"num_chs": width * 2**stage, "reduction": 2**stage, "module": f"stages.{last}"}
+            for stage, last in enumerate(range(blocks - 1, 3 * blocks, blocks))
+        ]
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes) if num_classes else nn.Identity()
         for module in self.modules():

@@ -3,10 +3,11 @@
 The HTML is self-contained (figures inlined as base64 PNG, no scripts, no external files) and
 opens offline; the Markdown says the same for a terminal, its figures referenced beside it.
 Sections: summary, plan and config, curves, confusion matrix, per-class precision / recall / F1
-with support, the most confident mistakes, calibration (reliability before and after
-temperature scaling), robustness when `edgecls eval --corruptions` has run, and the exports'
-parity and latency when the run was exported or benched. `write_report` can run again at any
-time (eval and bench call it) and rebuilds both from the files in the folder.
+with support, the most confident mistakes, saliency maps (where the model looks), calibration
+(reliability before and after temperature scaling), robustness when `edgecls eval --corruptions`
+has run, and the exports' parity and latency when the run was exported or benched.
+`write_report` can run again at any time (eval and bench call it) and rebuilds both from the
+files in the folder.
 """
 
 from __future__ import annotations
@@ -215,6 +216,30 @@ def _deployment(page: Page, run_dir: Path) -> None:
         )  # fmt: skip
 
 
+def _saliency(page: Page, metrics: dict[str, Any], run_dir: Path) -> None:
+    saliency = metrics.get("saliency")
+    if saliency is None:  # a run of an edgecls before saliency maps
+        return
+    page.heading("Saliency maps")
+    if "skipped" in saliency:
+        page.paragraph(f"Not computed: {saliency['skipped']}")
+        return
+    page.paragraph(
+        f"Where the best model looks on the validation split: {saliency['method']}, for the "
+        "class it predicted; red marks the pixels that prediction depends on most, blue the "
+        f"least ({saliency['seconds']:.1f} s to compute)."
+    )
+    mistakes, correct = saliency["mistakes"], saliency["correct"]
+    if mistakes:
+        caption = f"the {len(mistakes)} most confident mistakes on validation"
+        page.figure(run_dir / "saliency_mistakes.png", caption)
+    else:
+        page.paragraph("No mistakes on the validation split.")
+    if correct:
+        caption = f"the most confident correct image of each of {len(correct)} classes"
+        page.figure(run_dir / "saliency_correct.png", caption)
+
+
 def write_report(run_dir: Path) -> tuple[Path, Path]:
     """report.html and report.md from what the run folder holds now."""
     metrics = runs.read_json(run_dir / "metrics.json")
@@ -238,6 +263,7 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
         )
     else:
         page.paragraph(f"No mistakes on the {split} split.")
+    _saliency(page, metrics, run_dir)
     _calibration(page, metrics, run_dir)
     _robustness(page, run_dir)
     _deployment(page, run_dir)
