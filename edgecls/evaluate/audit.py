@@ -108,6 +108,9 @@ class AuditResult:
     outliers: list[Outlier]
     notes: list[str] = field(default_factory=list)  # checks skipped, and why
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per step
+    # Every image's path, most likely mislabelled first: the label issues, then the others by
+    # the probability of their label (not in audit.json: for top-k measures and reviews).
+    label_ranking: list[str] = field(default_factory=list)
 
     @property
     def leaks(self) -> list[DuplicateGroup]:
@@ -173,13 +176,13 @@ def audit_splits(
     features = audit_features(pool.pixels, progress=progress)
     seconds["features"] = time.perf_counter() - start
     start = time.perf_counter()
-    label_issues, notes = _label_issues(pool, features, classes, seed)
+    label_issues, ranking, notes = _label_issues(pool, features, classes, seed)
     seconds["labels"] = time.perf_counter() - start
     start = time.perf_counter()
     outliers = _far(pool, features) + _degenerate(pool, sizes)
     seconds["outliers"] = time.perf_counter() - start
     images = {name: pool.splits.count(name) for name in dict.fromkeys(pool.splits)}
-    return AuditResult(classes, images, duplicates, label_issues, outliers, notes, seconds)
+    return AuditResult(classes, images, duplicates, label_issues, outliers, notes, seconds, ranking)
 
 
 def _file_facts(paths: list[str]) -> tuple[list[str | None], list[tuple[int, int] | None]]:
@@ -357,12 +360,14 @@ def _feature_network():
 
 def _label_issues(
     pool: _Pool, features: np.ndarray, classes: list[str], seed: int
-) -> tuple[list[LabelIssue], list[str]]:
-    """Confident learning on cross-validated probabilities: cleanlab's ranked label issues."""
+) -> tuple[list[LabelIssue], list[str], list[str]]:
+    """Confident learning on cross-validated probabilities: cleanlab's label issues, most
+    suspect first, and every image ranked the same way (the issues, then the others by the
+    probability of their label), with notes on what was skipped."""
     counts = np.bincount(pool.targets, minlength=len(classes))
     folds = min(FOLDS, int(counts[counts > 0].min()))
     if folds < 2 or np.count_nonzero(counts) < len(classes):
-        return [], ["label errors not searched: every class needs at least 2 images"]
+        return [], [], ["label errors not searched: every class needs at least 2 images"]
     from cleanlab.filter import find_label_issues
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -374,19 +379,23 @@ def _label_issues(
         cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
         method="predict_proba",
     )
-    ranked = find_label_issues(
+    flagged = find_label_issues(
         pool.targets, probabilities, return_indices_ranked_by="self_confidence"
     )
-    return [
+    given = probabilities[np.arange(len(pool.targets)), pool.targets]
+    others = np.setdiff1d(np.argsort(given, kind="stable"), flagged, assume_unique=True)
+    ranking = [pool.paths[i] for i in np.concatenate([flagged, others]).astype(int)]
+    issues = [
         LabelIssue(
             pool.paths[i],
             pool.splits[i],
             classes[pool.targets[i]],
             classes[int(probabilities[i].argmax())],
-            round(float(probabilities[i, pool.targets[i]]), 6),
+            round(float(given[i]), 6),
         )
-        for i in ranked
-    ], []
+        for i in flagged
+    ]
+    return issues, ranking, []
 
 
 def _far(pool: _Pool, features: np.ndarray) -> list[Outlier]:
