@@ -1,13 +1,16 @@
 """edgecls: a folder of labelled images in, a small evaluated deployable classifier out.
 
 The Python API (edgecls/api.py holds every command as a function): `train`, `resume`, `load`,
-`check_data`, the `Run` and `Model` they return, and `EdgeclsError`, the one exception type for
-problems with the input.
+`check_data`, `audit`, the `Run` and `Model` they return, and `EdgeclsError`, the one exception
+type for problems with the input.
 """
 
 __version__ = "0.1.0"
 
-_API = ("train", "resume", "load", "check_data", "Run", "Model", "DataCheck", "EdgeclsError")
+_API = (
+    "train", "resume", "load", "check_data", "audit", "Run", "Model", "DataCheck", "Audit",
+    "EdgeclsError",
+)  # fmt: skip
 
 
 def __getattr__(name: str):

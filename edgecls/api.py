@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from edgecls.deploy.export import ExportReport
     from edgecls.deploy.predict import Prediction
     from edgecls.deploy.runtime import ModelInfo, Predictor
+    from edgecls.evaluate.audit import AuditResult
     from edgecls.evaluate.metrics import Metrics
     from edgecls.plan import Plan
     from edgecls.training.distributed import World
@@ -537,6 +538,116 @@ def check_data(
         progress=progress,
     )
     return DataCheck(dataset, describe(dataset))
+
+
+@dataclass
+class Audit:
+    """What `edgecls check-data --audit` found (`result`), the files it wrote, and the list-file
+    dataset `fix_splits` wrote (None without it)."""
+
+    result: AuditResult
+    out_dir: Path
+    written: list[Path]
+    fixed: Path | None = None
+
+
+def audit(
+    data: str | Path,
+    *,
+    out_dir: str | Path = "audit",
+    fix_splits: str | Path | None = None,
+    input_size: int = 64,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    data_root: str | None = None,
+    progress: bool = False,
+) -> Audit:
+    """Duplicates (exact and near, within and across splits), likely label errors and outliers
+    in DATA, written to OUT_DIR as audit.json, audit.csv and audit.html: `edgecls check-data
+    --audit`. No file of DATA is written.
+
+    Args:
+        data: A folder, a CSV/TXT list of path,label, or a built-in name.
+        out_dir: Where the audit's files go.
+        fix_splits: A folder to write train.csv, val.csv (and test.csv) into: the same images
+            and labels with every duplicate that leaks across splits moved into train.
+        input_size: The side images are decoded at (thumbnails and pixel features).
+        val_fraction: The share of a folder without val/ that is held out for validation.
+        seed: The seed of that split and of the cross-validation folds.
+        data_root: Root folder for torchvision datasets.
+        progress: Show progress bars.
+
+    Returns:
+        The findings, the files written and the fixed dataset's folder.
+
+    Raises:
+        EdgeclsError: DATA cannot be loaded as a trainable dataset (no images, none readable,
+            one class), or an output folder is inside DATA or cannot be written.
+    """
+    from edgecls.evaluate.audit import audit_splits
+
+    out, fixed = Path(out_dir), Path(fix_splits) if fix_splits is not None else None
+    if fixed is not None and not Path(data).exists():
+        raise UserError(
+            f"--fix-splits writes a list of image files: {data} is not a folder or list"
+        )
+    for folder in (out, fixed):
+        if folder is not None:
+            _outside_data(folder, Path(data))
+            runs.check_folder_writable(folder)
+    dataset = load_dataset(
+        str(data),
+        input_size=input_size,
+        val_fraction=val_fraction,
+        seed=seed,
+        data_root=data_root,
+        progress=progress,
+    )
+    splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
+    result = audit_splits(splits, dataset.classes, seed=seed, progress=progress)
+    written = _write_audit(out, result, splits)
+    if fixed is not None:
+        _write_fixed_splits(fixed, result, splits)
+    return Audit(result, out, written, fixed)
+
+
+def _outside_data(folder: Path, data: Path) -> None:
+    """Refuse an output folder that is DATA or inside it: the audit never writes the data."""
+    if data.exists():
+        root = data.resolve() if data.is_dir() else data.resolve().parent
+        if folder.resolve().is_relative_to(root):
+            raise UserError(f"{folder} is inside the data folder {root}: choose another folder")
+
+
+def _write_audit(out: Path, result: AuditResult, splits: dict[str, Any]) -> list[Path]:
+    from edgecls.report.audit import shown_paths, write_audit
+
+    payload = result.to_json()
+    wanted = shown_paths(payload)
+    thumbnails = {
+        source: split.pixels[row]
+        for split in splits.values()
+        if split is not None
+        for row, source in enumerate(split.sources)
+        if source in wanted
+    }
+    return write_audit(out, payload, thumbnails)
+
+
+def _write_fixed_splits(folder: Path, result: AuditResult, splits: dict[str, Any]) -> None:
+    from edgecls.data.sources import list_file_text
+    from edgecls.evaluate.audit import fixed_splits
+
+    rows = fixed_splits(result, splits)
+    missing = [path for split in rows.values() for path, _ in split if not Path(path).is_file()]
+    if missing:
+        raise UserError(
+            f"--fix-splits writes a list of image files, and {missing[0]} is not one "
+            "(a built-in dataset): audit a folder or a list file"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, split_rows in rows.items():
+        runs.write_text(folder / f"{name}.csv", list_file_text(split_rows))
 
 
 @dataclass

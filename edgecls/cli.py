@@ -319,11 +319,35 @@ def ablate(args, recipe, stack, leave_one_out, seeds, out_dir, quiet) -> None:
 @click.option("--val-fraction", type=_config_range("val_fraction"), default=0.2, show_default=True)
 @click.option("--data-root", type=click.Path())
 @click.option("--seed", type=_config_range("seed"), default=0)
+@click.option(
+    "--audit",
+    is_flag=True,
+    help="Also find duplicates (within and across splits), likely label errors and outliers.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("audit"),
+    show_default=True,
+    help="With --audit: where audit.json, audit.csv and audit.html go.",
+)
+@click.option(
+    "--fix-splits",
+    type=click.Path(path_type=Path),
+    help="With --audit: write a list-file dataset here with leaked duplicates moved into train.",
+)
 @user_errors
-def check_data(data, input_size, grayscale, val_fraction, data_root, seed) -> None:
-    """Show what was found in DATA, per split and class, and every problem."""
+def check_data(
+    data, input_size, grayscale, val_fraction, data_root, seed, audit, out_dir, fix_splits
+) -> None:
+    """Show what was found in DATA, per split and class, and every problem; with --audit, also
+    duplicates, leaks across splits, likely label errors and outliers."""
     from edgecls import api
 
+    if audit or fix_splits is not None:
+        _audit(data, input_size, val_fraction, data_root, seed, out_dir, fix_splits)
+        return
     check = api.check_data(
         data,
         input_size=input_size,
@@ -336,6 +360,59 @@ def check_data(data, input_size, grayscale, val_fraction, data_root, seed) -> No
     out.print(check.text, highlight=False, markup=False)
     if not check.ok:
         sys.exit(2)
+
+
+def _audit(data, input_size, val_fraction, data_root, seed, out_dir, fix_splits) -> None:
+    from edgecls import api
+
+    audit = api.audit(
+        data,
+        out_dir=out_dir,
+        fix_splits=fix_splits,
+        input_size=input_size,
+        val_fraction=val_fraction,
+        seed=seed,
+        data_root=data_root,
+        progress=True,
+    )
+    result = audit.result
+    table = Table(title=f"audit of {data}")
+    for column in ("finding", "count", "examples"):
+        table.add_column(column, overflow="fold")
+    exact = [g for g in result.duplicates if g.kind == "exact"]
+    near = [g for g in result.duplicates if g.kind == "near"]
+    rows = [
+        ("exact duplicate groups", exact, lambda g: " = ".join(g.paths[:2])),
+        ("near-duplicate groups", near, lambda g: " ~ ".join(g.paths[:2])),
+        ("groups across splits (leaks)", result.leaks, lambda g: " / ".join(g.paths[:2])),
+        (
+            "likely label errors",
+            result.label_issues,
+            lambda i: f"{i.path}: {i.given} -> {i.suggested}?",
+        ),
+    ]
+    for kind in ("far", "constant", "tiny"):
+        found = [o for o in result.outliers if o.kind == kind]
+        rows.append((f"outliers ({kind})", found, lambda o: o.path))
+    for finding, items, example in rows:
+        table.add_row(finding, str(len(items)), example(items[0]) if items else "")
+    out.print(table, markup=False, highlight=False)
+    for note in result.notes:
+        out.print(f"note: {note}", markup=False, highlight=False)
+    images = sum(result.images.values())
+    out.print(
+        f"{images} images audited in {sum(result.seconds.values()):.1f} s; wrote "
+        f"{', '.join(map(str, audit.written))}",
+        markup=False,
+        highlight=False,
+    )
+    if audit.fixed is not None:
+        out.print(
+            f"wrote a list-file dataset with the leaks moved into train: {audit.fixed} "
+            f"(check it: edgecls check-data {audit.fixed})",
+            markup=False,
+            highlight=False,
+        )
 
 
 @main.command()

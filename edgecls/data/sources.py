@@ -176,3 +176,15 @@ def _box(fields: list[str]) -> Box | None:
     except ValueError:
         return None
     return (x0, y0, x1, y1) if 0 <= x0 < x1 and 0 <= y0 < y1 else None
+
+
+def list_file_text(rows: list[tuple[str, str]]) -> str:
+    """A list file `read_list` reads back: `path,label` rows of absolute paths, after the line
+    that allows paths outside the list's folder (the images stay where they are)."""
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label"])
+    writer.writerows((os.path.abspath(path), label) for path, label in rows)
+    return f"{ALLOW_OUTSIDE_PATHS}\n{buffer.getvalue()}"

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from edgecls.report.escape import drawn_as_plain_text
+from edgecls.report.grid import captioned_grid
 
 DPI = 120
 ANNOTATE_MAX_CLASSES = 20
@@ -209,26 +210,12 @@ def plot_reliability(calibration: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-@drawn_as_plain_text
 def plot_mistakes(
     images: np.ndarray, true: list[str], predicted: list[str], confidence: list[float], path: Path
 ) -> Path:
-    """The most confident mistakes as a grid of thumbnails (uint8 N, C, S, S), each titled with
-    its true and predicted class and the probability the model gave the wrong one."""
-    columns = min(6, max(1, len(images)))
-    rows = max(1, -(-len(images) // columns))
-    # Fixed margins: every cell is alike, and a tight layout measuring each title took a third of
-    # the figure's 0.45 s.
-    fig = Figure(figsize=(2 * columns, 2.3 * rows))
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.5 / (2.3 * rows), hspace=0.45)
-    for index, image in enumerate(images):
-        ax = fig.add_subplot(rows, columns, index + 1)
-        pixels = image.transpose(1, 2, 0)
-        ax.imshow(
-            pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=255
-        )
-        ax.set_title(
-            f"true {true[index]}\npred {predicted[index]} ({confidence[index]:.0%})", fontsize=8
-        )
-        ax.axis("off")
-    return _save(fig, path)
+    """The most confident mistakes as a grid of thumbnails (uint8 N, C, S, S), each captioned
+    with its true and predicted class and the probability the model gave the wrong one."""
+    captions = [
+        f"true {t}\npred {p} ({c:.0%})" for t, p, c in zip(true, predicted, confidence, strict=True)
+    ]
+    return captioned_grid([image.transpose(1, 2, 0) for image in images], captions, path)

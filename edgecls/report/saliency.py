@@ -10,19 +10,16 @@ from urllib.parse import quote
 
 import matplotlib
 import numpy as np
-from matplotlib.figure import Figure
 from PIL import Image
 
 from edgecls import runs
-from edgecls.report.escape import drawn_as_plain_text
+from edgecls.report.grid import TILE_SIDE, captioned_grid
 
-DISPLAY_SIDE = 160  # images are enlarged (by a whole factor) to at least this many pixels
 ALPHA = 0.45  # the heat map's share of each overlay pixel
 COLORMAP = "jet"  # blue: not used for the prediction; red: used most
-DPI = 120
 
 
-def overlay(pixels: np.ndarray, heat: np.ndarray, min_side: int = DISPLAY_SIDE) -> np.ndarray:
+def overlay(pixels: np.ndarray, heat: np.ndarray, min_side: int = TILE_SIDE) -> np.ndarray:
     """uint8 (D, D, 3): the image (uint8 C, S, S) enlarged with square pixels, its heat map
     (S, S in [0, 1]) enlarged smoothly, coloured and blended over it."""
     image = pixels.transpose(1, 2, 0)
@@ -37,22 +34,12 @@ def overlay(pixels: np.ndarray, heat: np.ndarray, min_side: int = DISPLAY_SIDE) 
     return (image * (1 - ALPHA) + colours * ALPHA).round().astype(np.uint8)
 
 
-@drawn_as_plain_text
 def plot_saliency(
     images: np.ndarray, maps: np.ndarray, captions: list[str], path: Path, columns: int = 6
 ) -> Path:
     """A grid of overlays (uint8 images N, C, S, S; maps N, S, S), each captioned."""
-    columns = min(columns, max(1, len(images)))
-    rows = max(1, -(-len(images) // columns))
-    fig = Figure(figsize=(2 * columns, 2.4 * rows), layout="tight")
-    for index, (image, heat) in enumerate(zip(images, maps, strict=True)):
-        ax = fig.add_subplot(rows, columns, index + 1)
-        ax.imshow(overlay(image, heat), interpolation="nearest")
-        ax.set_title(captions[index], fontsize=8)
-        ax.axis("off")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
-    return path
+    tiles = [overlay(image, heat) for image, heat in zip(images, maps, strict=True)]
+    return captioned_grid(tiles, captions, path, columns)
 
 
 @dataclass
