@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -528,6 +530,32 @@ def test_worker_processes_decode_as_threads_do_failures_included(tmp_path, monke
         assert processes.sources == threads.sources
         assert np.array_equal(processes.pixels, threads.pixels)
     assert sorted(in_processes.skipped) == sorted(in_threads.skipped)
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_script_calling_edgecls_at_its_top_level_runs_once(tmp_path, guarded):
+    """Worker processes import __main__ again: an unguarded script must not run again in them
+    (it decodes in threads), a guarded one decodes in processes."""
+    root = make_class_folders(tmp_path / "data", {"cat": 4, "dog": 4})
+    body = (
+        "import edgecls.data.decoding as decoding\n"
+        "from edgecls.data import load_dataset\n"
+        "decoding.PROCESS_MIN_FILES = 1\n"
+        "print('top level', decoding.workers_may_import_main())\n"
+        f"data = load_dataset({str(root)!r}, input_size=8, progress=False, cache='memory')\n"
+        "print(len(data.train) + len(data.val))\n"
+    )
+    if guarded:
+        body = "if __name__ == '__main__':\n" + "".join(
+            f"    {line}\n" for line in body.splitlines()
+        )
+    script = tmp_path / "script.py"
+    script.write_text(body)
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"top level {guarded}", "8"]
 
 
 def test_class_folders_are_listed_in_path_order_hidden_left_out(tmp_path):

@@ -6,13 +6,19 @@ machine (`python benchmarks/decoding.py`). Processes start from a server process
 (`start_early` starts it while the caller does other work); folders of fewer than
 PROCESS_MIN_FILES files keep to threads (4,000 PNGs: 1.2 s in threads, 0.67 s in processes with
 the server started then, 0.4 s with it running).
+
+Worker processes import the caller's `__main__` script again, as multiprocessing does: a script
+calling `edgecls.train` at its top level, with no `if __name__ == "__main__":` guard, would run
+again in each worker. Such scripts decode in threads.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
@@ -40,7 +46,7 @@ def decode_in_parallel(decode: Decode, files: list[Path]) -> Iterator[Any]:
     a partial of one): worker processes receive it once, then only lists of paths."""
     chunks = [files[start : start + DECODE_CHUNK] for start in range(0, len(files), DECODE_CHUNK)]
     workers = min(cores(), 8)
-    if len(files) >= PROCESS_MIN_FILES and workers > 1:
+    if len(files) >= PROCESS_MIN_FILES and workers > 1 and workers_may_import_main():
         pool: Executor = ProcessPoolExecutor(
             workers,
             mp_context=_process_context(),
@@ -57,10 +63,29 @@ def decode_in_parallel(decode: Decode, files: list[Path]) -> Iterator[Any]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def workers_may_import_main() -> bool:
+    """Whether worker processes can import `__main__` without side effects: it is a module (run
+    with `python -m`, a console script's), absent (a notebook, `python -c`), or a script whose
+    top level is guarded by `if __name__ == "__main__":`."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is not None or path is None:
+        return True
+    try:
+        source = Path(path).read_text(errors="replace")
+    except OSError:
+        return False
+    return re.search(r"""__name__\s*==\s*["']__main__["']""", source) is not None
+
+
 def start_early() -> None:
     """Start the server that worker processes fork from now, so that it has imported the decoder
     by the time a large folder is decoded (a run calls this before it loads torch)."""
-    if cores() > 1 and _process_context().get_start_method() == "forkserver":
+    if (
+        cores() > 1
+        and workers_may_import_main()
+        and _process_context().get_start_method() == "forkserver"
+    ):
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
