@@ -13,7 +13,7 @@ written as PNG folders to a temporary folder, with seeded faults:
 
 It prints, per dataset: recall and precision of the leaked pairs (a reported group across splits
 counts each pair of its images in different splits), beside a byte-hash-only baseline and a sweep
-of the near-duplicate threshold; recall and precision of the flipped labels among the audit's top
+of the near-duplicate gap; recall and precision of the flipped labels among the audit's top
 k suspects (k = twice the number flipped), beside an RBF SVC on the raw pixels (5-fold
 cross-validated probabilities, ranked by the probability of the given label); and the audit's
 wall time (decoding, features, everything, as `check-data --audit` runs it).
@@ -40,7 +40,7 @@ from edgecls.evaluate import audit as audit_module
 
 RESULTS = Path(__file__).parent / "results" / "audit.md"
 FLIPPED, NEAR, EXACT = 0.05, 0.03, 0.01
-THRESHOLDS = (0.99, 0.995, 0.997, 0.998, 0.999)
+GAPS = (0.1, 0.15, 0.25, 0.35, 0.5)
 
 
 def fashion(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -144,19 +144,20 @@ def svc_ranking(root: Path, seed: int) -> list[str]:
     return [str(files[i]) for i in np.argsort(given, kind="stable")]
 
 
-def threshold_sweep(root: Path, truth: dict) -> list[str]:
-    """Leak recall and precision of the near-duplicate test alone at other thresholds."""
+def gap_sweep(root: Path, truth: dict) -> list[str]:
+    """Leak recall and precision of the near-duplicate test alone at other gaps (the largest
+    ratio of a copy's distance to the next picture's)."""
     dataset = load_dataset(str(root), input_size=64, progress=False)
     pixels = np.concatenate([dataset.train.pixels, dataset.val.pixels])
     paths = dataset.train.sources + dataset.val.sources
     splits = ["train"] * len(dataset.train) + ["val"] * len(dataset.val)
     descriptors = audit_module.near_descriptors(pixels)
     rows = []
-    for threshold in THRESHOLDS:
-        pairs = audit_module.near_pairs(descriptors, threshold)
+    for gap in GAPS:
+        pairs = audit_module.near_pairs(descriptors, gap=gap)
         found = {frozenset((paths[a], paths[b])) for a, b in pairs if splits[a] != splits[b]}
         recall, precision = scores(found, truth["pairs"])
-        rows.append(f"{threshold}: recall {recall:.1%}, precision {precision:.1%} ({len(found)})")
+        rows.append(f"{gap}: recall {recall:.1%}, precision {precision:.1%} ({len(found)})")
     return rows
 
 
@@ -189,8 +190,8 @@ def bench(name: str, parts, seed: int, folder: Path) -> list[str]:
         f"| {flip_recall:.1%} / {flip_precision:.1%} | {len(result.label_issues)}: "
         f"{flagged_recall:.1%} / {flagged_precision:.1%} "
         f"| {svc_recall:.1%} / {svc_precision:.1%} | {wall:.1f} | {svc_wall:.1f} |",
-        f"  {name}: audit steps (s): {steps}; near-duplicate threshold sweep (leak pairs): "
-        + "; ".join(threshold_sweep(root, truth)),
+        f"  {name}: audit steps (s): {steps}; near-duplicate gap sweep (leak pairs): "
+        + "; ".join(gap_sweep(root, truth)),
     ]
 
 

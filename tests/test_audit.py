@@ -175,3 +175,24 @@ def test_outputs_inside_the_data_folder_are_refused(faulty, tmp_path):
     )
     assert result.exit_code == 2 and "inside the data folder" in result.output
     assert tree_digest(faulty) == before
+
+
+def test_copies_stand_apart_where_lookalikes_do_not():
+    """A picture with two copies pairs with both, a picture with one copy with it; a crowd of
+    lookalikes, as close to each other as the copies are to their source, pairs with nothing."""
+    from edgecls.evaluate.audit import near_pairs
+
+    rng = np.random.default_rng(0)
+
+    def unit(rows: np.ndarray) -> np.ndarray:
+        return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+    distinct = rng.normal(size=(40, 256))
+    copies = distinct[[0, 0, 1]] + 0.02 * rng.normal(size=(3, 256))  # indices 40, 41, 42
+    crowd = distinct[2] + 0.02 * rng.normal(size=(8, 256))  # 43-50: each near the others
+    descriptors = unit(np.vstack([distinct, copies, crowd]))
+    crowd_similarity = descriptors[43:] @ descriptors[43:].T
+    assert crowd_similarity[~np.eye(8, dtype=bool)].min() > 0.999
+    assert (descriptors[[0, 0, 1]] * descriptors[40:43]).sum(axis=1).max() < 0.9999
+    found = {tuple(pair) for pair in near_pairs(descriptors).tolist()}
+    assert found == {(0, 40), (0, 41), (40, 41), (1, 42)}
