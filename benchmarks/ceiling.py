@@ -60,6 +60,7 @@ PHASES = (  # metrics.json's phase_seconds, in the order a run goes through them
     "startup",
     "plan",
     "load",
+    "audit",
     "lr_search",
     "setup",
     "train",

@@ -605,7 +605,9 @@ def audit(
     )
     splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
     result = audit_splits(splits, dataset.classes, seed=seed, progress=progress)
-    written = _write_audit(out, result, splits)
+    from edgecls.report.audit import write_audit_of
+
+    written = write_audit_of(out, result.to_json(), splits)
     if fixed is not None:
         _write_fixed_splits(fixed, result, splits)
     return Audit(result, out, written, fixed)
@@ -617,21 +619,6 @@ def _outside_data(folder: Path, data: Path) -> None:
         root = data.resolve() if data.is_dir() else data.resolve().parent
         if folder.resolve().is_relative_to(root):
             raise UserError(f"{folder} is inside the data folder {root}: choose another folder")
-
-
-def _write_audit(out: Path, result: AuditResult, splits: dict[str, Any]) -> list[Path]:
-    from edgecls.report.audit import shown_paths, write_audit
-
-    payload = result.to_json()
-    wanted = shown_paths(payload)
-    thumbnails = {
-        source: split.pixels[row]
-        for split in splits.values()
-        if split is not None
-        for row, source in enumerate(split.sources)
-        if source in wanted
-    }
-    return write_audit(out, payload, thumbnails)
 
 
 def _write_fixed_splits(folder: Path, result: AuditResult, splits: dict[str, Any]) -> None:

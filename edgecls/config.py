@@ -34,6 +34,7 @@ STORAGE_ENV = "EDGECLS_LR_SEARCH_STORAGE"
 
 LR_SEARCH_METHODS = ("auto", "tpe", "range", "grid")
 DEVICES = ("auto", "cpu", "cuda")
+AUDIT_CHECKS = ("off", "leaks", "full")
 
 
 def _is_number(value: Any) -> bool:
@@ -430,6 +431,13 @@ class Config:
         None,
         'formats to export best.pt to after training (FP32), e.g. "onnx,openvino"',
         SomeOf(EXPORT_FORMATS),
+    )
+    audit: str = key(
+        "leaks",
+        "the data audit of audit.json and report.html: leaks (exact and near duplicates within "
+        "and across splits, seconds), full (also likely label errors and outliers, from ImageNet "
+        "features: about 20 s per 10,000 images) or off",
+        OneOf(AUDIT_CHECKS),
     )
     tensorboard: bool = key(False, "TensorBoard event files in RUN/tensorboard")
     mlflow: bool | str = key(

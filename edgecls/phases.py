@@ -10,9 +10,9 @@ from contextlib import contextmanager
 
 class Phases:
     """Seconds per phase of this process's run: startup (the interpreter and imports, when the
-    process start is known), plan, load, lr_search, setup, train (the training steps), validate,
-    checkpoints (the end of each epoch: checkpoints, progress, trackers), evaluate (the best
-    checkpoint), report, export."""
+    process start is known), plan, load, audit (of the data), lr_search, setup, train (the
+    training steps), validate, checkpoints (the end of each epoch: checkpoints, progress,
+    trackers), evaluate (the best checkpoint), report, export."""
 
     def __init__(self, process_started: float | None = None) -> None:
         self.seconds: dict[str, float] = {}

@@ -34,6 +34,7 @@ def test_a_run_writes_a_self_contained_report_with_every_section(tracked_run):
     for section in (
         "Summary",
         "Plan and configuration",
+        "Data audit",
         "Training curves",
         "Confusion matrix",
         "Per class",
@@ -56,6 +57,22 @@ def test_a_run_writes_a_self_contained_report_with_every_section(tracked_run):
     )
     exported = json.loads((folder / "export" / "model.json").read_text())
     assert exported["temperature"] == pytest.approx(temperature)  # in the export's metadata
+
+
+def test_every_run_audits_its_data_and_reports_the_leaks(tracked_run):
+    """audit=leaks by default: audit.json, .csv and .html in the run folder, and report.html
+    lists each group of copies that spans splits (the embedded digits hold such pairs)."""
+    folder = tracked_run[0].run_dir
+    audit = json.loads((folder / "audit.json").read_text())
+    assert {"duplicates", "label_issues", "outliers"} <= set(audit)
+    assert (folder / "audit.csv").is_file() and (folder / "audit.html").is_file()
+    leaks = [group for group in audit["duplicates"] if group["leak"]]
+    assert leaks, "the embedded digits have near-identical images across train and val"
+    page = (folder / "report.html").read_text()
+    assert f"<td>groups across splits (leaks)</td><td>{len(leaks)}</td>" in page
+    for group in leaks[:10]:
+        assert group["paths"][0] in page
+    assert "label errors and far outliers not searched (audit=leaks)" in page
 
 
 @pytest.mark.slow

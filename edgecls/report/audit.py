@@ -146,6 +146,19 @@ def _page(payload: dict[str, Any], thumbnails: dict[str, np.ndarray]) -> str:
     )
 
 
+def write_audit_of(out_dir: Path, payload: dict[str, Any], splits: dict[str, Any]) -> list[Path]:
+    """`write_audit` with the thumbnails taken from the decoded splits (ImageSplit by name)."""
+    wanted = shown_paths(payload)
+    thumbnails = {
+        source: split.pixels[row]
+        for split in splits.values()
+        if split is not None
+        for row, source in enumerate(split.sources)
+        if source in wanted
+    }
+    return write_audit(out_dir, payload, thumbnails)
+
+
 def shown_paths(payload: dict[str, Any]) -> set[str]:
     """The paths audit.html shows, whose thumbnails the caller passes."""
     paths = {p for group in payload["duplicates"][:SHOWN_GROUPS] for p in group["paths"]}

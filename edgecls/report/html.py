@@ -20,6 +20,7 @@ from typing import Any
 from edgecls import runs
 from edgecls.report import escape
 
+AUDIT_ROWS = 10  # leaked groups listed in the report (audit.html shows them all)
 CURVES = ("accuracy.png", "loss.png", "lr.png")
 SHOWN_CONFIG = (
     "recipe", "data", "model", "pretrained", "input_size", "grayscale", "batch_size", "lr",
@@ -120,6 +121,52 @@ def _plan_and_config(page: Page, run_dir: Path) -> None:
     config = runs.read_config(run_dir)
     page.table(["key", "value"], [[k, config.get(k)] for k in SHOWN_CONFIG if k in config])
     page.paragraph(f"Every setting: {run_dir / 'config.yaml'}")
+
+
+def _audit(page: Page, run_dir: Path) -> None:
+    audit = _read(run_dir / "audit.json")
+    if audit is None:  # audit=off, or a run of an edgecls before the audit
+        return
+    page.heading("Data audit")
+    groups = audit["duplicates"]
+    leaks = [group for group in groups if group["leak"]]
+    kinds = [outlier["kind"] for outlier in audit["outliers"]]
+    page.table(
+        ["finding", "count"],
+        [
+            ["exact duplicate groups", sum(group["kind"] == "exact" for group in groups)],
+            ["near-duplicate groups", sum(group["kind"] == "near" for group in groups)],
+            ["groups across splits (leaks)", len(leaks)],
+            ["likely label errors", len(audit["label_issues"])],
+            *[[f"outliers ({kind})", kinds.count(kind)] for kind in sorted(set(kinds))],
+        ],
+    )
+    if leaks:
+        page.paragraph(
+            f"{sum(len(group['paths']) for group in leaks)} images are in groups of copies that "
+            "span splits: the validation and test scores count images the model was "
+            "trained on. edgecls check-data DATA --audit --fix-splits OUT writes splits "
+            "without them."
+        )
+        page.table(
+            ["group", "kind", "images (split)"],
+            [
+                [
+                    number,
+                    group["kind"],
+                    ", ".join(
+                        f"{path} ({split})"
+                        for path, split in zip(group["paths"], group["splits"], strict=True)
+                    ),
+                ]
+                for number, group in enumerate(leaks[:AUDIT_ROWS], 1)
+            ],
+        )
+    for note in audit["notes"]:
+        page.paragraph(note)
+    page.paragraph(
+        "Thumbnails of every finding: audit.html in the run folder; all rows: audit.csv."
+    )
 
 
 def _per_class(page: Page, metrics: dict[str, Any]) -> None:
@@ -246,6 +293,7 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
     page = Page()
     _summary(page, metrics, run_dir)
     _plan_and_config(page, run_dir)
+    _audit(page, run_dir)
     page.heading("Training curves")
     for name in CURVES:
         page.figure(run_dir / name, name.removesuffix(".png"))

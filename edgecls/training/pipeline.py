@@ -17,9 +17,11 @@ from edgecls.console import console, messages_off
 from edgecls.data import Dataset, load_configured_dataset
 from edgecls.data.splits import IMBALANCE_RATIO, data_summary, describe_changes, imbalance_ratio
 from edgecls.errors import UserError
+from edgecls.evaluate.audit import audit_splits
 from edgecls.evaluate.checkpoint import evaluate_best
 from edgecls.models import create_model, on_meta_device
 from edgecls.phases import Phases
+from edgecls.report.audit import write_audit_of
 from edgecls.report.html import write_report
 from edgecls.report.plots import plot_history
 from edgecls.training.callbacks import CheckpointWriter, ProgressBars
@@ -179,6 +181,9 @@ def _train_in(
     _check_before_writing(config, dataset, world)
     if world.main:
         _start_run_folder(run_dir, config, plan, dataset, world)
+        if config.audit != "off" and checkpoint is None:
+            with phases.timing("audit"):
+                _audit_data(config, dataset, run_dir, progress)
     extra: dict[str, Any] = {"processes": world.size}
     if isinstance(config.lr, str):
         with phases.timing("lr_search"):
@@ -213,6 +218,25 @@ def _train_in(
         for tracker in trackers:
             tracker.close()
     return metrics
+
+
+def _audit_data(config: Config, dataset: Dataset, run_dir: Path, progress: bool) -> None:
+    """audit.json, audit.csv and audit.html in the run folder before training, and a warning when
+    validation or test images are copies of training images (their scores would count them)."""
+    splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
+    result = audit_splits(
+        splits, dataset.classes, seed=config.seed, progress=progress, checks=config.audit
+    )
+    write_audit_of(run_dir, result.to_json(), splits)
+    leaked = sum(len(group.paths) for group in result.leaks)
+    if result.leaks:
+        console.print(
+            f"[yellow]warning:[/] {len(result.leaks)} groups of duplicate images ({leaked} images) "
+            "span splits: validation scores count images trained on. See "
+            f"{run_dir / 'audit.html'}; edgecls check-data DATA --audit --fix-splits OUT "
+            "writes splits without them",
+            highlight=False,
+        )
 
 
 def _resumed_checkpoint(
