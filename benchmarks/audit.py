@@ -16,7 +16,8 @@ counts each pair of its images in different splits), beside a byte-hash-only bas
 of the near-duplicate gap; recall and precision of the flipped labels among the audit's top
 k suspects (k = twice the number flipped), beside an RBF SVC on the raw pixels (5-fold
 cross-validated probabilities, ranked by the probability of the given label); and the audit's
-wall time (decoding, features, everything, as `check-data --audit` runs it).
+wall time (decoding, features, everything, as `check-data --audit` runs it). Then, unless
+--no-saliency, the saliency maps' pointing game of benchmarks/saliency.py (about 2 minutes more).
 """
 
 from __future__ import annotations
@@ -199,6 +200,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["fashion-mnist", "digits"])
+    parser.add_argument(
+        "--no-saliency", action="store_true", help="skip the pointing game (benchmarks/saliency.py)"
+    )
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
@@ -221,6 +225,12 @@ def main() -> None:
             header.append(row)
             notes.append(note)
             print(row, "\n" + note, flush=True)
+    if not args.no_saliency:
+        from saliency import PATCH, SIZE, measure, table
+
+        notes += ["", "Saliency maps, the pointing game of benchmarks/saliency.py (defaults):", ""]
+        notes += [table(measure(seed=args.seed)), f"chance: {PATCH**2 / SIZE**2:.1%}"]
+        print("\n".join(notes[-4:]), flush=True)
     RESULTS.write_text("\n".join([*header, "", *notes]) + "\n")
 
 
