@@ -557,6 +557,7 @@ def audit(
     out_dir: str | Path = "audit",
     fix_splits: str | Path | None = None,
     input_size: int = 64,
+    grayscale: bool = False,
     val_fraction: float = 0.2,
     seed: int = 0,
     data_root: str | None = None,
@@ -572,6 +573,7 @@ def audit(
         fix_splits: A folder to write train.csv, val.csv (and test.csv) into: the same images
             and labels with every duplicate that leaks across splits moved into train.
         input_size: The side images are decoded at (thumbnails and pixel features).
+        grayscale: Read images as one channel (the network sees it repeated three times).
         val_fraction: The share of a folder without val/ that is held out for validation.
         seed: The seed of that split and of the cross-validation folds.
         data_root: Root folder for torchvision datasets.
@@ -598,6 +600,7 @@ def audit(
     dataset = load_dataset(
         str(data),
         input_size=input_size,
+        grayscale=grayscale,
         val_fraction=val_fraction,
         seed=seed,
         data_root=data_root,

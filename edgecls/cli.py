@@ -346,7 +346,7 @@ def check_data(
     from edgecls import api
 
     if audit or fix_splits is not None:
-        _audit(data, input_size, val_fraction, data_root, seed, out_dir, fix_splits)
+        _audit(data, input_size, grayscale, val_fraction, data_root, seed, out_dir, fix_splits)
         return
     check = api.check_data(
         data,
@@ -362,7 +362,7 @@ def check_data(
         sys.exit(2)
 
 
-def _audit(data, input_size, val_fraction, data_root, seed, out_dir, fix_splits) -> None:
+def _audit(data, input_size, grayscale, val_fraction, data_root, seed, out_dir, fix_splits) -> None:
     from edgecls import api
 
     audit = api.audit(
@@ -370,6 +370,7 @@ def _audit(data, input_size, val_fraction, data_root, seed, out_dir, fix_splits)
         out_dir=out_dir,
         fix_splits=fix_splits,
         input_size=input_size,
+        grayscale=grayscale,
         val_fraction=val_fraction,
         seed=seed,
         data_root=data_root,
