@@ -1,7 +1,8 @@
 """Shared by the test files: small folders of real digit images, one trained digits run and one
-tracked run (each trained once per session)."""
+tracked run (each trained once per session), and a digest of a folder's names and contents."""
 
 import atexit
+import hashlib
 import os
 import shutil
 import tempfile
@@ -20,6 +21,26 @@ import numpy as np
 import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
+
+
+@pytest.fixture(scope="session")
+def tree_digest():
+    """A digest of a folder: every name (as bytes, so undecodable ones count too) and every
+    file's content; equal before and after means the user's data was left as it was."""
+
+    def digest_of(root) -> str:
+        digest = hashlib.sha256()
+        for folder, dirs, files in os.walk(os.fsencode(root)):
+            dirs.sort()
+            for name in sorted(dirs + files):
+                path = os.path.join(folder, name)
+                digest.update(os.path.relpath(path, os.fsencode(root)) + b"\0")
+                if name in files:
+                    with open(path, "rb") as handle:
+                        digest.update(handle.read())
+        return digest.hexdigest()
+
+    return digest_of
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 near duplicates across splits, a flipped label, outliers, the files it writes, --fix-splits,
 bad input, and the data folder left as it was."""
 
-import hashlib
 import io
 import json
 import shutil
@@ -59,17 +58,8 @@ def faulty(tmp_path_factory):
     return root
 
 
-def tree_digest(root) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="module")
-def audited(faulty, tmp_path_factory):
+def audited(faulty, tmp_path_factory, tree_digest):
     """The CLI run once on the faulty folder, with --fix-splits; the tree's digest before."""
     out = tmp_path_factory.mktemp("audit-out")
     before = tree_digest(faulty)
@@ -80,7 +70,7 @@ def audited(faulty, tmp_path_factory):
     return out, result.output, before
 
 
-def test_the_data_folder_is_left_unchanged(faulty, audited):
+def test_the_data_folder_is_left_unchanged(faulty, audited, tree_digest):
     assert tree_digest(faulty) == audited[2]
 
 
@@ -168,7 +158,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, case):
     assert "Traceback" not in result.output
 
 
-def test_outputs_inside_the_data_folder_are_refused(faulty, tmp_path):
+def test_outputs_inside_the_data_folder_are_refused(faulty, tmp_path, tree_digest):
     before = tree_digest(faulty)
     result = CliRunner().invoke(
         main, ["check-data", str(faulty), "--audit", "--out", str(faulty / "audit")]

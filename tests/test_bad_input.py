@@ -10,7 +10,6 @@ name under the data folder changed.
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import os
 import resource
@@ -56,20 +55,6 @@ def write_digits(folder: Path, classes: int = 3, per_class: int = 8) -> Path:
             pixels = (digits.images[index] * 255 / 16).astype(np.uint8)
             Image.fromarray(pixels).resize((16, 16)).save(folder / str(label) / f"{index}.png")
     return folder
-
-
-def tree_digest(root: Path) -> str:
-    """Every name (as bytes, so undecodable ones count too) and every file's content."""
-    digest = hashlib.sha256()
-    for folder, dirs, files in os.walk(os.fsencode(root)):
-        dirs.sort()
-        for name in sorted(dirs + files):
-            path = os.path.join(folder, name)
-            digest.update(os.path.relpath(path, os.fsencode(root)) + b"\0")
-            if name in files:
-                with open(path, "rb") as handle:
-                    digest.update(handle.read())
-    return digest.hexdigest()
 
 
 def png_bytes() -> bytes:
@@ -633,7 +618,7 @@ def invoke(args: list[str], file_size_limit: int | None) -> tuple[int, str, str]
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_bad_input(case: Case, tmp_path, monkeypatch, request):
+def test_bad_input(case: Case, tmp_path, monkeypatch, request, tree_digest):
     monkeypatch.chdir(tmp_path)  # anything written by default (runs/) stays in the test's folder
     data = write_digits(tmp_path / "data")
     if case.setup:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -55,15 +54,6 @@ def load(spec, **kwargs):
     kwargs.setdefault("input_size", 8)
     kwargs.setdefault("progress", False)
     return load_dataset(str(spec), **kwargs)
-
-
-def tree_hash(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def check_split(split, n: int, channels: int = 3, size: int = 8) -> None:
@@ -381,11 +371,11 @@ def _with_bad_files(root: Path) -> Path:
     return root
 
 
-def test_bad_files_are_skipped_listed_and_folder_untouched(tmp_path):
+def test_bad_files_are_skipped_listed_and_folder_untouched(tmp_path, tree_digest):
     root = _with_bad_files(tmp_path / "data")
-    before = tree_hash(root)
+    before = tree_digest(root)
     ds = load(root, val_fraction=0.2, progress=True)
-    assert tree_hash(root) == before
+    assert tree_digest(root) == before
     assert not ds.fatal and len(ds.train) + len(ds.val) == 10
     assert sorted(Path(p).name for p, _ in ds.skipped) == ["empty.png", "text.jpg", "truncated.jpg"]
     assert all(reason for _, reason in ds.skipped)
