@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from edgecls import runs
-from edgecls.report.grid import TILE_SIDE, captioned_grid
+from edgecls.report.grid import TILE_SIDE, captioned_grid, enlarged
 
 ALPHA = 0.45  # the heat map's share of each overlay pixel
 COLORMAP = "jet"  # blue: not used for the prediction; red: used most
@@ -22,12 +22,9 @@ COLORMAP = "jet"  # blue: not used for the prediction; red: used most
 def overlay(pixels: np.ndarray, heat: np.ndarray, min_side: int = TILE_SIDE) -> np.ndarray:
     """uint8 (D, D, 3): the image (uint8 C, S, S) enlarged with square pixels, its heat map
     (S, S in [0, 1]) enlarged smoothly, coloured and blended over it."""
-    image = pixels.transpose(1, 2, 0)
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    side = image.shape[0] * max(1, -(-min_side // image.shape[0]))
-    if side != image.shape[0]:
-        image = np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.NEAREST))
+    image = enlarged(pixels.transpose(1, 2, 0), min_side)
+    side = image.shape[0]
+    if side != heat.shape[0]:
         resized = Image.fromarray(np.asarray(heat, dtype=np.float32))
         heat = np.asarray(resized.resize((side, side), Image.Resampling.BILINEAR))
     colours = matplotlib.colormaps[COLORMAP](np.clip(heat, 0, 1))[..., :3] * 255
