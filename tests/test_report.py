@@ -73,6 +73,13 @@ def test_every_run_audits_its_data_and_reports_the_leaks(tracked_run):
     for group in leaks[:10]:
         assert group["paths"][0] in page
     assert "not searched (audit=leaks)" in page
+    assert "digits is built in: its splits stay as they are" in page  # no --fix-splits advice
+
+
+def test_leak_advice_names_the_folder_to_re_split(tmp_path):
+    from edgecls.report.html import leak_advice
+
+    assert leak_advice(str(tmp_path)).startswith(f"edgecls check-data {tmp_path} --audit")
 
 
 @pytest.mark.slow

@@ -123,6 +123,14 @@ def _plan_and_config(page: Page, run_dir: Path) -> None:
     page.paragraph(f"Every setting: {run_dir / 'config.yaml'}")
 
 
+def leak_advice(data: str) -> str:
+    """What a user can do about copies across splits: a folder or list can be re-split, a
+    built-in dataset's images are not files, so --fix-splits cannot list them."""
+    if Path(data).exists():
+        return f"edgecls check-data {data} --audit --fix-splits OUT writes splits without them"
+    return f"{data} is built in: its splits stay as they are (--fix-splits lists image files)"
+
+
 def _audit(page: Page, run_dir: Path) -> None:
     audit = _read(run_dir / "audit.json")
     if audit is None:  # audit=off, or a run of an edgecls before the audit
@@ -145,8 +153,7 @@ def _audit(page: Page, run_dir: Path) -> None:
         page.paragraph(
             f"{sum(len(group['paths']) for group in leaks)} images are in groups of copies that "
             "span splits: the validation and test scores count images the model was "
-            "trained on. edgecls check-data DATA --audit --fix-splits OUT writes splits "
-            "without them."
+            f"trained on. {leak_advice(runs.read_config(run_dir).get('data', 'DATA'))}."
         )
         page.table(
             ["group", "kind", "images (split)"],

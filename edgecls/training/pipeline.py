@@ -22,7 +22,7 @@ from edgecls.evaluate.checkpoint import evaluate_best
 from edgecls.models import create_model, on_meta_device
 from edgecls.phases import Phases
 from edgecls.report.audit import write_audit_of
-from edgecls.report.html import write_report
+from edgecls.report.html import leak_advice, write_report
 from edgecls.report.plots import plot_history
 from edgecls.training.callbacks import CheckpointWriter, ProgressBars
 from edgecls.training.distributed import SINGLE, World
@@ -233,8 +233,7 @@ def _audit_data(config: Config, dataset: Dataset, run_dir: Path, progress: bool)
         console.print(
             f"[yellow]warning:[/] {len(result.leaks)} groups of duplicate images ({leaked} images) "
             "span splits: validation scores count images trained on. See "
-            f"{run_dir / 'audit.html'}; edgecls check-data DATA --audit --fix-splits OUT "
-            "writes splits without them",
+            f"{run_dir / 'audit.html'}; {leak_advice(config.data)}",
             highlight=False,
         )
 
