@@ -371,6 +371,11 @@ class Config:
         "decay of an exponential moving average of the weights, evaluated and kept; 0: off",
         Range(0, 1, open_high=True),
     )
+    tta: bool = key(
+        False,
+        "test-time augmentation: the final evaluation and the exported model average the logits "
+        "of each image and its mirror image (twice the inference work)",
+    )
     stitch_mixup: str = key(
         "none",
         "stitch two images side by side (horizontal) or stacked (vertical) (002)",
@@ -469,6 +474,9 @@ def _allowed_types(annotation: Any) -> tuple[type, ...]:
     return (typing.get_origin(annotation) or annotation,)
 
 
+YAML_11_BOOLEANS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n": False}
+
+
 def _check_value(key: str, value: Any) -> Any:
     """Return the value coerced to the key's type, or raise a UserError naming the problem."""
     if key not in _FIELD_TYPES:
@@ -483,6 +491,8 @@ def _check_value(key: str, value: Any) -> Any:
     if str in allowed and float not in allowed and isinstance(value, (int, float)):
         if not (isinstance(value, bool) and bool in allowed):
             value = str(value)
+    if bool in allowed and str not in allowed and str(value).lower() in YAML_11_BOOLEANS:
+        value = YAML_11_BOOLEANS[str(value).lower()]  # hflip=off, as YAML 1.1 reads it
     if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
         names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
         raise UserError(f"config key '{key}' expects {names}, got {value!r}")
@@ -490,9 +500,19 @@ def _check_value(key: str, value: Any) -> Any:
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that 1e-3 is a number (YAML 1.2), not a string (YAML 1.1)."""
+    """PyYAML's safe loader read as YAML 1.2: 1e-3 is a number, not a string, and only true and
+    false are booleans (YAML 1.1 also took off, on, yes and no: audit=off was refused)."""
 
 
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
 _YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),

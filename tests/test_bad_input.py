@@ -686,6 +686,17 @@ def test_scientific_notation_in_overrides_and_recipes(tmp_path):
     assert build_config(parse_overrides(["lr=tpe"])).lr == "tpe"
 
 
+def test_off_is_a_word_for_choice_keys_and_false_for_switches(tmp_path):
+    """YAML 1.1 reads off/on/yes/no as booleans: audit=off was refused as audit=False."""
+    config = build_config(parse_overrides(["audit=off", "hflip=off", "sam=yes", "tta=true"]))
+    assert (config.audit, config.hflip, config.sam, config.tta) == ("off", False, True, True)
+    path = tmp_path / "r.yaml"
+    path.write_text("audit: off\nhflip: no\n")
+    assert build_config(load_recipe(str(path))).audit == "off"
+    with pytest.raises(UserError, match="hflip"):
+        build_config(parse_overrides(["hflip=maybe"]))
+
+
 def test_huge_image_is_refused_from_its_header(tmp_path, monkeypatch):
     (tmp_path / "data" / "0").mkdir(parents=True)
     huge_image(tmp_path)

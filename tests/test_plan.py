@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -405,3 +406,44 @@ def test_steps_are_timed_until_enough_and_once_when_long(monkeypatch, step, leas
 
     assert REAL_STEP_SECONDS(train_step, False, least) == pytest.approx(step)
     assert len(calls) == timed
+
+
+def arrow_folder(root: Path, symmetric: bool, per_class: int = 24) -> Path:
+    """Two classes of white shapes on black at random places: arrows pointing left or right
+    (a mirror swaps the classes), or, `symmetric`, a bar and a cross (a mirror keeps them)."""
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            image = np.zeros((32, 32), np.uint8)
+            row, left = int(rng.integers(8, 24)), int(rng.integers(2, 12))
+            image[row - 1 : row + 2, left : left + 18] = 255
+            for step in range(6):
+                if symmetric and label == "b":
+                    image[row - 6 : row + 7, left + 8 : left + 11] = 255
+                elif not symmetric:
+                    column = left + step if label == "a" else left + 17 - step
+                    image[row - 6 + step : row + 7 - step, column] = 255
+            Image.fromarray(image).save(root / label / f"{index}.png")
+    return root
+
+
+def test_flips_are_planned_only_where_a_mirror_keeps_the_class(tmp_path):
+    from edgecls.data.loader import labelled_sample
+    from edgecls.evaluate.flips import probe_flips
+    from edgecls.models import packaged_weights
+
+    if packaged_weights("mobilenetv2_100") is None:
+        pytest.skip("the probe's ImageNet weights are not installed")
+
+    arrows = arrow_folder(tmp_path / "arrows", symmetric=False)
+    shapes = arrow_folder(tmp_path / "shapes", symmetric=True)
+    pointing = probe_flips(*labelled_sample(str(arrows), per_class=24, side=64))
+    assert pointing.plain > 0.9 and pointing.mirrored < 0.5 and not pointing.keeps_class
+    symmetric = probe_flips(*labelled_sample(str(shapes), per_class=24, side=64))
+    assert symmetric.plain > 0.9 and symmetric.keeps_class
+    plan = make_plan(str(arrows), {**ONE_MODEL, "time_budget": "10m"})
+    assert plan.values["hflip"] is False and "a mirror changes the class" in plan.reasons["hflip"]
+    assert make_plan(str(shapes), {**ONE_MODEL, "time_budget": "10m"}).values["hflip"] is True
+    user = make_plan(str(arrows), {**ONE_MODEL, "time_budget": "10m", "hflip": True})
+    assert "hflip" in user.user_keys and "hflip" not in user.values  # the user wins, unprobed

@@ -568,3 +568,55 @@ def test_balance_auto_picks_the_sampler_above_one_to_ten_and_says_so(capsys):
     metrics = compute_metrics(logits, torch.tensor([0] * 10 + [1]), ["a", "b"])
     assert metrics.balanced_accuracy == pytest.approx((0.9 + 0.0) / 2)
     assert metrics.to_dict()["balanced_accuracy"] == metrics.balanced_accuracy
+
+
+def test_tta_averages_the_logits_of_the_image_and_its_mirror():
+    from edgecls.models import create_model, model_from_checkpoint, one_view
+
+    config = build_config({"model": "resnet20_cifar", "input_size": 16, "grayscale": True})
+    model = create_model(config, 3).eval()
+    pixels = torch.rand(4, 1, 16, 16)
+    with torch.no_grad():
+        plain, mirrored = model(pixels), model(pixels.flip(-1))
+        assert not torch.allclose(plain, mirrored)
+        model.mirror_average = True
+        assert torch.allclose(model(pixels), (plain + mirrored) / 2, atol=1e-6)
+        with one_view(model):  # what saliency maps explain
+            assert torch.allclose(model(pixels), plain)
+        assert model.mirror_average
+    checkpoint = {"config": {**config.to_dict(), "tta": True}, "classes": ["a", "b", "c"]}
+    rebuilt, _ = model_from_checkpoint({**checkpoint, "model": model.state_dict()})
+    assert rebuilt.mirror_average  # evaluation, predict and export rebuild it this way
+    rebuilt, _ = model_from_checkpoint(
+        {**checkpoint, "config": config.to_dict(), "model": model.state_dict()}
+    )
+    assert not rebuilt.mirror_average
+
+
+def test_a_tta_run_scores_and_exports_the_mirror_average(tmp_path):
+    """The final scores of a tta run and its ONNX model are the averaged logits of best.pt."""
+    import onnxruntime as ort
+
+    import edgecls
+    from edgecls import runs
+    from edgecls.data import load_dataset
+    from edgecls.models import model_from_checkpoint
+
+    run = edgecls.train(
+        "digits", recipe="digits", run_dir=tmp_path / "run", progress=False, max_epochs=2,
+        input_size=16, model="resnet20_cifar", tta=True, export="onnx", audit="off",
+    )  # fmt: skip
+    checkpoint = runs.load_checkpoint(run.run_dir / "best.pt")
+    model, _ = model_from_checkpoint(checkpoint)
+    val = load_dataset("digits", input_size=16, grayscale=True, progress=False).val
+    pixels = val.images.float() / 255
+    with torch.no_grad():
+        single = model.head(model.backbone((pixels - model.mean) / model.std))
+        mirror = model.head(model.backbone((pixels.flip(-1) - model.mean) / model.std))
+    averaged = (single + mirror) / 2
+    top1 = (averaged.argmax(1) == val.labels).float().mean().item()
+    assert run.metrics["val_top1"] == pytest.approx(top1, abs=1e-6)
+    session = ort.InferenceSession(str(run.run_dir / "export" / "model.onnx"))
+    (exported,) = session.run(None, {session.get_inputs()[0].name: pixels.numpy()})
+    expected = (averaged / checkpoint["temperature"]).softmax(1).numpy()
+    assert np.allclose(exported, expected, atol=1e-4)

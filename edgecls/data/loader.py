@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgecls.console import progress_bar
-from edgecls.data.builtin import BUILTIN_DATASETS, load_builtin
+from edgecls.data.builtin import ARRAY_BUILTINS, BUILTIN_DATASETS, builtin_arrays, load_builtin
 from edgecls.data.cache import (
     CACHE_MODES,
     DiskCache,
@@ -19,7 +19,13 @@ from edgecls.data.cache import (
     mapped_subset,
 )
 from edgecls.data.decoding import decode_in_parallel
-from edgecls.data.images import BadImageError, load_image, printable_path, to_pixels
+from edgecls.data.images import (
+    BadImageError,
+    arrays_to_pixels,
+    load_image,
+    printable_path,
+    to_pixels,
+)
 from edgecls.data.sources import Box, SplitFiles, discover
 from edgecls.data.splits import Dataset, ImageSplit, Problems, split_off_val, warn_imbalance
 from edgecls.errors import UserError
@@ -302,4 +308,47 @@ def _finish(
         skipped=skipped,
         problems=problems.lines,
         fatal=bool(problems.errors),
+    )
+
+
+def labelled_sample(
+    spec: str, *, per_class: int, side: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Up to `per_class` training images of each class of DATA as RGB uint8 (N, 3, side, side)
+    and their labels, for a quick probe of the data before training; None where the images are
+    not at hand (torchvision built-ins) or fewer than two classes decode."""
+    rng = np.random.default_rng(seed)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if spec.lower() not in ARRAY_BUILTINS:
+            return None
+        try:
+            _, images, labels = builtin_arrays(spec.lower())["train"]
+        except UserError:  # Fashion-MNIST's files are not installed
+            return None
+        keep = _per_class(np.asarray(labels), per_class, rng)
+        return arrays_to_pixels(images[keep], side, grayscale=False), np.asarray(labels)[keep]
+    files = discover(path, Problems())["train"]
+    classes = sorted({label for _, label in files.items})
+    labels = np.array([classes.index(label) for _, label in files.items])
+    pixels, kept = [], []
+    for index in _per_class(labels, per_class, rng):
+        file = files.items[index][0]
+        decoded = decode_file(file, input_size=side, grayscale=False, boxes=files.boxes)
+        if not isinstance(decoded, BadImageError):
+            pixels.append(decoded)
+            kept.append(labels[index])
+    if len(set(kept)) < 2:
+        return None
+    return np.stack(pixels), np.array(kept)
+
+
+def _per_class(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(
+        np.concatenate(
+            [
+                rng.choice(where, min(count, len(where)), replace=False)
+                for where in (np.flatnonzero(labels == c) for c in np.unique(labels))
+            ]
+        )
     )

@@ -353,7 +353,10 @@ def audit_features(pixels: np.ndarray, *, batch_size: int = 256, progress: bool 
     from sklearn.preprocessing import StandardScaler
 
     deep = np.hstack(
-        [StandardScaler().fit_transform(block) for block in _pooled(pixels, batch_size, progress)]
+        [
+            StandardScaler().fit_transform(block)
+            for block in pooled_features(pixels, batch_size, progress)
+        ]
     )
     deep = PCA(min(FEATURE_DIMS, *deep.shape), random_state=0).fit_transform(deep)
     deep /= max(float(deep[:, 0].std()), 1e-6)
@@ -376,7 +379,7 @@ def _small(pixels: np.ndarray, side: int) -> np.ndarray:
     return out
 
 
-def _pooled(pixels: np.ndarray, batch_size: int, progress: bool) -> list[np.ndarray]:
+def pooled_features(pixels: np.ndarray, batch_size: int, progress: bool) -> list[np.ndarray]:
     """The average over the image of each of FEATURE_BLOCKS' outputs, (N, channels) each."""
     import torch
 

@@ -26,6 +26,7 @@ from torch import nn
 from edgecls.console import console
 from edgecls.data import ImageSplit, to_float
 from edgecls.errors import UserError
+from edgecls.models import one_view
 from edgecls.report.saliency import plot_saliency
 
 # Grad-CAM's layer: the deepest stage whose feature map is at least this wide. The last stage of
@@ -101,7 +102,7 @@ def gradcam(
     size = tuple(pixels.shape[-2:])
     explainer = LayerGradCam(model.eval(), layer.module)
     maps = []
-    with torch.enable_grad():
+    with torch.enable_grad(), one_view(model):
         for start in range(0, len(pixels), GRADCAM_BATCH):
             batch = pixels[start : start + GRADCAM_BATCH].to(device)
             cam = explainer.attribute(

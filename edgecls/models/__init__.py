@@ -88,9 +88,16 @@ class Classifier(nn.Module):
         # Temperature scaling fitted after training (1 while training): logits / T. Kept in the
         # checkpoint beside the weights, and inside every exported graph.
         self.register_buffer("temperature", torch.ones(()), persistent=False)
+        # Test-time augmentation (tta): the trained model, rebuilt from its checkpoint, averages
+        # the logits of the image and its mirror; training and its validation see one view.
+        self.mirror_average = False
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone((pixels - self.mean) / self.std)) / self.temperature
+        logits = self.head(self.backbone((pixels - self.mean) / self.std))
+        if self.mirror_average:
+            mirrored = self.head(self.backbone((pixels.flip(-1) - self.mean) / self.std))
+            logits = (logits + mirrored) / 2
+        return logits / self.temperature
 
     def set_normalization(self, mean: list[float], std: list[float]) -> None:
         """Normalize with other statistics (the training set's): saved with the weights, so
@@ -238,7 +245,22 @@ def model_from_checkpoint(checkpoint: dict) -> tuple[Classifier, Config]:
     model = create_model(config, len(checkpoint["classes"]))
     model.load_state_dict(checkpoint["model"])
     model.temperature.fill_(checkpoint.get("temperature", 1.0))
+    model.mirror_average = config.tta
     return model.eval(), config
+
+
+@contextmanager
+def one_view(model: nn.Module) -> Iterator[None]:
+    """The model without test-time augmentation for a while: a saliency map explains one
+    image's forward pass, not the average of two."""
+    averaging = getattr(model, "mirror_average", False)
+    if averaging:
+        model.mirror_average = False
+    try:
+        yield
+    finally:
+        if averaging:
+            model.mirror_average = True
 
 
 class WithSoftmax(nn.Module):

@@ -10,11 +10,20 @@ import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from edgecls.config import Config, build_config, parse_duration
 from edgecls.data.cache import choose_cache, decoded_bytes
+from edgecls.data.loader import labelled_sample
 from edgecls.errors import UserError
+from edgecls.evaluate.flips import (
+    MIRROR_KEEPS_CLASS,
+    PROBE_PER_CLASS,
+    PROBE_SIDE,
+    FlipProbe,
+    probe_flips,
+)
 from edgecls.models import create_model, on_meta_device
 from edgecls.plan.candidates import CIFAR_MODELS, TINY_SIDE, Candidate, candidates_for
 from edgecls.plan.measure import (
@@ -48,6 +57,7 @@ FULL_RECIPE_MIN_IMAGES = 1_000
 # 69.30%), digits from 95.50% to 95.90%, MNIST from 90.50% to 94.60% (benchmarks/auto_plan.py
 # --subsets-only --options linear_probe=false / true, seed 0).
 LINEAR_PROBE_MAX_IMAGES = 1_000
+PROBE_IMAGES = 1_200  # at most this many training images decoded for the flip probe
 # Planning measures candidates best first; on a budget, once one fits, it measures the rest only
 # within this share of the budget: measuring them all can take most of a short one.
 PLANNING_SHARE = 0.1
@@ -124,6 +134,7 @@ class Situation:
     clock_started: float  # time.monotonic() the budget counts from
     planning_started: float  # time.perf_counter() when planning began
     notes: list[str] = field(default_factory=list)
+    data: str = ""  # DATA as the user gave it
 
     @property
     def grey(self) -> bool:
@@ -158,6 +169,7 @@ def make_plan(
         return Plan({}, {}, [], profile, machine, None)
     clock_started = started if started is not None else planning_clock
     situation = _situation(user, profile, machine, BUDGET_RESERVE, clock_started, planning_started)
+    situation.data = spec
     if "model" in user or "weights" in user:  # a wrong name or weights file fails here, first
         with on_meta_device():
             create_model(build_config(user, {"input_size": 32}), max(2, profile.classes))
@@ -457,8 +469,35 @@ def _basic_augment(situation: Situation, chosen: Candidate) -> Choice:
     return Choice("basic")
 
 
+@functools.lru_cache(maxsize=8)
+def _flip_probe(spec: str, per_class: int, stamp: int | None) -> FlipProbe | None:
+    """The probe of DATA once per process while its folder is unchanged (`stamp`: its mtime):
+    planning again, as a resume or a second call does, costs nothing."""
+    sample = labelled_sample(spec, per_class=per_class, side=PROBE_SIDE)
+    return probe_flips(*sample) if sample is not None else None
+
+
 def _hflip(situation: Situation, chosen: Candidate) -> Choice:
-    return Choice(not situation.grey)
+    """Flips where a mirror image keeps its class (the probe of evaluate.flips, a few seconds);
+    without the probe (no ImageNet weights, a torchvision built-in), for colour images only."""
+    if "hflip" in situation.user:  # the user's value wins: no probe
+        return Choice(situation.user["hflip"])
+    per_class = max(4, min(PROBE_PER_CLASS, PROBE_IMAGES // max(2, situation.profile.classes)))
+    path = Path(situation.data).expanduser()
+    stamp = path.stat().st_mtime_ns if path.exists() else None
+    probe = _flip_probe(situation.data, per_class, stamp)
+    if probe is None:
+        return Choice(not situation.grey, "no flip probe here: flips for colour images only")
+    kept = probe.mirrored / max(probe.plain, 1e-9)
+    reason = (
+        f"mirrored images keep {kept:.0%} of a probe's top-1 ({probe.images} images, "
+        f"{probe.seconds:.1f} s)"
+    )
+    if probe.keeps_class:
+        return Choice(True, reason)
+    return Choice(
+        False, f"{reason}: a mirror changes the class (flips need {MIRROR_KEEPS_CLASS:.0%})"
+    )
 
 
 def _fixed_lr(situation: Situation, chosen: Candidate) -> Choice:

@@ -325,15 +325,18 @@ def _finish(trainer: Trainer, run_dir: Path, extra: dict[str, Any]) -> dict[str,
     finishing = time.perf_counter()
     config = trainer.config
     phases = trainer.phases
+    model = trainer.evaluated_model
+    # With tta the final scores are those of the exported model: the image and its mirror.
+    model.mirror_average = config.tta
     with phases.timing("evaluate"):
         metrics = evaluate_best(
-            trainer.evaluated_model,
+            model,
             trainer.dataset,
             run_dir,
             _run_facts(trainer, extra),
             config.eval_batch_size,
             config.channels_last,
-            trainer.best_val_logits,
+            None if config.tta else trainer.best_val_logits,
         )
     if config.export:
         from edgecls.deploy.export import export_after_training  # onnx/openvino load slowly
