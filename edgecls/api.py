@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from edgecls import config as cfg
@@ -665,7 +666,9 @@ def lr_find(
 
     Args:
         data: A folder, list file or built-in name (default: the recipe's).
-        recipe: A recipe name or YAML file (model, input size, ...).
+        recipe: A recipe name or YAML file (model, input size, ...); without one, the range
+            test or search runs on what `edgecls train DATA` would train (the plan's model,
+            input size, batch size and augmentation, under the user's values).
         model: Any timm model name.
         method: range (the LR range test), tpe or grid.
         out_dir: Where the plot, trials and study go (default: runs/lr-find-<auto>).
@@ -689,20 +692,31 @@ def lr_find(
     from edgecls.training.lr_search import run_workers, search_lr, shared_storage, storage_url
 
     overrides = {**(settings or {}), **overrides}
-    layers = [cfg.load_recipe(recipe) if recipe else {}, _typed(overrides)]
-    layers.append(
-        {"lr": method, **({"model": model} if model else {}), **({"data": data} if data else {})}
-    )
-    config = cfg.build_config(*layers)
-    if config.data is None:
-        raise UserError("lr-find needs DATA (or a recipe that names one)")
     if workers > 1 and method == "range":
         raise UserError("--workers runs trials in parallel: use it with --method tpe or grid")
+    user = {**_typed(overrides), **({"model": model} if model else {})}
+    planned = recipe is None and data is not None
+    if planned:  # the LR of what `edgecls train DATA` would train
+        config = dataclasses.replace(_configure(data, None, user)[0], lr=method)
+        weights = "ImageNet weights" if config.pretrained else "from scratch"
+        console.print(
+            f"lr-find for the planned run: {config.model} ({weights}) at "
+            f"{config.input_size} px, batch {config.batch_size}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        layers = [cfg.load_recipe(recipe) if recipe else {}, user]
+        config = cfg.build_config(*layers, {"lr": method, **({"data": data} if data else {})})
+    if config.data is None:
+        raise UserError("lr-find needs DATA (or a recipe that names one)")
     out_dir = Path(out_dir) if out_dir else runs.auto_run_dir(config, prefix="lr-find")
     runs.check_folder_writable(out_dir)
     config = shared_storage(config, out_dir, workers)
     # The workers get the storage URL in their environment: `ps` shows command lines.
     shared = {k: v for k, v in overrides.items() if k != "lr_search_storage"}
+    if planned and workers > 1:  # the other workers search this plan, not one of their own
+        recipe = str(_write_planned(config, out_dir))
     command = ["lr-find", *([data] if data else []), *_pairs(shared)]
     command += _options(method=method, quiet=True, recipe=recipe, model=model)
     with run_workers(command, out_dir, workers - 1, storage_url(config)):
@@ -710,6 +724,15 @@ def lr_find(
         result = search_lr(config, dataset, out_dir, progress=progress, worker=worker_index)
     runs.write_json(out_dir / "lr_search.json", result.to_dict())
     return LRFind(result, out_dir)
+
+
+def _write_planned(config: cfg.Config, out_dir: Path) -> Path:
+    """The planned config as a recipe file in `out_dir`, for processes that should not plan."""
+    skipped = {"lr", "data", "recipe", "lr_search_storage"}
+    values = {k: v for k, v in runs.saved_config(config).items() if k not in skipped}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs.write_text(out_dir / "planned.yaml", yaml.safe_dump(values, sort_keys=False))
+    return out_dir / "planned.yaml"
 
 
 @dataclass

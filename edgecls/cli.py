@@ -216,7 +216,10 @@ def train(
 
 @main.command("lr-find", context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1)
-@click.option("--recipe", help="Recipe name or YAML file (model, input size, ...).")
+@click.option(
+    "--recipe",
+    help="Recipe name or YAML file (model, input size, ...); default: what train would plan.",
+)
 @click.option("--model", help="Any timm model name.")
 @click.option(
     "--method", type=click.Choice(["range", "tpe", "grid"]), default="range", show_default=True

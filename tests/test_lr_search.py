@@ -100,6 +100,10 @@ def test_lr_find_command_saves_the_plot(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
+    # no recipe: the range test runs on what `edgecls train digits` would train (the plan's
+    # choices where SMALL is silent: grey input, its batch size)
+    assert "lr-find for the planned run: mobilenetv3_small_050" in result.output
+    assert "at 16 px, batch 32" in result.output
     assert "suggested lr" in result.output
     assert (tmp_path / "lr_range_test.png").is_file()
     saved = json.loads((tmp_path / "lr_search.json").read_text())
