@@ -50,6 +50,7 @@ def train(data: Path, run_dir: Path, options: list[str]) -> dict:
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     history = runs.read_history(run_dir)
     return {
+        "one_view": one_view_top1(run_dir, data, split) if config["tta"] else None,
         "top1": metrics[f"{split}_top1"],
         "split": split,
         "epochs": metrics["epochs_trained"],
@@ -57,6 +58,19 @@ def train(data: Path, run_dir: Path, options: list[str]) -> dict:
         "val_by_epoch": [row["val_top1"] for row in history],
         "settings": {key: config[key] for key in ("model", "input_size", "hflip", "tta")},
     }
+
+
+def one_view_top1(run_dir: Path, data: Path, split: str) -> float:
+    """best.pt's top-1 without test-time augmentation: what tta adds."""
+    from edgecls.data import load_configured_dataset
+    from edgecls.evaluate.inference import predict_logits
+    from edgecls.models import model_from_checkpoint
+
+    model, config = model_from_checkpoint(runs.load_checkpoint(run_dir / "best.pt"))
+    model.mirror_average = False
+    scored = getattr(load_configured_dataset(config, str(data), progress=False), split)
+    logits = predict_logits(model, scored.images)
+    return float((logits.argmax(1) == scored.labels).float().mean())
 
 
 def main() -> None:
@@ -73,8 +87,8 @@ def main() -> None:
         f"{args.budgets}{' --subsets' if args.subsets else ''}` at commit {commit}, 2-core CPU:",
         "",
         "| data | budget | before: top-1 % (epochs, wall s) | now: top-1 % (epochs, wall s) "
-        "| val top-1 % at epoch k: before / now | now's changes |",
-        "|---|---|---|---|---|---|",
+        "| val top-1 % at epoch k: before / now | now's changes | now without tta % |",
+        "|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
     flip = False
@@ -94,6 +108,7 @@ def main() -> None:
                     done = {which: train(data, out / which, plans[which]) for which in order}
                     before, now = done["before"], done["now"]
                     k = min(len(before["val_by_epoch"]), len(now["val_by_epoch"]))
+                    one_view = "-" if now["one_view"] is None else f"{100 * now['one_view']:.2f}"
                     changes = ", ".join(
                         f"{key}={now['settings'][key]}"
                         for key in now["settings"]
@@ -104,7 +119,8 @@ def main() -> None:
                         f"| {100 * before['top1']:.2f} ({before['epochs']}, {before['wall']:.0f}) "
                         f"| {100 * now['top1']:.2f} ({now['epochs']}, {now['wall']:.0f}) "
                         f"| {k}: {100 * before['val_by_epoch'][k - 1]:.2f} / "
-                        f"{100 * now['val_by_epoch'][k - 1]:.2f} | {changes or 'none'} |"
+                        f"{100 * now['val_by_epoch'][k - 1]:.2f} | {changes or 'none'} "
+                        f"| {one_view} |"
                     )
                     lines.append(row)
                     print(row, flush=True)

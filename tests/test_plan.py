@@ -444,6 +444,10 @@ def test_flips_are_planned_only_where_a_mirror_keeps_the_class(tmp_path):
     assert symmetric.plain > 0.9 and symmetric.keeps_class
     plan = make_plan(str(arrows), {**ONE_MODEL, "time_budget": "10m"})
     assert plan.values["hflip"] is False and "a mirror changes the class" in plan.reasons["hflip"]
-    assert make_plan(str(shapes), {**ONE_MODEL, "time_budget": "10m"}).values["hflip"] is True
+    assert plan.values["tta"] is False  # no mirror views at test time either
+    symmetric_plan = make_plan(str(shapes), {**ONE_MODEL, "time_budget": "10m"})
+    assert symmetric_plan.values["hflip"] is True and symmetric_plan.values["tta"] is True
+    limited = make_plan(str(shapes), {**ONE_MODEL, "time_budget": "10m", "max_latency_ms": 1e4})
+    assert limited.values["tta"] is False  # the latency limit was timed for one view
     user = make_plan(str(arrows), {**ONE_MODEL, "time_budget": "10m", "hflip": True})
     assert "hflip" in user.user_keys and "hflip" not in user.values  # the user wins, unprobed

@@ -500,6 +500,21 @@ def _hflip(situation: Situation, chosen: Candidate) -> Choice:
     )
 
 
+def _tta(situation: Situation, chosen: Candidate) -> Choice:
+    """Test-time mirror averaging where flips keep the class: free accuracy for the training
+    time (benchmarks/accuracy_per_minute.py), twice the inference work; one view under a
+    latency limit, which the candidates were timed for."""
+    if situation.user.get("max_latency_ms") is not None:
+        return Choice(False, "one view: max_latency_ms was timed for one")
+    if not _hflip(situation, chosen).value:
+        return Choice(False)
+    return Choice(
+        True,
+        "the image and its mirror, averaged in the final scores and the exports "
+        "(2x inference; tta=false for one view)",
+    )
+
+
 def _fixed_lr(situation: Situation, chosen: Candidate) -> Choice:
     """Fine-tuning takes a smaller LR than training from scratch."""
     return Choice(0.01 if chosen.weights != "scratch" else 0.05)
@@ -545,6 +560,7 @@ SETTINGS = (
     ("batch_size", _batch_size),
     ("augment", _basic_augment),
     ("hflip", _hflip),
+    ("tta", _tta),
     ("lr", _fixed_lr),
     ("warmup_epochs", _one_warmup_epoch),
     ("amp", _amp),

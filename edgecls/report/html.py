@@ -24,8 +24,8 @@ AUDIT_ROWS = 10  # leaked groups listed in the report (audit.html shows them all
 CURVES = ("accuracy.png", "loss.png", "lr.png")
 SHOWN_CONFIG = (
     "recipe", "data", "model", "pretrained", "input_size", "grayscale", "batch_size", "lr",
-    "schedule", "max_epochs", "time_budget", "augment", "sam", "mutual", "label_smoothing",
-    "mixup", "cutmix", "ema", "balance", "seed",
+    "schedule", "max_epochs", "time_budget", "augment", "hflip", "sam", "mutual",
+    "label_smoothing", "mixup", "cutmix", "ema", "tta", "balance", "seed",
 )  # fmt: skip
 
 
