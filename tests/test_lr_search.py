@@ -12,7 +12,7 @@ from edgecls.cli import main
 from edgecls.config import build_config
 from edgecls.data import Dataset, load_dataset
 from edgecls.training.loop import Trainer
-from edgecls.training.lr_search import lr_grid, lr_range_test, search_lr, valley_lr
+from edgecls.training.lr_search import lr_grid, lr_range_test, search_lr, suggested_lr
 
 SMALL = {
     "model": "mobilenetv3_small_050",
@@ -33,14 +33,19 @@ def small_digits() -> Dataset:
     )
 
 
-def test_valley_is_the_middle_of_the_longest_falling_stretch():
-    lrs = list(np.logspace(-5, 0, 100))
+def test_the_range_test_suggests_a_tenth_of_the_lr_at_the_lowest_loss():
+    """A smoothed range-test curve: flat and noisy, a long fall, the lowest loss at 0.3, then
+    divergence. The old rule (the middle of the longest falling stretch counted from its first
+    point) read about 0.002 off such a curve; training does best near a tenth of the lowest."""
+    lrs = list(np.logspace(-5, 1, 100))
+    lowest = int(np.searchsorted(lrs, 0.3))
     rng = np.random.default_rng(0)
-    losses = [2.5 + 0.3 * rng.random() for _ in range(10)]  # noisy start
-    losses += list(np.linspace(2.4, 1.0, 50))  # the valley: indices 10..59
-    losses += list(np.linspace(1.1, 6.0, 40))  # divergence
-    suggestion = valley_lr(lrs, losses)
-    assert lrs[25] <= suggestion <= lrs[45]
+    losses = [2.3 + 0.02 * rng.random() for _ in range(30)]  # nothing learnt yet
+    losses += list(np.linspace(2.25, 0.8, lowest - 30))  # the fall
+    losses += list(np.linspace(0.75, 6.0, 100 - lowest))  # the lowest loss, then divergence
+    assert suggested_lr(lrs, losses) == pytest.approx(lrs[lowest] / 10)
+    assert 0.02 <= suggested_lr(lrs, losses) <= 0.05
+    assert suggested_lr(lrs, sorted(losses)) == lrs[0]  # rising from the start: the lowest LR
 
 
 def test_range_test_restores_model_optimizer_and_rng(small_digits):
