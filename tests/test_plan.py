@@ -451,3 +451,15 @@ def test_flips_are_planned_only_where_a_mirror_keeps_the_class(tmp_path):
     assert limited.values["tta"] is False  # the latency limit was timed for one view
     user = make_plan(str(arrows), {**ONE_MODEL, "time_budget": "10m", "hflip": True})
     assert "hflip" in user.user_keys and "hflip" not in user.values  # the user wins, unprobed
+
+
+def test_a_short_run_trains_without_flips():
+    from edgecls.plan.choose import FLIP_MIN_EPOCHS, _hflip
+
+    situation = plan_module.Situation(
+        user={}, profile=profile_data("digits"), machine={}, budget="1m", budget_seconds=60.0,
+        budget_reserve=0.1, clock_started=0.0, planning_started=0.0, data="digits",
+    )  # fmt: skip
+    short = Candidate("resnet20_cifar", 32, "scratch", 64, epochs=FLIP_MIN_EPOCHS - 1)
+    choice = _hflip(situation, short)
+    assert choice.value is False and "a short run" in choice.reason

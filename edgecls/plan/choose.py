@@ -58,6 +58,9 @@ FULL_RECIPE_MIN_IMAGES = 1_000
 # --subsets-only --options linear_probe=false / true, seed 0).
 LINEAR_PROBE_MAX_IMAGES = 1_000
 PROBE_IMAGES = 1_200  # at most this many training images decoded for the flip probe
+# Flips are more to learn: on the Fashion-MNIST subset they cost 4.2 points in 5 epochs (2m) and
+# gained 1.2 in 17-21 (5m), with tta (benchmarks/accuracy_per_minute.py, results/).
+FLIP_MIN_EPOCHS = 10
 # Planning measures candidates best first; on a budget, once one fits, it measures the rest only
 # within this share of the budget: measuring them all can take most of a short one.
 PLANNING_SHARE = 0.1
@@ -478,10 +481,15 @@ def _flip_probe(spec: str, per_class: int, stamp: int | None) -> FlipProbe | Non
 
 
 def _hflip(situation: Situation, chosen: Candidate) -> Choice:
-    """Flips where a mirror image keeps its class (the probe of evaluate.flips, a few seconds);
-    without the probe (no ImageNet weights, a torchvision built-in), for colour images only."""
+    """Flips where a mirror image keeps its class (the probe of evaluate.flips, a few seconds)
+    and the budget gives FLIP_MIN_EPOCHS; without the probe (no ImageNet weights, a torchvision
+    built-in), for colour images only."""
     if "hflip" in situation.user:  # the user's value wins: no probe
         return Choice(situation.user["hflip"])
+    if situation.budget_seconds is not None and chosen.epochs < FLIP_MIN_EPOCHS:
+        return Choice(
+            False, f"a short run: flips pay from {FLIP_MIN_EPOCHS} epochs, {chosen.epochs} fit"
+        )
     per_class = max(4, min(PROBE_PER_CLASS, PROBE_IMAGES // max(2, situation.profile.classes)))
     path = Path(situation.data).expanduser()
     stamp = path.stat().st_mtime_ns if path.exists() else None
