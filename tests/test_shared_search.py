@@ -29,6 +29,8 @@ SEARCH = [
     "augment=basic",  # what a planned training run might change, named in the study
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# Commands that test the shared storage, not the plan, skip planning (a few seconds each).
+RECIPE = ["--recipe", "digits"]
 
 
 def lr_find(folder: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -108,10 +110,10 @@ def test_workers_on_two_commands_join_one_postgresql_study(digit_folder, tmp_pat
     # Two commands started apart, as on two machines: the same study by name, 8 trials in all.
     first = subprocess.Popen(
         [sys.executable, "-m", "edgecls", "lr-find", str(digit_folder), "--method", "tpe",
-         *SEARCH, storage, "--out", str(tmp_path / "a"), "--quiet"],
+         *SEARCH, *RECIPE, storage, "--out", str(tmp_path / "a"), "--quiet"],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    second = lr_find(digit_folder, tmp_path / "b", storage)
+    second = lr_find(digit_folder, tmp_path / "b", storage, *RECIPE)
     _, first_err = first.communicate()
     assert first.returncode == 0 and second.returncode == 0, first_err[-2000:] + second.stderr
     trials = counted_trials(optuna.storages.RDBStorage(postgres))
@@ -141,7 +143,8 @@ def test_worker_command_lines_never_hold_the_storage_password(digit_folder, tmp_
     url = postgres.replace("edgecls@", f"edgecls:{password}@").replace("/postgres", "/secrets")
     command = [sys.executable, "-m", "edgecls", "lr-find", str(digit_folder), "--method", "tpe"]
     search = subprocess.Popen(
-        [*command, *SEARCH, "lr_search_epochs=1", f"lr_search_storage={url}", "--workers", "2",
+        [*command, *SEARCH, *RECIPE, "lr_search_epochs=1", f"lr_search_storage={url}",
+         "--workers", "2",
          "--out", str(tmp_path / "out"), "--quiet"],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
