@@ -18,6 +18,8 @@ SHOWN = (
     "warmup_epochs",
     "time_budget",
     "augment",
+    "hflip",
+    "tta",
     "sam",
     "mutual",
     "amp",
