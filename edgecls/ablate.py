@@ -124,6 +124,7 @@ def ablate(
             row.runs.append(
                 {
                     "top1": metrics["val_top1"],
+                    "test_top1": metrics.get("test_top1"),
                     "top5": metrics["val_top5"],
                     "map": metrics["val_map"],
                     "epochs": metrics["epochs_trained"],
@@ -136,41 +137,53 @@ def ablate(
 
 
 COLUMNS = ("top-1 %", "± (seeds)", "delta", "top-5 %", "mAP", "epochs", "wall s")
+TEST_COLUMNS = ("test top-1 %", "test delta")
+
+
+def has_test(rows: list[Row]) -> bool:
+    return all(run["test_top1"] is not None for row in rows for run in row.runs)
 
 
 def table_cells(rows: list[Row], leave_one_out: bool) -> list[list[str]]:
-    """Per row: mean top-1 and its spread over seeds, its change from the row before
-    (cumulative) or from the full stack (leave-one-out), top-5, mAP, epochs, wall time."""
+    """Per row: mean validation top-1 and its spread over seeds, its change from the row before
+    (cumulative) or from the full stack (leave-one-out), top-5, mAP, epochs, wall time; and
+    where the data has a test split, test top-1 and its change (more images than validation:
+    a smaller change is real)."""
     cells = []
     for index, row in enumerate(rows):
+        reference = rows[0 if leave_one_out else max(0, index - 1)]
         top1 = row.mean("top1")
-        reference = rows[0 if leave_one_out else max(0, index - 1)].mean("top1")
         cells.append(
             [
                 row.label,
                 f"{100 * top1:.2f}",
                 f"{100 * row.spread('top1'):.2f}",
-                f"{100 * (top1 - reference):+.2f}" if index else "",
+                f"{100 * (top1 - reference.mean('top1')):+.2f}" if index else "",
                 f"{100 * row.mean('top5'):.2f}",
                 f"{row.mean('map'):.4f}",
                 f"{row.mean('epochs'):.0f}",
                 f"{row.mean('seconds'):.0f}",
             ]
         )
+        if has_test(rows):
+            test = row.mean("test_top1")
+            change = test - reference.mean("test_top1")
+            cells[-1] += [f"{100 * test:.2f}", f"{100 * change:+.2f}" if index else ""]
     return cells
 
 
 def write_tables(rows: list[Row], out_dir: Path, recipe: str, leave_one_out: bool) -> None:
     cells = table_cells(rows, leave_one_out)
+    columns = COLUMNS + TEST_COLUMNS * has_test(rows)
     kind = "each trick left out of the full stack" if leave_one_out else "tricks added in order"
     lines = [
         f"`{recipe}`, {kind}; validation split, mean over {len(rows[0].runs)} seed(s).",
         "",
-        "| row | " + " | ".join(COLUMNS) + " |",
-        "|---|" + "---|" * len(COLUMNS),
+        "| row | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
         *("| " + " | ".join(row) + " |" for row in cells),
     ]
     runs.write_text(out_dir / "ablation.md", "\n".join(lines) + "\n")
     text = io.StringIO()
-    csv.writer(text).writerows([["row", *COLUMNS], *cells])
+    csv.writer(text).writerows([["row", *columns], *cells])
     runs.write_text(out_dir / "ablation.csv", text.getvalue())

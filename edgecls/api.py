@@ -748,7 +748,7 @@ class Ablation:
 
 
 def ablate(
-    recipe: str,
+    recipe: str | None,
     stack: str,
     data: str | None = None,
     *,
@@ -762,7 +762,9 @@ def ablate(
     """Train RECIPE with tricks added one at a time, or each left out: `edgecls ablate`.
 
     Args:
-        recipe: The recipe the tricks are added to (or left out of).
+        recipe: The recipe the tricks are added to (or left out of); None: the config
+            `edgecls train DATA` would plan with these settings (a time_budget, ...), planned
+            once for every row.
         stack: Tricks in order, comma-separated: a key (label_smoothing, mixup, ...: the
             papers' value) or key=value (teacher=runs/big).
         data: A folder, list file or built-in name (default: the recipe's, else digits).
@@ -785,11 +787,15 @@ def ablate(
 
     overrides = {**(settings or {}), **overrides}
     tricks = parse_stack(stack)
-    values = {**_typed(overrides), **({"data": data} if data else {})}
-    base = cfg.build_config(cfg.load_recipe(recipe), values)
-    if base.data is None:
-        base = dataclasses.replace(base, data=cfg.DEFAULT_DATA)
-    name = Path(recipe).stem
+    if recipe is None:
+        base = _configure(data or cfg.DEFAULT_DATA, None, _typed(overrides))[0]
+        name = "plan"
+    else:
+        values = {**_typed(overrides), **({"data": data} if data else {})}
+        base = cfg.build_config(cfg.load_recipe(recipe), values)
+        if base.data is None:
+            base = dataclasses.replace(base, data=cfg.DEFAULT_DATA)
+        name = Path(recipe).stem
     out_dir = Path(out_dir or Path("runs") / f"ablate-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     runs.check_folder_writable(out_dir)  # a file, or a folder under one, is refused here
     if out_dir.exists() and any(out_dir.iterdir()):

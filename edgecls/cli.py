@@ -277,7 +277,9 @@ def lr_find(args, recipe, model, method, out_dir, workers, worker_index, quiet) 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1)
 @click.option(
-    "--recipe", required=True, help="The recipe the tricks are added to (or left out of)."
+    "--recipe",
+    help="The recipe the tricks are added to (or left out of). Default: what `edgecls train "
+    "DATA` plans with the same settings (e.g. time_budget=5m), planned once.",
 )
 @click.option(
     "--stack",

@@ -376,6 +376,18 @@ class Config:
         "test-time augmentation: the final evaluation and the exported model average the logits "
         "of each image and its mirror image (twice the inference work)",
     )
+    progressive_resizing: float = key(
+        0.0,
+        "train early epochs on smaller images: the side starts at this share of input_size "
+        "and grows linearly to the full size by three quarters of the run (of its time budget, "
+        "else of max_epochs); 0: off",
+        Range(0, 1, open_high=True),
+    )
+    whiten_stem: bool = key(
+        False,
+        "start the first convolution as a whitening of the training images' patches (their "
+        "principal components, each with both signs), as the CIFAR-10 speed runs do",
+    )
     stitch_mixup: str = key(
         "none",
         "stitch two images side by side (horizontal) or stacked (vertical) (002)",

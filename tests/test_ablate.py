@@ -1,6 +1,7 @@
 """`edgecls ablate`: rows that add (or leave out) one trick at a time, the table, its files."""
 
 import csv
+import shutil
 
 import pytest
 import yaml
@@ -42,3 +43,36 @@ def test_ablate_trains_each_row_and_writes_the_table(digit_folder, tmp_path):
     assert (last["label_smoothing"], last["mixup"], last["seed"]) == (0.1, 0.2, 1)
     first = yaml.safe_load((out / "00-seed0" / "config.yaml").read_text())
     assert (first["label_smoothing"], first["mixup"]) == (0.0, 0.0)
+
+
+@pytest.mark.slow
+def test_ablate_without_a_recipe_adds_the_tricks_to_the_plan_and_scores_the_test_split(
+    digit_folder, tmp_path
+):
+    data = tmp_path / "data"
+    for image in digit_folder.rglob("*.png"):
+        target = data / ("test" if int(image.stem) >= 9 else "train") / image.parent.name
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, target / image.name)
+    out = tmp_path / "ablation"
+    args = ["ablate", str(data), "--stack", "label_smoothing", "time_budget=1m", "max_epochs=1"]
+    args += ["model=resnet20_cifar", "input_size=16", "--quiet", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    with open(out / "ablation.csv") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0][-2:] == ["test top-1 %", "test delta"]
+    assert [row[0] for row in rows[1:]] == ["plan", "+ label_smoothing"]
+    assert 0 <= float(rows[2][-2]) <= 100 and rows[2][-1].startswith(("+", "-"))
+    planned = yaml.safe_load((out / "00-seed0" / "config.yaml").read_text())
+    assert (planned["recipe"], planned["time_budget"], planned["label_smoothing"]) == (
+        "plan",
+        "1m",
+        0.0,
+    )
+    assert planned["grayscale"] is True  # the plan's choice for grey digits, not a default
+    smoothed = yaml.safe_load((out / "01-seed0" / "config.yaml").read_text())
+    assert smoothed["label_smoothing"] == 0.1
+    assert {k: v for k, v in smoothed.items() if k not in ("label_smoothing", "seed")} == {
+        k: v for k, v in planned.items() if k not in ("label_smoothing", "seed")
+    }

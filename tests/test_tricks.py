@@ -1,5 +1,6 @@
 """The tricks of papers 001-004, each checked for what defines it."""
 
+import dataclasses
 import math
 import random
 
@@ -620,3 +621,61 @@ def test_a_tta_run_scores_and_exports_the_mirror_average(tmp_path):
     (exported,) = session.run(None, {session.get_inputs()[0].name: pixels.numpy()})
     expected = (averaged / checkpoint["temperature"]).softmax(1).numpy()
     assert np.allclose(exported, expected, atol=1e-4)
+
+
+def test_a_whitened_stem_gives_decorrelated_channels_of_nearly_unit_variance():
+    from edgecls.data import load_dataset
+    from edgecls.models.whitening import whiten_stem
+    from edgecls.training.loop import Trainer
+
+    dataset = load_dataset("digits", input_size=16, grayscale=True, progress=False)
+    settings = {"model": "resnet20_cifar", "input_size": 16, "grayscale": True, "workers": 0}
+    images = dataset.train.images
+
+    def stem_covariance(whiten: bool) -> torch.Tensor:
+        trainer = Trainer(build_config({**settings, "whiten_stem": whiten}), dataset)
+        stem = trainer.model.backbone.stem[0]  # 3x3, 1 -> 16 channels, no padding effect below
+        pixels = (images.float() / 255 - trainer.model.mean) / trainer.model.std
+        out = F.conv2d(pixels, stem.weight, stride=stem.stride)  # no padding: whole patches
+        return torch.cov(out.transpose(0, 1).reshape(16, -1).double())
+
+    covariance = stem_covariance(True)
+    top = covariance[:8, :8]  # the 8 strongest components; 8-15 are their negatives
+    off_diagonal = top - torch.diag(torch.diag(top))
+    assert off_diagonal.abs().max() < 0.05
+    assert torch.diag(top)[:4].min() > 0.9  # strong components: variance / (variance + eps)
+    assert torch.allclose(covariance[8:, 8:], top, atol=1e-6)  # the negatives: the same
+    random = stem_covariance(False)[:8, :8]  # smooth images: random filters correlate
+    scale = torch.diag(random).sqrt()
+    correlation = random / scale.outer(scale)
+    assert (correlation - torch.eye(8)).abs().max() > 0.5
+    assert whiten_stem(torch.nn.Sequential(torch.nn.Linear(3, 3)), images) == 0
+
+
+def test_progressive_resizing_grows_the_side_to_full_by_three_quarters_of_the_run():
+    from edgecls.training.augment import FULL_SIDE_AT, progressive_side
+
+    sides = [progressive_side(32, 0.5, step / 100) for step in range(101)]
+    assert sides[0] == 16 and sides == sorted(sides) and set(sides) <= {16, 20, 24, 28, 32}
+    assert sides[round(100 * FULL_SIDE_AT)] == 32 and sides[-1] == 32
+    assert progressive_side(32, 0.0, 0.0) == 32  # off
+    assert progressive_side(16, 0.25, 0.0) == 8  # never below 8 pixels
+
+
+def test_progressive_resizing_trains_small_early_and_at_full_size_at_the_end():
+    from edgecls.data import load_dataset
+    from edgecls.training.loop import Trainer
+
+    dataset = load_dataset("digits", input_size=16, grayscale=True, progress=False)
+    settings = {"model": "resnet20_cifar", "input_size": 16, "grayscale": True, "workers": 0}
+    config = build_config({**settings, "progressive_resizing": 0.5, "max_epochs": 4})
+    trainer = Trainer(config, dataset)
+    trainer.dataset = dataclasses.replace(dataset, train=dataset.train.subset(range(64)))
+    seen = []
+    trainer.model.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[-1]))
+    by_epoch = []
+    for epoch in range(4):
+        seen.clear()
+        trainer.train_one_epoch(epoch)
+        by_epoch.append(set(seen))
+    assert by_epoch == [{8}, {12}, {12}, {16}]

@@ -174,18 +174,35 @@ def pca_lighting(images: torch.Tensor, std: float, generator: torch.Generator) -
     return (images + shift.to(images.device).view(-1, 3, 1, 1)).clamp_(0.0, 1.0)
 
 
+# Progressive resizing reaches the full side at this share of the run and keeps it to the end,
+# so the last epochs (and batch-norm statistics) see the size the model is evaluated at; FFCV's
+# ResNet recipes end their ramp a few epochs before the end for the same reason.
+FULL_SIDE_AT = 0.75
+
+
+def progressive_side(full: int, start_share: float, progress: float) -> int:
+    """The training side at `progress` (0 at the start, 1 at the end of the run): from
+    `start_share` of `full` up to `full` at FULL_SIDE_AT, in steps of 4 pixels (at least 8)."""
+    if not start_share:
+        return full
+    share = start_share + (1 - start_share) * min(1.0, progress / FULL_SIDE_AT)
+    return min(full, max(8, round(full * share / 4) * 4))
+
+
 def training_batches(
     split: ImageSplit,
     config: Config,
     generator: torch.Generator,
     device: torch.device,
     shard: Shard = WHOLE,
+    side: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(augmented float images in [0, 1], labels) on `device`, this process's `shard` of each
     batch, in an order set by `generator`:
     the `augment` policy, then `hsb_jitter` and `pca_lighting`, then, with `random_erasing`,
     timm's RandomErasing (boxes of 2-25% of the image set to 0, as in paper 001; it draws from
-    python's RNG, which checkpoints restore)."""
+    python's RNG, which checkpoints restore); last, shrunk to `side` pixels where that is
+    smaller than the images (progressive resizing)."""
     erase = None
     if config.random_erasing:
         erase = RandomErasing(
@@ -198,6 +215,8 @@ def training_batches(
             images = pca_lighting(images, config.pca_lighting, generator)
         if erase is not None:
             images = erase(images)
+        if side is not None and side < images.shape[-1]:
+            images = F.interpolate(images, size=(side, side), mode="bilinear", antialias=True)
         yield images, labels
 
 

@@ -41,8 +41,9 @@ from edgecls.device import mixed_precision, select_device
 from edgecls.evaluate import compute_metrics
 from edgecls.evaluate.inference import predict_logits
 from edgecls.models import Classifier, create_model
+from edgecls.models.whitening import whiten_stem
 from edgecls.phases import Phases
-from edgecls.training.augment import num_batches, training_batches
+from edgecls.training.augment import num_batches, progressive_side, training_batches
 from edgecls.training.callbacks import Callback
 from edgecls.training.distributed import SINGLE, World, device_of, replicate
 from edgecls.training.early_stopping import create_early_stopping
@@ -164,6 +165,8 @@ class Trainer:
             statistics = dataset.train.channel_statistics()
             for model in self.models:
                 model.set_normalization(*statistics)
+        if config.whiten_stem:  # the same filters in every process: a seeded sample
+            whiten_stem(self.model, dataset.train.images, config.seed)
         if config.linear_probe:  # the same fit in every process: the same head
             fit_linear_head(
                 self.model,
@@ -287,7 +290,8 @@ class Trainer:
         total_loss, seen = 0.0, 0
         self._call("on_epoch_start", epoch, num_batches(len(split), self.config.batch_size, shard))
         nonfinite_in_a_row = 0
-        batches = training_batches(split, self.config, generator, self.device, shard)
+        side = self.training_side(epoch)
+        batches = training_batches(split, self.config, generator, self.device, shard, side)
         for images, labels in batches:
             images, targets = self.batch_transform(images, labels, epoch)
             loss = self.step(images.contiguous(memory_format=self.memory_format), targets)
@@ -303,6 +307,15 @@ class Trainer:
         if not seen:
             raise Diverged("no finite loss in the epoch")
         return self.world.mean(total_loss / seen)  # the schedule's input agrees everywhere
+
+    def training_side(self, epoch: int) -> int:
+        """The epoch's image side under `progressive_resizing`; the run's progress is the share
+        of its time budget spent (epochs vary in length with their side), else of max_epochs."""
+        if self.budget is not None:
+            progress = self.budget.spent / self.budget.seconds
+        else:
+            progress = epoch / self.config.max_epochs
+        return progressive_side(self.config.input_size, self.config.progressive_resizing, progress)
 
     def logits(self, split: ImageSplit, rows: slice = slice(None)) -> torch.Tensor:
         return predict_logits(

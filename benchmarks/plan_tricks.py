@@ -1,0 +1,55 @@
+"""The speed-run tricks against the plan at equal wall time (issue 26): `edgecls ablate` without a
+recipe, on the seeded 1,000-per-class Fashion-MNIST subset of benchmarks/auto_plan.py.
+
+    python benchmarks/plan_tricks.py                 # 5 rows of 5 minutes: about 30 minutes
+    python benchmarks/plan_tricks.py --budget 2m --stack label_smoothing,whiten_stem
+
+Every row trains what `edgecls train DATA time_budget=B` plans, with the tricks of --stack added
+one at a time, each row for the whole budget; test top-1 is on the 10,000 test images. Nothing
+else may run on the machine meanwhile: a row that shares the cores trains fewer epochs. Writes
+benchmarks/results/plan_tricks.md (append with --append).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from auto_plan import make_tasks
+
+RESULTS = Path(__file__).parent / "results" / "plan_tricks.md"
+STACK = "label_smoothing,optimizer=nesterov,progressive_resizing=0.75,whiten_stem,ema=0.995"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--budget", default="5m")
+    parser.add_argument("--stack", default=STACK)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--append", action="store_true", help="add to the results file")
+    args = parser.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        (_, data), *_ = make_tasks(args.dataset, Path(folder) / "data", args.seed)
+        out = Path(folder) / "ablation"
+        command = [sys.executable, "-m", "edgecls", "ablate", str(data), "--stack", args.stack]
+        command += [f"time_budget={args.budget}", f"seed={args.seed}", "--quiet", "--out", str(out)]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        table = (out / "ablation.md").read_text()
+    text = (
+        f"`python benchmarks/plan_tricks.py --dataset {args.dataset} --budget {args.budget} "
+        f"--stack {args.stack} --seed {args.seed}` at commit {commit}, 2-core CPU "
+        f"({args.dataset} 1,000 per class where it is Fashion-MNIST):\n\n{table}"
+    )
+    print(text)
+    previous = RESULTS.read_text() + "\n" if args.append and RESULTS.exists() else ""
+    RESULTS.write_text(previous + text)
+
+
+if __name__ == "__main__":
+    main()
