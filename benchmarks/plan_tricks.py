@@ -21,7 +21,7 @@ from pathlib import Path
 from auto_plan import make_tasks
 
 RESULTS = Path(__file__).parent / "results" / "plan_tricks.md"
-STACK = "label_smoothing,optimizer=nesterov,progressive_resizing=0.75,whiten_stem,ema=0.995"
+STACK = "label_smoothing,optimizer=nesterov,progressive_resizing,whiten_stem,ema=0.995"
 
 
 def main() -> None:
@@ -39,7 +39,9 @@ def main() -> None:
         out = Path(folder) / "ablation"
         command = [sys.executable, "-m", "edgecls", "ablate", str(data), "--stack", args.stack]
         command += [f"time_budget={args.budget}", f"seed={args.seed}", "--quiet", "--out", str(out)]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode:
+            raise SystemExit(f"edgecls ablate failed: {done.stderr[-2000:]}")
         table = (out / "ablation.md").read_text()
     text = (
         f"`python benchmarks/plan_tricks.py --dataset {args.dataset} --budget {args.budget} "

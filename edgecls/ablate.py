@@ -40,6 +40,9 @@ TRICK_VALUES: dict[str, Any] = {
     "normalize": "train",  # 001
     "schedule": "cosine",  # 002, 004
     "augment": "augmix",  # 000
+    "tta": True,
+    "progressive_resizing": 0.75,  # FFCV
+    "whiten_stem": True,  # airbench
 }
 # Keys that change the data itself: one dataset is decoded for every row, so they cannot stack.
 DATA_KEYS = ("data", "data_root", "input_size", "grayscale", "val_fraction", "download")
