@@ -7,7 +7,8 @@ On the folders of benchmarks/auto_plan.py (digits, mnist5k, the seeded 1,000-per
 Fashion-MNIST subset scored on its 10,000 test images; `--subsets` adds the 200-image ones), each
 budget runs `edgecls train DATA time_budget=B` twice in fresh processes, alternating which goes
 first: "before" with the settings the plan chose before issue 26 given as the user's (flips for
-colour images only, no test-time augmentation), and "now" with nothing but the budget. It prints
+colour images only, no test-time augmentation, none of the speed runs' tricks; the LR stays the
+plan's), and "now" with nothing but the budget. It prints
 each run's top-1, epochs and wall time, and the validation top-1 of both at the same epoch (the
 last epoch both reached: a comparison that does not depend on the machine's speed, though each
 run's LR schedule is paced by its own budget). Writes benchmarks/results/accuracy_per_minute.md.
@@ -29,13 +30,16 @@ from auto_plan import make_tasks
 from edgecls import runs
 
 RESULTS = Path(__file__).parent / "results" / "accuracy_per_minute.md"
+SHOWN = ("model", "input_size", "lr", "hflip", "tta", "label_smoothing", "progressive_resizing",
+         "whiten_stem")  # fmt: skip
 
 
 def before_issue_26(data: Path) -> list[str]:
     """The decisions the plan made before issue 26, as the user's settings."""
     from edgecls.plan.profile import profile_data
 
-    return [f"hflip={str(not profile_data(str(data)).grayscale).lower()}", "tta=false"]
+    before = [f"hflip={str(not profile_data(str(data)).grayscale).lower()}", "tta=false"]
+    return [*before, "label_smoothing=0", "progressive_resizing=0", "whiten_stem=false"]
 
 
 def train(data: Path, run_dir: Path, options: list[str]) -> dict:
@@ -56,7 +60,7 @@ def train(data: Path, run_dir: Path, options: list[str]) -> dict:
         "epochs": metrics["epochs_trained"],
         "wall": wall,
         "val_by_epoch": [row["val_top1"] for row in history],
-        "settings": {key: config[key] for key in ("model", "input_size", "hflip", "tta")},
+        "settings": {key: config[key] for key in SHOWN},
     }
 
 

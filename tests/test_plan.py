@@ -29,6 +29,7 @@ from edgecls.plan import (
     make_plan,
     profile_data,
 )
+from edgecls.plan.choose import SCRATCH_LR
 from edgecls.plan.measure import _step_seconds as REAL_STEP_SECONDS  # before the fixture's
 from edgecls.plan.measure import measure
 from edgecls.training.loop import Trainer
@@ -90,6 +91,7 @@ def test_small_grey_images_get_a_small_grey_input(small_grey):
     plan = make_plan(str(small_grey), {"time_budget": "10m"})
     assert plan.values["grayscale"] is True
     assert plan.values["pretrained"] is True  # 18 images: ImageNet weights beat scratch
+    assert not {"label_smoothing", "progressive_resizing", "whiten_stem"} & set(plan.values)
     # ImageNet features want 64 px or more; 18 images in 10 minutes afford the upscaled 96
     assert plan.values["input_size"] == UPSCALED
     assert plan.values["linear_probe"] is True and "LP-FT" in plan.reasons["linear_probe"]
@@ -133,6 +135,11 @@ def test_enough_tiny_images_get_a_cifar_resnet_at_their_own_scale(tmp_path):
     assert plan.values["linear_probe"] is False  # nothing learnt to probe
     assert any("CIFAR ResNet" in note for note in plan.notes)
     assert any(c.weights != "scratch" for c in plan.candidates)  # measured, and passed over
+    # from scratch: the speed runs' tricks that paid at equal wall time, each with its reason
+    tricks = {"label_smoothing": 0.1, "progressive_resizing": 0.75, "whiten_stem": True}
+    assert {key: plan.values[key] for key in tricks} == tricks
+    assert all(plan.reasons[key] for key in tricks)
+    assert plan.values["lr"] in (SCRATCH_LR, "tpe")
 
 
 def test_large_colour_images_get_a_larger_input(large_colour):
