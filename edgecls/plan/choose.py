@@ -58,9 +58,10 @@ FULL_RECIPE_MIN_IMAGES = 1_000
 # --subsets-only --options linear_probe=false / true, seed 0).
 LINEAR_PROBE_MAX_IMAGES = 1_000
 PROBE_IMAGES = 1_200  # at most this many training images decoded for the flip probe
-# Flips are more to learn: on the Fashion-MNIST subset they cost 4.2 points in 5 epochs (2m) and
-# gained 1.2 in 17-21 (5m), with tta (benchmarks/accuracy_per_minute.py, results/).
-FLIP_MIN_EPOCHS = 10
+# Flips are more to learn: on the Fashion-MNIST subset, with tta, they cost 4.2 points in 5 epochs
+# and gained 1.2 in 21 before the speed runs' tricks; with them, they cost 1.2 in 20 epochs and
+# gained in 50 (benchmarks/accuracy_per_minute.py and plan_tricks.py, results/).
+FLIP_MIN_EPOCHS = 30
 # Planning measures candidates best first; on a budget, once one fits, it measures the rest only
 # within this share of the budget: measuring them all can take most of a short one.
 PLANNING_SHARE = 0.1
