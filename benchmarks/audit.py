@@ -11,6 +11,8 @@ written as PNG folders to a temporary folder, with seeded faults:
   brightness change (each x0.8-1.2) and a JPEG re-encode (quality 70-90);
 - 1% of the validation images copied into train byte for byte.
 
+`--crop N` first cuts N px off each edge of the near copies (a slightly cropped copy).
+
 It prints, per dataset: recall and precision of the leaked pairs (a reported group across splits
 counts each pair of its images in different splits), beside a byte-hash-only baseline and a sweep
 of the near-duplicate gap; recall and precision of the flipped labels among the audit's top
