@@ -11,6 +11,8 @@ written as PNG folders to a temporary folder, with seeded faults:
   brightness change (each x0.8-1.2) and a JPEG re-encode (quality 70-90);
 - 1% of the validation images copied into train byte for byte.
 
+`--crop N` first cuts N px off each edge of the near copies (a slightly cropped copy).
+
 It prints, per dataset: recall and precision of the leaked pairs (a reported group across splits
 counts each pair of its images in different splits), beside a byte-hash-only baseline and a sweep
 of the near-duplicate gap; recall and precision of the flipped labels among the audit's top
@@ -29,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +73,10 @@ def digits(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray
             images[order[cut:]], data.target[order[cut:]])  # fmt: skip
 
 
-def near_copy(image: Image.Image, rng: np.random.Generator) -> bytes:
-    """The issue's near copy: 2x up and down, contrast and brightness x0.8-1.2, JPEG 70-90."""
+def near_copy(image: Image.Image, rng: np.random.Generator, crop: int = 0) -> bytes:
+    """The issue's near copy: 2x up and down, contrast and brightness x0.8-1.2, JPEG 70-90;
+    first `crop` px off each edge (the copy is that much smaller)."""
+    image = image.crop((crop, crop, image.width - crop, image.height - crop))
     w, h = image.size
     image = image.resize((2 * w, 2 * h), Image.BILINEAR).resize((w, h), Image.BILINEAR)
     image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.8, 1.2))
@@ -81,7 +86,7 @@ def near_copy(image: Image.Image, rng: np.random.Generator) -> bytes:
     return buffer.getvalue()
 
 
-def write_faulty(root: Path, parts, rng: np.random.Generator) -> dict:
+def write_faulty(root: Path, parts, rng: np.random.Generator, crop: int = 0) -> dict:
     """The folder with its faults; returns the truth: flipped paths, injected leak pairs."""
     train_x, train_y, val_x, val_y = parts
     flipped = set(rng.choice(len(train_y), round(FLIPPED * len(train_y)), replace=False).tolist())
@@ -102,7 +107,7 @@ def write_faulty(root: Path, parts, rng: np.random.Generator) -> dict:
         source = paths["val", i]
         if k < n_near:
             copy = root / "train" / str(int(val_y[i])) / f"near_of_val_{i}.jpg"
-            copy.write_bytes(near_copy(Image.open(source), rng))
+            copy.write_bytes(near_copy(Image.open(source), rng, crop))
         else:
             copy = root / "train" / str(int(val_y[i])) / f"exact_of_val_{i}.png"
             shutil.copy(source, copy)
@@ -132,7 +137,9 @@ def svc_ranking(root: Path, seed: int) -> list[str]:
     from sklearn.svm import SVC
 
     files = sorted(p for p in root.rglob("*") if p.suffix in (".png", ".jpg"))
-    x = np.stack([np.asarray(Image.open(f).convert("L"), np.float32).ravel() / 255 for f in files])
+    images = [Image.open(f).convert("L") for f in files]
+    size = Counter(image.size for image in images).most_common(1)[0][0]  # cropped copies: resized
+    x = np.stack([np.asarray(i.resize(size), np.float32).ravel() / 255 for i in images])
     y = np.array([int(f.parent.name) for f in files])
     probabilities = cross_val_predict(
         SVC(probability=True, random_state=seed),
@@ -153,18 +160,19 @@ def gap_sweep(root: Path, truth: dict) -> list[str]:
     paths = dataset.train.sources + dataset.val.sources
     splits = ["train"] * len(dataset.train) + ["val"] * len(dataset.val)
     descriptors = audit_module.near_descriptors(pixels)
+    crops = [audit_module.near_descriptors(pixels, crop) for crop in audit_module.NEAR_CROPS]
     rows = []
     for gap in GAPS:
-        pairs = audit_module.near_pairs(descriptors, gap=gap)
+        pairs = audit_module.near_pairs(descriptors, gap=gap, crops=crops)
         found = {frozenset((paths[a], paths[b])) for a, b in pairs if splits[a] != splits[b]}
         recall, precision = scores(found, truth["pairs"])
         rows.append(f"{gap}: recall {recall:.1%}, precision {precision:.1%} ({len(found)})")
     return rows
 
 
-def bench(name: str, parts, seed: int, folder: Path) -> list[str]:
+def bench(name: str, parts, seed: int, folder: Path, crop: int = 0) -> list[str]:
     root = folder / name
-    truth = write_faulty(root, parts, np.random.default_rng(seed))
+    truth = write_faulty(root, parts, np.random.default_rng(seed), crop)
     start = time.perf_counter()
     audit = edgecls.audit(root, out_dir=folder / f"{name}-audit", seed=seed)
     wall = time.perf_counter() - start
@@ -200,6 +208,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["fashion-mnist", "digits"])
+    parser.add_argument("--crop", type=int, default=0, help="near copies cropped by this many px")
     parser.add_argument(
         "--no-saliency", action="store_true", help="skip the pointing game (benchmarks/saliency.py)"
     )
@@ -207,7 +216,8 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
     header = [
-        f"`python benchmarks/audit.py` at commit {commit} (seed {args.seed}):",
+        f"`python benchmarks/audit.py{f' --crop {args.crop}' if args.crop else ''}` at commit "
+        f"{commit} (seed {args.seed}):",
         "",
         "| data | images | leaked pairs | leak recall | leak precision | hash only R / P "
         "| flipped | audit top-2k R / P | flagged by cleanlab: R / P | SVC top-2k R / P "
@@ -221,7 +231,9 @@ def main() -> None:
         for name, load in sources.items():
             if args.only and name != args.only:
                 continue
-            row, note = bench(name, load(np.random.default_rng(args.seed)), args.seed, Path(folder))
+            row, note = bench(
+                name, load(np.random.default_rng(args.seed)), args.seed, Path(folder), args.crop
+            )
             header.append(row)
             notes.append(note)
             print(row, "\n" + note, flush=True)

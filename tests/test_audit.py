@@ -186,3 +186,18 @@ def test_copies_stand_apart_where_lookalikes_do_not():
     assert (descriptors[[0, 0, 1]] * descriptors[40:43]).sum(axis=1).max() < 0.9999
     found = {tuple(pair) for pair in near_pairs(descriptors).tolist()}
     assert found == {(0, 40), (0, 41), (40, 41), (1, 42)}
+
+
+def test_a_slightly_cropped_copy_is_found_by_its_crops():
+    """A copy with 2 px of 24 cut off each edge (then enlarged to the same size, as loading
+    does) pairs with its source only when pictures are also compared as their central crops."""
+    from edgecls.evaluate.audit import NEAR_CROPS, near_descriptors, near_pairs
+
+    rng = np.random.default_rng(1)
+    pictures = [picture(rng, COLOURS["green"]) for _ in range(40)]
+    cropped = pictures[0].crop((2, 2, SIDE - 2, SIDE - 2)).resize((SIDE, SIDE), Image.BILINEAR)
+    pixels = np.stack([np.asarray(p).transpose(2, 0, 1) for p in [*pictures, cropped]])
+    plain = near_descriptors(pixels)
+    crops = [near_descriptors(pixels, crop) for crop in NEAR_CROPS]
+    assert near_pairs(plain).tolist() == []
+    assert near_pairs(plain, crops=crops).tolist() == [[0, 40]]

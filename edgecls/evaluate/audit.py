@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,9 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 NEAR_SIGMA = 0.875  # Gaussian blur in pixels at NEAR_SIDE (1.5 px at 28 px)
 NEAR_CORRELATION = 0.97  # no near duplicate correlates less
 NEAR_GAP = 0.25  # a copy's distance is at most this fraction of the next picture's
+# Each picture is also compared as its central crops, this share of the side off each edge: a
+# slightly cropped copy matches the original's crop (a 1 px crop of 28 px is 3.6%).
+NEAR_CROPS = (0.03, 0.05, 0.07, 0.08)
 NEAR_GROUP = 5  # copies of one picture found at most (exact copies count once)
 NEAR_CHUNK = 1024  # rows of the similarity matrix computed at once (4 MB per 1,000 images)
 # Label errors: features of MobileNetV2's blocks 4-6 (96, 160 and 320 channels, averaged over
@@ -182,7 +185,9 @@ def audit_splits(
     exact, pictures = _exact_pairs(pool.pixels, digests)
     seconds["exact"] = time.perf_counter() - start
     start = time.perf_counter()
-    near = pictures[near_pairs(near_descriptors(pool.pixels[pictures]))]
+    distinct = pool.pixels[pictures]
+    crops = [near_descriptors(distinct, crop) for crop in NEAR_CROPS]
+    near = pictures[near_pairs(near_descriptors(distinct), crops=crops)]
     duplicates = _groups(pool, exact, near)
     seconds["near"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -244,17 +249,21 @@ def _exact_pairs(pixels: np.ndarray, digests: list[str | None]) -> tuple[np.ndar
     return np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(pictures, dtype=np.int64)
 
 
-def near_descriptors(pixels: np.ndarray) -> np.ndarray:
+def near_descriptors(pixels: np.ndarray, crop: float = 0.0) -> np.ndarray:
     """(N, NEAR_SIDE**2) float32 rows: luma, resized, blurred, centred, unit length (a
-    near-constant image gives a zero row, which matches nothing)."""
+    near-constant image gives a zero row, which matches nothing); of the central part of each
+    image without `crop` of its side at each edge."""
     import torch
 
     luma = torch.tensor(LUMA_WEIGHTS)
     from scipy.ndimage import gaussian_filter
 
+    height, width = pixels.shape[2:]
+    top, left = round(crop * height), round(crop * width)
     grey = np.empty((len(pixels), NEAR_SIDE, NEAR_SIDE), dtype=np.float32)
     for start in range(0, len(pixels), NEAR_CHUNK):  # a chunk at a time: floats are 4x uint8
-        chunk = torch.from_numpy(pixels[start : start + NEAR_CHUNK]).float()
+        part = pixels[start : start + NEAR_CHUNK, :, top : height - top, left : width - left]
+        chunk = torch.from_numpy(np.ascontiguousarray(part)).float()
         if chunk.shape[1] == 3:
             chunk = torch.tensordot(chunk, luma, dims=([1], [0])).unsqueeze(1)
         grey[start : start + NEAR_CHUNK] = torch.nn.functional.interpolate(
@@ -271,13 +280,18 @@ def near_descriptors(pixels: np.ndarray) -> np.ndarray:
 
 
 def near_pairs(
-    descriptors: np.ndarray, floor: float = NEAR_CORRELATION, gap: float = NEAR_GAP
+    descriptors: np.ndarray,
+    floor: float = NEAR_CORRELATION,
+    gap: float = NEAR_GAP,
+    crops: Sequence[np.ndarray] = (),
 ) -> np.ndarray:
     """(M, 2) index pairs i < j of near duplicates among distinct pictures' descriptors.
 
-    An image's copies are its nearest neighbours up to the first gap: the neighbours before the
-    first one whose distance (1 - correlation) is at most `gap` times the next one's, each at
-    least `floor` correlated. Two images pair when each is among the other's copies."""
+    Two pictures correlate as the best of whole against whole and, for each of `crops` (the
+    same pictures' cropped descriptors), crop against whole either way. An image's copies are
+    its nearest neighbours up to the first gap: the neighbours before the first one whose
+    distance (1 - correlation) is at most `gap` times the next one's, each at least `floor`
+    correlated. Two images pair when each is among the other's copies."""
     n = len(descriptors)
     k = min(NEAR_GROUP + 1, n - 1)
     if k < 2:
@@ -285,6 +299,7 @@ def near_pairs(
     import torch
 
     rows = torch.from_numpy(descriptors)
+    cropped = [torch.from_numpy(crop) for crop in crops]
     similarity = torch.full((n, k), -torch.inf)  # each image's k nearest so far, nearest first
     nearest = torch.zeros((n, k), dtype=torch.int64)
 
@@ -300,6 +315,9 @@ def near_pairs(
     for start in range(0, n, NEAR_CHUNK):
         stop = min(start + NEAR_CHUNK, n)
         block = rows[start:stop] @ rows[start:].T
+        for view in cropped:
+            block = torch.maximum(block, view[start:stop] @ rows[start:].T)
+            block = torch.maximum(block, rows[start:stop] @ view[start:].T)
         block[:, : stop - start].fill_diagonal_(-torch.inf)  # not its own neighbour
         keep_nearest(slice(start, stop), block, start)
         if stop < n:
