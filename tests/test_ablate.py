@@ -55,24 +55,20 @@ def test_ablate_without_a_recipe_adds_the_tricks_to_the_plan_and_scores_the_test
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(image, target / image.name)
     out = tmp_path / "ablation"
-    args = ["ablate", str(data), "--stack", "label_smoothing", "time_budget=1m", "max_epochs=1"]
+    args = ["ablate", str(data), "--stack", "mixup", "time_budget=1m", "max_epochs=1"]
     args += ["model=resnet20_cifar", "input_size=16", "--quiet", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     with open(out / "ablation.csv") as handle:
         rows = list(csv.reader(handle))
     assert rows[0][-2:] == ["test top-1 %", "test delta"]
-    assert [row[0] for row in rows[1:]] == ["plan", "+ label_smoothing"]
+    assert [row[0] for row in rows[1:]] == ["plan", "+ mixup"]
     assert 0 <= float(rows[2][-2]) <= 100 and rows[2][-1].startswith(("+", "-"))
     planned = yaml.safe_load((out / "00-seed0" / "config.yaml").read_text())
-    assert (planned["recipe"], planned["time_budget"], planned["label_smoothing"]) == (
-        "plan",
-        "1m",
-        0.0,
-    )
+    assert (planned["recipe"], planned["time_budget"], planned["mixup"]) == ("plan", "1m", 0.0)
     assert planned["grayscale"] is True  # the plan's choice for grey digits, not a default
-    smoothed = yaml.safe_load((out / "01-seed0" / "config.yaml").read_text())
-    assert smoothed["label_smoothing"] == 0.1
-    assert {k: v for k, v in smoothed.items() if k not in ("label_smoothing", "seed")} == {
-        k: v for k, v in planned.items() if k not in ("label_smoothing", "seed")
+    mixed = yaml.safe_load((out / "01-seed0" / "config.yaml").read_text())
+    assert mixed["mixup"] == 0.2
+    assert {k: v for k, v in mixed.items() if k not in ("mixup", "seed")} == {
+        k: v for k, v in planned.items() if k not in ("mixup", "seed")
     }
