@@ -31,7 +31,7 @@ from edgecls import runs
 
 RESULTS = Path(__file__).parent / "results" / "accuracy_per_minute.md"
 SHOWN = ("model", "input_size", "lr", "hflip", "tta", "label_smoothing", "progressive_resizing",
-         "whiten_stem")  # fmt: skip
+         "whiten_stem", "random_erasing")  # fmt: skip
 
 
 def before_issue_26(data: Path) -> list[str]:
@@ -39,7 +39,8 @@ def before_issue_26(data: Path) -> list[str]:
     from edgecls.plan.profile import profile_data
 
     before = [f"hflip={str(not profile_data(str(data)).grayscale).lower()}", "tta=false"]
-    return [*before, "label_smoothing=0", "progressive_resizing=0", "whiten_stem=false"]
+    return [*before, "label_smoothing=0", "progressive_resizing=0", "whiten_stem=false",
+            "random_erasing=0"]  # fmt: skip
 
 
 def train(data: Path, run_dir: Path, options: list[str]) -> dict:

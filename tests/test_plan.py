@@ -470,3 +470,15 @@ def test_a_short_run_trains_without_flips():
     short = Candidate("resnet20_cifar", 32, "scratch", 64, epochs=FLIP_MIN_EPOCHS - 1)
     choice = _hflip(situation, short)
     assert choice.value is False and "a short run" in choice.reason
+
+
+def test_random_erasing_is_planned_from_scratch_only_where_a_long_run_fits():
+    from edgecls.plan.choose import RANDOM_ERASING_MIN_EPOCHS, _speed_run_tricks
+
+    long = Candidate("resnet20_cifar", 32, "scratch", 64, epochs=RANDOM_ERASING_MIN_EPOCHS)
+    short = Candidate("resnet20_cifar", 32, "scratch", 64, epochs=RANDOM_ERASING_MIN_EPOCHS - 1)
+    pretrained = Candidate("mobilenetv2_100", 64, "imagenet: package", 64, epochs=500)
+    choice = _speed_run_tricks(long)["random_erasing"]
+    assert choice.value == 0.5 and "epochs fit" in choice.reason
+    assert "random_erasing" not in _speed_run_tricks(short)
+    assert _speed_run_tricks(pretrained) == {}

@@ -23,6 +23,7 @@ SHOWN = (
     "label_smoothing",
     "progressive_resizing",
     "whiten_stem",
+    "random_erasing",
     "sam",
     "mutual",
     "amp",

@@ -25,8 +25,8 @@ CURVES = ("accuracy.png", "loss.png", "lr.png")
 SHOWN_CONFIG = (
     "recipe", "data", "model", "pretrained", "input_size", "grayscale", "batch_size", "lr",
     "schedule", "max_epochs", "time_budget", "augment", "hflip", "sam", "mutual",
-    "label_smoothing", "progressive_resizing", "whiten_stem", "mixup", "cutmix", "ema", "tta",
-    "balance", "seed",
+    "label_smoothing", "progressive_resizing", "whiten_stem", "random_erasing", "mixup", "cutmix",
+    "ema", "tta", "balance", "seed",
 )  # fmt: skip
 
 
