@@ -25,12 +25,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 import edgecls
 from edgecls.deploy.explain import saliency_maps
 from edgecls.deploy.runtime import TorchPredictor, load_predictor
-from edgecls.evaluate.saliency import peak_in_box
+from edgecls.evaluate.saliency import TargetLayer, gradcam, peak_in_box
 
 # In the order of the class folders' names, which is the order of the model's classes.
 COLOURS = {
@@ -76,6 +77,19 @@ def pointing(predictor, pixels: np.ndarray, labels: np.ndarray, boxes: np.ndarra
     return float(peak_in_box(maps, boxes).mean()), time.perf_counter() - started, described
 
 
+def every_stage(predictor: TorchPredictor, pixels, labels, boxes) -> str:
+    """Grad-CAM's pointing game on each stage of the backbone's feature_info, not only the one
+    `edgecls explain` picks: whether another stage would point better."""
+    backbone = getattr(predictor.model, "backbone", predictor.model)
+    floats = torch.from_numpy(pixels).float() / 255
+    shares = []
+    for info in backbone.feature_info:
+        layer = TargetLayer(info["module"], backbone.get_submodule(info["module"]), 0)
+        maps = gradcam(predictor.model, floats, labels.tolist(), layer)
+        shares.append(f"{info['module']} {peak_in_box(maps, boxes).mean():.1%}")
+    return ", ".join(shares)
+
+
 def measure(
     models: tuple[str, ...] = ("resnet20_cifar", "mobilenetv3_small_100"),
     train: int = 2000,
@@ -119,6 +133,7 @@ def measure(
             row["gradcam"], row["gradcam_s"], row["gradcam_how"] = pointing(
                 checkpoint, pixels, test_labels, boxes, "gradcam"
             )
+            row["stages"] = every_stage(checkpoint, pixels, test_labels, boxes)
             exported = load_predictor(run.run_dir / "export" / "model.onnx")
             row["occlusion"], row["occlusion_s"], row["occlusion_how"] = pointing(
                 exported, pixels[:occluded], test_labels[:occluded], boxes[:occluded], "occlusion"
@@ -140,6 +155,11 @@ def table(rows: list[dict]) -> str:
             f"{r['occlusion_s']:.1f} | {r['report_s']:.1f} |"
         )
     lines += ["", *(f"- {r['model']}: {r['gradcam_how']}; {r['occlusion_how']}" for r in rows)]
+    lines += [
+        "",
+        "Grad-CAM pointing at every stage:",
+        *(f"- {r['model']}: {r['stages']}" for r in rows),
+    ]
     return "\n".join(lines)
 
 
