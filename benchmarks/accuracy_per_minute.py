@@ -78,6 +78,11 @@ def one_view_top1(run_dir: Path, data: Path, split: str) -> float:
     return float((logits.argmax(1) == scored.labels).float().mean())
 
 
+def shown(value: object) -> str:
+    """A setting as a person writes it: 0.022, not 0.022000000000000002."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="digits,mnist5k,fashion-mnist")
@@ -115,7 +120,7 @@ def main() -> None:
                     k = min(len(before["val_by_epoch"]), len(now["val_by_epoch"]))
                     one_view = "-" if now["one_view"] is None else f"{100 * now['one_view']:.2f}"
                     changes = ", ".join(
-                        f"{key}={now['settings'][key]}"
+                        f"{key}={shown(now['settings'][key])}"
                         for key in now["settings"]
                         if now["settings"][key] != before["settings"][key]
                     )
