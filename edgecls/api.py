@@ -609,12 +609,23 @@ def audit(
     )
     splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
     result = audit_splits(splits, dataset.classes, seed=seed, progress=progress)
+    if dataset.skipped:
+        result.notes.insert(0, _skipped_note(dataset.skipped))
     from edgecls.report.audit import write_audit_of
 
     written = write_audit_of(out, result.to_json(), splits)
     if fixed is not None:
         _write_fixed_splits(fixed, result, splits)
     return Audit(result, out, written, fixed)
+
+
+def _skipped_note(skipped: list[tuple[str, str]], shown: int = 3) -> str:
+    """Files the loader could not read are not audited: say which, so that none goes unseen."""
+    listed = "; ".join(f"{path} ({reason})" for path, reason in skipped[:shown])
+    more = f"; and {len(skipped) - shown} more (edgecls check-data lists them)" * (
+        len(skipped) > shown
+    )
+    return f"{len(skipped)} unreadable or missing file(s) not audited: {listed}{more}"
 
 
 def _outside_data(folder: Path, data: Path) -> None:

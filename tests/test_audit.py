@@ -55,6 +55,7 @@ def faulty(tmp_path_factory):
     near_copy(Image.open(root / "val/green/1.png")).save(root / "train/green/near_of_val1.jpg")
     near_copy(Image.open(root / "train/blue/2.png")).save(root / "train/blue/near_of_2.jpg")
     picture(rng, COLOURS["red"]).save(root / "train/blue/flipped.png")
+    (root / "train/green/broken.png").write_bytes(b"not an image")
     return root
 
 
@@ -86,6 +87,13 @@ def test_exact_and_near_duplicates_across_and_within_splits(faulty, audited):
     assert groups[near]["kind"] == "near" and groups[near]["leak"]
     assert groups[within]["kind"] == "near" and not groups[within]["leak"]
     assert len(groups) == 3  # no distinct pictures grouped
+
+
+def test_an_unreadable_file_is_named_not_audited(faulty, audited):
+    payload = json.loads((audited[0] / "audit" / "audit.json").read_text())
+    broken = str(faulty / "train/green/broken.png")
+    assert any(broken in note and "not audited" in note for note in payload["notes"])
+    assert broken in audited[1].replace("\n", "")
 
 
 def test_the_flipped_label_is_the_top_suspect(faulty, audited):
