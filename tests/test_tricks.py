@@ -341,11 +341,17 @@ def test_ema_weights_are_the_running_average_and_are_what_is_evaluated_and_kept(
     trainer = Trainer(build_config({**settings, "lr": 0.1, "workers": 0}), dataset)
     images, labels = dataset.train.images[:32].float() / 255, dataset.train.labels[:32]
     weight = lambda model: model.backbone.stem[0].weight.detach().clone()  # noqa: E731
-    expected = weight(trainer.model)
-    for _ in range(2):
+    trainer.step(images, labels)  # warmup: the first update's average is the model itself
+    assert torch.allclose(weight(trainer.evaluated_model), weight(trainer.model), atol=1e-6)
+    expected = weight(trainer.evaluated_model)
+    decays = []
+    for _ in range(6):
         trainer.step(images, labels)
-        expected = 0.5 * expected + 0.5 * weight(trainer.model)
-    assert torch.allclose(weight(trainer.evaluated_model), expected, atol=1e-6)
+        decay = 1 - (1 + trainer.state.updates - 1) ** (-2 / 3)  # warming up, capped at `ema`
+        decays.append(min(decay, 0.5))
+        expected = decays[-1] * expected + (1 - decays[-1]) * weight(trainer.model)
+    assert decays[0] < 0.5 and decays[-1] == 0.5  # the warmup reached the decay asked for
+    assert torch.allclose(weight(trainer.evaluated_model), expected, atol=1e-5)
     assert not torch.allclose(weight(trainer.evaluated_model), weight(trainer.model))
     checkpoint = trainer.checkpoint()  # best.pt keeps the average, and the trained weights
     assert torch.equal(

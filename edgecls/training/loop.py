@@ -67,6 +67,7 @@ class RunState:
     lr_scale: float = 1.0  # applied on top of the schedule: divergence rollbacks, resume overrides
     rollbacks: list[dict[str, Any]] = field(default_factory=list)
     resumes: list[dict[str, Any]] = field(default_factory=list)
+    updates: int = 0  # optimizer updates so far: the EMA's warmup counts them
 
 
 class Diverged(Exception):
@@ -198,7 +199,10 @@ class Trainer:
         self.update: UpdateStrategy = create_update(self.optimizer, self.scaler, self.models)
         # An exponential moving average of the kept model's weights (timm's ModelEmaV3): what is
         # evaluated, kept as best.pt and deployed, while the optimizer trains the model itself.
-        self.ema = ModelEmaV3(self.model, decay=config.ema) if config.ema else None
+        # Its decay warms up (1 - (1 + t)^-2/3 after t updates, up to `ema`): a run of a few
+        # hundred updates, as on 200 images, would otherwise keep mostly its random start
+        # (ema=0.999: -7.9 test points on digits-200, benchmarks/results/plan_tricks.md).
+        self.ema = ModelEmaV3(self.model, decay=config.ema, use_warmup=True) if config.ema else None
         self.batch_transform: BatchTransform = create_batch_transform(config, len(dataset.classes))
         self.budget = TimeBudget(budget_seconds) if budget_seconds is not None else None
         self.schedule: Schedule = create_schedule(config, self.budget)
@@ -224,8 +228,9 @@ class Trainer:
                 buffer.copy_(saved)
             return loss.item()
         self.update(loss, lambda: self.compute_loss(images, targets))
+        self.state.updates += 1
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model, step=self.state.updates)
         return loss.item()
 
     @property
