@@ -622,9 +622,9 @@ def audit(
 def _skipped_note(skipped: list[tuple[str, str]], shown: int = 3) -> str:
     """Files the loader could not read are not audited: say which, so that none goes unseen."""
     listed = "; ".join(f"{path} ({reason})" for path, reason in skipped[:shown])
-    more = f"; and {len(skipped) - shown} more (edgecls check-data lists them)" * (
-        len(skipped) > shown
-    )
+    more = ""
+    if len(skipped) > shown:
+        more = f"; and {len(skipped) - shown} more (edgecls check-data lists them)"
     return f"{len(skipped)} unreadable or missing file(s) not audited: {listed}{more}"
 
 
