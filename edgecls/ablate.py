@@ -41,6 +41,7 @@ TRICK_VALUES: dict[str, Any] = {
     "schedule": "cosine",  # 002, 004
     "augment": "augmix",  # 000
     "tta": True,
+    "tta_shift": 1 / 32,  # airbench
     "progressive_resizing": 0.75,  # FFCV
     "whiten_stem": True,  # airbench
 }

@@ -376,6 +376,14 @@ class Config:
         "test-time augmentation: the final evaluation and the exported model average the logits "
         "of each image and its mirror image (twice the inference work)",
     )
+    tta_shift: float = key(
+        0.0,
+        "test-time augmentation by translation: the final evaluation and the exported model also "
+        "average the views (the image, and its mirror with tta) moved diagonally by this share "
+        "of the side, up-left and down-right, edges repeated (three times the inference work); "
+        "0: off",
+        Range(0, 0.5),
+    )
     progressive_resizing: float = key(
         0.0,
         "train early epochs on smaller images: the side starts at this share of input_size "

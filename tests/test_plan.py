@@ -456,6 +456,9 @@ def test_flips_are_planned_only_where_a_mirror_keeps_the_class(tmp_path):
     assert symmetric_plan.values["hflip"] is True and symmetric_plan.values["tta"] is True
     limited = make_plan(str(shapes), {**ONE_MODEL, "time_budget": "10m", "max_latency_ms": 1e4})
     assert limited.values["tta"] is False  # the latency limit was timed for one view
+    assert limited.values["tta_shift"] == 0
+    assert plan.values["tta_shift"] > 0 and "3x inference" in plan.reasons["tta_shift"]
+    assert "6x inference" in symmetric_plan.reasons["tta_shift"]
     user = make_plan(str(arrows), {**ONE_MODEL, "time_budget": "10m", "hflip": True})
     assert "hflip" in user.user_keys and "hflip" not in user.values  # the user wins, unprobed
 

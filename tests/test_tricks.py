@@ -600,27 +600,62 @@ def test_tta_averages_the_logits_of_the_image_and_its_mirror():
     assert not rebuilt.mirror_average
 
 
-def test_a_tta_run_scores_and_exports_the_mirror_average(tmp_path):
-    """The final scores of a tta run and its ONNX model are the averaged logits of best.pt."""
+def test_shifted_moves_the_image_diagonally_and_repeats_its_edges():
+    from edgecls.models import shifted
+
+    pixels = torch.arange(2 * 25, dtype=torch.float).view(1, 2, 5, 5)
+    down_right, up_left = shifted(pixels, 2), shifted(pixels, -2)
+    assert down_right.shape == up_left.shape == pixels.shape
+    assert torch.equal(down_right[..., 2:, 2:], pixels[..., :-2, :-2])
+    assert torch.equal(up_left[..., :-2, :-2], pixels[..., 2:, 2:])
+    assert torch.equal(down_right[..., 0, 2:], pixels[..., 0, :-2])  # the top row repeated
+    assert torch.equal(up_left[..., -1, -1], pixels[..., -1, -1])
+
+
+def test_tta_shifted_views_bys_the_logits_of_the_shifted_views():
+    from edgecls.models import create_model, model_from_checkpoint, one_view, shift_pixels, shifted
+
+    config = build_config({"model": "resnet20_cifar", "input_size": 16, "grayscale": True})
+    model = create_model(config, 3).eval()
+    pixels = torch.rand(4, 1, 16, 16)
+    with torch.no_grad():
+        views = [pixels, shifted(pixels, 1), shifted(pixels, -1)]
+        plain, *moved = (model(view) for view in views)
+        model.shifted_views_by = 1  # pixel
+        assert torch.allclose(model(pixels), (plain + sum(moved)) / 3, atol=1e-6)
+        with one_view(model):
+            assert torch.allclose(model(pixels), plain)
+        assert model.shifted_views_by == 1
+    checkpoint = {"config": {**config.to_dict(), "tta_shift": 0.1}, "classes": ["a", "b", "c"]}
+    rebuilt, _ = model_from_checkpoint({**checkpoint, "model": model.state_dict()})
+    assert rebuilt.shifted_views_by == 2 and not rebuilt.mirror_average  # 0.1 of 16 pixels
+    assert shift_pixels(0.01, 16) == 1 and shift_pixels(0.0, 16) == 0  # on: a pixel at least
+
+
+def test_a_tta_run_scores_and_exports_the_average_of_its_views(tmp_path):
+    """The final scores of a tta run and its ONNX model are the averaged logits of best.pt over
+    the image, its mirror and both shifted diagonally."""
     import onnxruntime as ort
 
     import edgecls
     from edgecls import runs
     from edgecls.data import load_dataset
-    from edgecls.models import model_from_checkpoint
+    from edgecls.models import model_from_checkpoint, shifted
 
     run = edgecls.train(
         "digits", recipe="digits", run_dir=tmp_path / "run", progress=False, max_epochs=2,
-        input_size=16, model="resnet20_cifar", tta=True, export="onnx", audit="off",
+        input_size=16, model="resnet20_cifar", tta=True, tta_shift=1 / 16, export="onnx",
+        audit="off",
     )  # fmt: skip
     checkpoint = runs.load_checkpoint(run.run_dir / "best.pt")
     model, _ = model_from_checkpoint(checkpoint)
     val = load_dataset("digits", input_size=16, grayscale=True, progress=False).val
     pixels = val.images.float() / 255
+    views = [pixels, pixels.flip(-1)]
+    views += [shifted(view, by) for view in views for by in (1, -1)]
     with torch.no_grad():
-        single = model.head(model.backbone((pixels - model.mean) / model.std))
-        mirror = model.head(model.backbone((pixels.flip(-1) - model.mean) / model.std))
-    averaged = (single + mirror) / 2
+        averaged = sum(model.head(model.backbone((v - model.mean) / model.std)) for v in views)
+    averaged = averaged / 6
     top1 = (averaged.argmax(1) == val.labels).float().mean().item()
     assert run.metrics["val_top1"] == pytest.approx(top1, abs=1e-6)
     session = ort.InferenceSession(str(run.run_dir / "export" / "model.onnx"))

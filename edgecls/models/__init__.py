@@ -88,22 +88,36 @@ class Classifier(nn.Module):
         # Temperature scaling fitted after training (1 while training): logits / T. Kept in the
         # checkpoint beside the weights, and inside every exported graph.
         self.register_buffer("temperature", torch.ones(()), persistent=False)
-        # Test-time augmentation (tta): the trained model, rebuilt from its checkpoint, averages
-        # the logits of the image and its mirror; training and its validation see one view.
+        # Test-time augmentation (tta, tta_shift): the trained model, rebuilt from its
+        # checkpoint, averages the logits of the image and its mirror, and of each of those
+        # shifted diagonally by this many pixels; training and its validation see one view.
         self.mirror_average = False
+        self.shifted_views_by = 0
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.backbone((pixels - self.mean) / self.std))
-        if self.mirror_average:
-            mirrored = self.head(self.backbone((pixels.flip(-1) - self.mean) / self.std))
-            logits = (logits + mirrored) / 2
-        return logits / self.temperature
+        views = [pixels, pixels.flip(-1)] if self.mirror_average else [pixels]
+        if self.shifted_views_by:
+            step = self.shifted_views_by
+            views += [shifted(view, by) for view in views for by in (step, -step)]
+        logits = sum(self.head(self.backbone((view - self.mean) / self.std)) for view in views)
+        return logits / len(views) / self.temperature
 
     def set_normalization(self, mean: list[float], std: list[float]) -> None:
         """Normalize with other statistics (the training set's): saved with the weights, so
         checkpoints and exports apply them too."""
         self.mean.copy_(torch.tensor(mean).view_as(self.mean))
         self.std.copy_(torch.tensor(std).view_as(self.std))
+
+
+def shifted(pixels: torch.Tensor, by: int) -> torch.Tensor:
+    """The image moved `by` pixels right and down (left and up if negative), its edge rows and
+    columns repeated into the gap: the small translations of the speed runs' TTA. Slices and
+    concatenations only, which every export format converts (Core ML fails on padding)."""
+    if by > 0:
+        rows = torch.cat([pixels[..., :1, :]] * by + [pixels[..., :-by, :]], dim=-2)
+        return torch.cat([rows[..., :1]] * by + [rows[..., :-by]], dim=-1)
+    rows = torch.cat([pixels[..., -by:, :]] + [pixels[..., -1:, :]] * -by, dim=-2)
+    return torch.cat([rows[..., -by:]] + [rows[..., -1:]] * -by, dim=-1)
 
 
 def normalization(backbone: nn.Module, channels: int) -> tuple[list[float], list[float]]:
@@ -245,22 +259,34 @@ def model_from_checkpoint(checkpoint: dict) -> tuple[Classifier, Config]:
     model = create_model(config, len(checkpoint["classes"]))
     model.load_state_dict(checkpoint["model"])
     model.temperature.fill_(checkpoint.get("temperature", 1.0))
-    model.mirror_average = config.tta
+    set_test_views(model, config)
     return model.eval(), config
+
+
+def set_test_views(model: Classifier, config: Config) -> None:
+    """The views the final scores and the exports average: the config's tta and tta_shift."""
+    model.mirror_average = config.tta
+    model.shifted_views_by = shift_pixels(config.tta_shift, config.input_size)
+
+
+def shift_pixels(share: float, side: int) -> int:
+    """tta_shift's share of the side in whole pixels: at least one where it is on."""
+    return max(1, round(share * side)) if share else 0
 
 
 @contextmanager
 def one_view(model: nn.Module) -> Iterator[None]:
     """The model without test-time augmentation for a while: a saliency map explains one
-    image's forward pass, not the average of two."""
-    averaging = getattr(model, "mirror_average", False)
-    if averaging:
-        model.mirror_average = False
+    image's forward pass, not the average of several."""
+    averages = isinstance(model, Classifier)
+    views = (model.mirror_average, model.shifted_views_by) if averages else None
+    if averages:
+        model.mirror_average, model.shifted_views_by = False, 0
     try:
         yield
     finally:
-        if averaging:
-            model.mirror_average = True
+        if averages:
+            model.mirror_average, model.shifted_views_by = views
 
 
 class WithSoftmax(nn.Module):

@@ -20,6 +20,7 @@ SHOWN = (
     "augment",
     "hflip",
     "tta",
+    "tta_shift",
     "label_smoothing",
     "progressive_resizing",
     "whiten_stem",

@@ -26,7 +26,7 @@ SHOWN_CONFIG = (
     "recipe", "data", "model", "pretrained", "input_size", "grayscale", "batch_size", "lr",
     "schedule", "max_epochs", "time_budget", "augment", "hflip", "sam", "mutual",
     "label_smoothing", "progressive_resizing", "whiten_stem", "random_erasing", "mixup", "cutmix",
-    "ema", "tta", "balance", "seed",
+    "ema", "tta", "tta_shift", "balance", "seed",
 )  # fmt: skip
 
 

@@ -19,7 +19,7 @@ from edgecls.data.splits import IMBALANCE_RATIO, data_summary, describe_changes,
 from edgecls.errors import UserError
 from edgecls.evaluate.audit import audit_splits
 from edgecls.evaluate.checkpoint import evaluate_best
-from edgecls.models import create_model, on_meta_device
+from edgecls.models import create_model, on_meta_device, set_test_views
 from edgecls.phases import Phases
 from edgecls.report.audit import write_audit_of
 from edgecls.report.html import leak_advice, write_report
@@ -326,8 +326,8 @@ def _finish(trainer: Trainer, run_dir: Path, extra: dict[str, Any]) -> dict[str,
     config = trainer.config
     phases = trainer.phases
     model = trainer.evaluated_model
-    # With tta the final scores are those of the exported model: the image and its mirror.
-    model.mirror_average = config.tta
+    # With tta the final scores are those of the exported model: the average of its views.
+    set_test_views(model, config)
     with phases.timing("evaluate"):
         metrics = evaluate_best(
             model,
@@ -336,7 +336,7 @@ def _finish(trainer: Trainer, run_dir: Path, extra: dict[str, Any]) -> dict[str,
             _run_facts(trainer, extra),
             config.eval_batch_size,
             config.channels_last,
-            None if config.tta else trainer.best_val_logits,
+            None if config.tta or config.tta_shift else trainer.best_val_logits,
         )
     if config.export:
         from edgecls.deploy.export import export_after_training  # onnx/openvino load slowly
