@@ -30,15 +30,16 @@ from auto_plan import make_tasks
 from edgecls import runs
 
 RESULTS = Path(__file__).parent / "results" / "accuracy_per_minute.md"
-SHOWN = ("model", "input_size", "lr", "hflip", "tta", "label_smoothing", "progressive_resizing",
-         "whiten_stem", "random_erasing")  # fmt: skip
+SHOWN = ("model", "input_size", "lr", "hflip", "tta", "tta_shift", "label_smoothing",
+         "progressive_resizing", "whiten_stem", "random_erasing")  # fmt: skip
 
 
 def before_issue_26(data: Path) -> list[str]:
     """The decisions the plan made before issue 26, as the user's settings."""
     from edgecls.plan.profile import profile_data
 
-    before = [f"hflip={str(not profile_data(str(data)).grayscale).lower()}", "tta=false"]
+    before = [f"hflip={str(not profile_data(str(data)).grayscale).lower()}", "tta=false",
+              "tta_shift=0"]  # fmt: skip
     return [*before, "label_smoothing=0", "progressive_resizing=0", "whiten_stem=false",
             "random_erasing=0"]  # fmt: skip
 
@@ -55,7 +56,9 @@ def train(data: Path, run_dir: Path, options: list[str]) -> dict:
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     history = runs.read_history(run_dir)
     return {
-        "one_view": one_view_top1(run_dir, data, split) if config["tta"] else None,
+        "one_view": one_view_top1(run_dir, data, split)
+        if config["tta"] or config["tta_shift"]
+        else None,
         "top1": metrics[f"{split}_top1"],
         "split": split,
         "epochs": metrics["epochs_trained"],
@@ -72,7 +75,7 @@ def one_view_top1(run_dir: Path, data: Path, split: str) -> float:
     from edgecls.models import model_from_checkpoint
 
     model, config = model_from_checkpoint(runs.load_checkpoint(run_dir / "best.pt"))
-    model.mirror_average = False
+    model.mirror_average, model.shifted_views_by = False, 0
     scored = getattr(load_configured_dataset(config, str(data), progress=False), split)
     logits = predict_logits(model, scored.images)
     return float((logits.argmax(1) == scored.labels).float().mean())
