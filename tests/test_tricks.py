@@ -632,6 +632,17 @@ def test_tta_shifted_views_bys_the_logits_of_the_shifted_views():
     assert shift_pixels(0.01, 16) == 1 and shift_pixels(0.0, 16) == 0  # on: a pixel at least
 
 
+def test_a_budget_keeps_time_for_every_test_time_view():
+    from edgecls.models import views_averaged
+
+    counts = [
+        views_averaged(build_config({"tta": tta, "tta_shift": shift}))
+        for tta in (False, True)
+        for shift in (0.0, 0.03125)
+    ]
+    assert counts == [1, 3, 2, 6]
+
+
 def test_a_tta_run_scores_and_exports_the_average_of_its_views(tmp_path):
     """The final scores of a tta run and its ONNX model are the averaged logits of best.pt over
     the image, its mirror and both shifted diagonally."""

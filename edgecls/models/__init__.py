@@ -269,6 +269,11 @@ def set_test_views(model: Classifier, config: Config) -> None:
     model.shifted_views_by = shift_pixels(config.tta_shift, config.input_size)
 
 
+def views_averaged(config: Config) -> int:
+    """How many views of each image the final scores average: their cost in time."""
+    return (2 if config.tta else 1) * (3 if config.tta_shift else 1)
+
+
 def shift_pixels(share: float, side: int) -> int:
     """tta_shift's share of the side in whole pixels: at least one where it is on."""
     return max(1, round(share * side)) if share else 0

@@ -24,7 +24,7 @@ from edgecls.evaluate.flips import (
     FlipProbe,
     probe_flips,
 )
-from edgecls.models import create_model, on_meta_device
+from edgecls.models import create_model, on_meta_device, shift_pixels
 from edgecls.plan.candidates import CIFAR_MODELS, TINY_SIDE, Candidate, candidates_for
 from edgecls.plan.measure import (
     AMP_MIN_SPEEDUP,
@@ -546,10 +546,11 @@ def _tta_shift(situation: Situation, chosen: Candidate) -> Choice:
     if situation.user.get("max_latency_ms") is not None:
         return Choice(0.0, "one view: max_latency_ms was timed for one")
     views = 6 if _tta(situation, chosen).value else 3
+    pixels = shift_pixels(TTA_SHIFT, chosen.input_size)
     return Choice(
         TTA_SHIFT,
-        f"each view also moved {TTA_SHIFT:g} of the side up-left and down-right, averaged in "
-        f"the final scores and the exports ({views}x inference; tta_shift=0 for fewer views)",
+        f"each view also moved {pixels} px up-left and down-right, averaged in the final scores "
+        f"and the exports ({views}x inference; tta_shift=0 for fewer views)",
     )
 
 

@@ -40,7 +40,7 @@ from edgecls.data.splits import data_summary
 from edgecls.device import mixed_precision, select_device
 from edgecls.evaluate import compute_metrics
 from edgecls.evaluate.inference import predict_logits
-from edgecls.models import Classifier, create_model
+from edgecls.models import Classifier, create_model, views_averaged
 from edgecls.models.whitening import whiten_stem
 from edgecls.phases import Phases
 from edgecls.training.augment import num_batches, progressive_side, training_batches
@@ -447,9 +447,10 @@ class Trainer:
         (and plotting): the slowest validation so far, scaled to those images. Timing 40
         validation images varies by half between epochs; scaled to a 10,000-image test set, the
         last one alone left 22 s for a final phase of 28 s (200 Fashion-MNIST images, 2m).
-        Rank 0 evaluates alone what several processes shared."""
+        Rank 0 evaluates alone what several processes shared, with every test-time view."""
         if self.budget is not None:
             test = len(self.dataset.test) if self.dataset.test is not None else 0
             scale = (len(self.dataset.val) + test) / max(1, len(self.dataset.val)) * self.world.size
+            scale *= views_averaged(self.config)
             estimate = val_seconds * scale + FINAL_WRITE_SECONDS
             self.budget.final_seconds = max(self.budget.final_seconds, estimate)
