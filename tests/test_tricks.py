@@ -731,3 +731,14 @@ def test_progressive_resizing_trains_small_early_and_at_full_size_at_the_end():
         trainer.train_one_epoch(epoch)
         by_epoch.append(set(seen))
     assert by_epoch == [{8}, {12}, {12}, {16}]
+
+
+def test_validation_loss_breaks_ties_in_top1_when_picking_the_best_epoch():
+    from edgecls.training.loop import better_epoch
+
+    assert better_epoch(0.95, 0.9, 0.90, 0.1)  # higher top-1 wins whatever the loss
+    assert not better_epoch(0.90, 0.01, 0.95, 0.9)
+    assert better_epoch(0.95, 0.08, 0.95, 0.10)  # a tie at a lower loss wins
+    assert not better_epoch(0.95, 0.10, 0.95, 0.10)  # the earlier of equals stays
+    assert not better_epoch(0.95, float("nan"), 0.95, 0.10)
+    assert better_epoch(0.0, float("nan"), -1.0, float("inf"))  # the first epoch always counts

@@ -37,7 +37,8 @@ class Callback:
 
 
 class CheckpointWriter(Callback):
-    """best.pt when validation top-1 improves; last.pt and history.csv after every epoch."""
+    """best.pt when validation top-1 improves (or ties at a lower loss); last.pt and
+    history.csv after every epoch."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
