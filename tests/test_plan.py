@@ -1,5 +1,6 @@
 """The plan step: choices from the data, the machine and the budget; the budget-aware schedule."""
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -473,6 +474,24 @@ def test_a_short_run_trains_without_flips():
     short = Candidate("resnet20_cifar", 32, "scratch", 64, epochs=FLIP_MIN_EPOCHS - 1)
     choice = _hflip(situation, short)
     assert choice.value is False and "a short run" in choice.reason
+
+
+def test_shifted_test_views_are_planned_only_where_their_evaluation_fits_the_budget():
+    from edgecls.plan.choose import FLIP_MIN_EPOCHS, _tta_shift
+
+    situation = plan_module.Situation(
+        user={}, profile=profile_data("digits"), machine={}, budget="1m", budget_seconds=60.0,
+        budget_reserve=0.1, clock_started=0.0, planning_started=0.0, data="digits",
+    )  # fmt: skip
+    epochs = FLIP_MIN_EPOCHS - 1  # no mirror: three views
+    fast = Candidate("resnet20_cifar", 32, "scratch", 64, 10_000.0, epochs=epochs)
+    slow = Candidate("resnet20_cifar", 32, "scratch", 64, 20.0, epochs=epochs)
+    on = _tta_shift(situation, fast)
+    assert on.value > 0 and "1 px" in on.reason and "3x inference" in on.reason
+    off = _tta_shift(situation, slow)  # 359 validation images, 6 s a view: 12 s > 6 s
+    assert off.value == 0 and "over 10% of the budget" in off.reason
+    unbudgeted = dataclasses.replace(situation, budget=None, budget_seconds=None)
+    assert _tta_shift(unbudgeted, slow).value > 0
 
 
 def test_random_erasing_is_planned_from_scratch_only_where_a_long_run_fits():
