@@ -612,7 +612,7 @@ def test_shifted_moves_the_image_diagonally_and_repeats_its_edges():
     assert torch.equal(up_left[..., -1, -1], pixels[..., -1, -1])
 
 
-def test_tta_shifted_views_bys_the_logits_of_the_shifted_views():
+def test_tta_shift_averages_the_logits_of_the_shifted_views():
     from edgecls.models import create_model, model_from_checkpoint, one_view, shift_pixels, shifted
 
     config = build_config({"model": "resnet20_cifar", "input_size": 16, "grayscale": True})

@@ -96,8 +96,7 @@ class Classifier(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         views = [pixels, pixels.flip(-1)] if self.mirror_average else [pixels]
-        if self.shifted_views_by:
-            step = self.shifted_views_by
+        if step := self.shifted_views_by:
             views += [shifted(view, by) for view in views for by in (step, -step)]
         logits = sum(self.head(self.backbone((view - self.mean) / self.std)) for view in views)
         return logits / len(views) / self.temperature

@@ -555,9 +555,10 @@ def _tta_shift(situation: Situation, chosen: Candidate) -> Choice:
     (benchmarks/tta_views.py); one view under a latency limit, as for the mirror."""
     if situation.user.get("max_latency_ms") is not None:
         return Choice(0.0, "one view: max_latency_ms was timed for one")
-    views = 6 if _tta(situation, chosen).value else 3
+    unshifted = 2 if _tta(situation, chosen).value else 1
+    views = 3 * unshifted
     if situation.budget_seconds is not None and chosen.train_images_per_second:
-        extra = (views - views // 3) * _one_view_evaluation_seconds(chosen, situation.profile)
+        extra = 2 * unshifted * _one_view_evaluation_seconds(chosen, situation.profile)
         if extra > TTA_SHIFT_BUDGET_SHARE * situation.budget_seconds:
             return Choice(
                 0.0,

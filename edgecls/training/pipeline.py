@@ -19,7 +19,7 @@ from edgecls.data.splits import IMBALANCE_RATIO, data_summary, describe_changes,
 from edgecls.errors import UserError
 from edgecls.evaluate.audit import audit_splits
 from edgecls.evaluate.checkpoint import evaluate_best
-from edgecls.models import create_model, on_meta_device, set_test_views
+from edgecls.models import create_model, on_meta_device, set_test_views, views_averaged
 from edgecls.phases import Phases
 from edgecls.report.audit import write_audit_of
 from edgecls.report.html import leak_advice, write_report
@@ -336,7 +336,7 @@ def _finish(trainer: Trainer, run_dir: Path, extra: dict[str, Any]) -> dict[str,
             _run_facts(trainer, extra),
             config.eval_batch_size,
             config.channels_last,
-            None if config.tta or config.tta_shift else trainer.best_val_logits,
+            None if views_averaged(config) > 1 else trainer.best_val_logits,
         )
     if config.export:
         from edgecls.deploy.export import export_after_training  # onnx/openvino load slowly
