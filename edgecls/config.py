@@ -348,6 +348,13 @@ class Config:
     early_stopping_patience: int = key(
         10, "epochs without improvement before early_stopping stops", Range(1, 100_000)
     )
+    keep_epoch: str = key(
+        "best",
+        "the weights best.pt keeps, evaluated and exported: the epoch with the best validation "
+        "top-1 (a lower validation loss breaks ties), or the last epoch's, for a schedule that "
+        "ends at a zero LR with too few validation images to pick an epoch by",
+        OneOf(("best", "last")),
+    )
     # tricks (papers 001-004)
     label_smoothing: float = key(
         0.0, "share of the target spread over all classes (004: 0.1)", Range(0, 1, open_high=True)

@@ -102,6 +102,7 @@ def test_small_grey_images_get_a_small_grey_input(small_grey):
     assert set(scratch) == {64, 32}  # from scratch: the images' own scale rounded up, and 64
     assert all(c.train_images_per_second > 0 and c.memory_bytes > 0 for c in plan.candidates)
     assert plan.values["schedule"] == BUDGET_SCHEDULE and plan.budget_seconds == 600
+    assert plan.values["keep_epoch"] == "last"  # a handful of validation images
 
 
 def test_a_short_budget_measures_candidates_best_first_within_its_planning_share(small_grey):
@@ -492,6 +493,23 @@ def test_shifted_test_views_are_planned_only_where_their_evaluation_fits_the_bud
     assert off.value == 0 and "over 10% of the budget" in off.reason
     unbudgeted = dataclasses.replace(situation, budget=None, budget_seconds=None)
     assert _tta_shift(unbudgeted, slow).value > 0
+
+
+def test_a_budgeted_run_keeps_its_last_epoch_where_validation_is_too_small_to_pick_one():
+    from edgecls.plan.choose import KEEP_LAST_MAX_VAL_IMAGES, _keep_epoch
+
+    situation = plan_module.Situation(
+        user={}, profile=profile_data("digits"), machine={}, budget="1m", budget_seconds=60.0,
+        budget_reserve=0.1, clock_started=0.0, planning_started=0.0, data="digits",
+    )  # fmt: skip
+    assert situation.profile.validation_images < KEEP_LAST_MAX_VAL_IMAGES
+    small = _keep_epoch(situation)
+    assert small.value == "last" and "too few to pick an epoch by" in small.reason
+    large = dataclasses.replace(
+        situation,
+        profile=dataclasses.replace(situation.profile, validation_images=KEEP_LAST_MAX_VAL_IMAGES),
+    )
+    assert _keep_epoch(large).value == "best"
 
 
 def test_random_erasing_is_planned_from_scratch_only_where_a_long_run_fits():

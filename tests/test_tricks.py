@@ -742,3 +742,13 @@ def test_validation_loss_breaks_ties_in_top1_when_picking_the_best_epoch():
     assert not better_epoch(0.95, 0.10, 0.95, 0.10)  # the earlier of equals stays
     assert not better_epoch(0.95, float("nan"), 0.95, 0.10)
     assert better_epoch(0.0, float("nan"), -1.0, float("inf"))  # the first epoch always counts
+
+
+def test_keep_epoch_last_keeps_every_epoch_even_a_worse_one():
+    from edgecls.evaluate import compute_metrics
+    from edgecls.training.loop import RunState, kept_epoch
+
+    state = RunState(best_top1=1.0, best_loss=0.01, best_epoch=3)
+    worse = compute_metrics([[2.0, 0.0], [2.0, 0.0]], [0, 1], ["a", "b"])  # top-1 50%
+    assert not kept_epoch("best", worse, state)
+    assert kept_epoch("last", worse, state)

@@ -38,7 +38,7 @@ from edgecls.console import console
 from edgecls.data import Dataset, ImageSplit
 from edgecls.data.splits import data_summary
 from edgecls.device import mixed_precision, select_device
-from edgecls.evaluate import compute_metrics
+from edgecls.evaluate import Metrics, compute_metrics
 from edgecls.evaluate.inference import predict_logits
 from edgecls.models import Classifier, create_model, views_averaged
 from edgecls.models.whitening import whiten_stem
@@ -86,6 +86,13 @@ def better_epoch(top1: float, loss: float, best_top1: float, best_loss: float) -
     step, early and at a high LR, scored 95.7% on digits-200's test images where the last one,
     as high on validation with a third of the loss, scored 98.4%."""
     return top1 > best_top1 or (top1 == best_top1 and loss < best_loss)
+
+
+def kept_epoch(keep_epoch: str, val: Metrics, state: RunState) -> bool:
+    """Whether this epoch's weights replace best.pt's: under `keep_epoch=last` every epoch's do."""
+    return keep_epoch == "last" or better_epoch(
+        val.top1, val.loss, state.best_top1, state.best_loss
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -433,7 +440,7 @@ class Trainer:
                 out_of_time = self.budget is not None and not self.budget.another_epoch_fits()
                 state.stopped = schedule_ends or stops_early or out_of_time
                 state.epoch = epoch + 1
-                improved = better_epoch(val.top1, val.loss, state.best_top1, state.best_loss)
+                improved = kept_epoch(self.config.keep_epoch, val, state)
                 if improved:
                     state.best_top1, state.best_loss = val.top1, val.loss
                     state.best_epoch = epoch + 1
