@@ -30,7 +30,7 @@ from edgecls.plan import (
     make_plan,
     profile_data,
 )
-from edgecls.plan.choose import SCRATCH_LR
+from edgecls.plan.choose import SCRATCH_LR, SMALL_DATA_MIXUP
 from edgecls.plan.measure import _step_seconds as REAL_STEP_SECONDS  # before the fixture's
 from edgecls.plan.measure import measure
 from edgecls.training.loop import Trainer
@@ -96,6 +96,7 @@ def test_small_grey_images_get_a_small_grey_input(small_grey):
     # ImageNet features want 64 px or more; 18 images in 10 minutes afford the upscaled 96
     assert plan.values["input_size"] == UPSCALED
     assert plan.values["linear_probe"] is True and "LP-FT" in plan.reasons["linear_probe"]
+    assert plan.values["mixup"] == SMALL_DATA_MIXUP and "mixup" in plan.reasons["mixup"]
     imagenet = {c.input_size for c in plan.candidates if c.weights != "scratch"}
     assert imagenet == {UPSCALED, 64}
     scratch = [c.input_size for c in plan.candidates if c.weights == "scratch"]
@@ -142,6 +143,7 @@ def test_enough_tiny_images_get_a_cifar_resnet_at_their_own_scale(tmp_path):
     assert {key: plan.values[key] for key in tricks} == tricks
     assert all(plan.reasons[key] for key in tricks)
     assert plan.values["lr"] in (SCRATCH_LR, "tpe")
+    assert "mixup" not in plan.values  # from scratch, on thousands of images
 
 
 def test_large_colour_images_get_a_larger_input(large_colour):
