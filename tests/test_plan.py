@@ -146,6 +146,12 @@ def test_enough_tiny_images_get_a_cifar_resnet_at_their_own_scale(tmp_path):
     assert "mixup" not in plan.values  # from scratch, on thousands of images
 
 
+def test_a_users_cifar_resnet_is_planned_at_32_px(small_grey):
+    plan = make_plan(str(small_grey), {"model": "resnet56_cifar", "time_budget": "10m"})
+    assert [c.input_size for c in plan.candidates] == [32]
+    assert plan.values["input_size"] == 32
+
+
 def test_large_colour_images_get_a_larger_input(large_colour):
     plan = make_plan(str(large_colour), {**ONE_MODEL, "time_budget": "2h"})
     assert plan.values["input_size"] == 224 and plan.values["grayscale"] is False

@@ -25,7 +25,7 @@ from edgecls.evaluate.flips import (
     probe_flips,
 )
 from edgecls.models import create_model, on_meta_device, shift_pixels
-from edgecls.plan.candidates import CIFAR_MODELS, TINY_SIDE, Candidate, candidates_for
+from edgecls.plan.candidates import TINY_SIDE, Candidate, candidates_for, is_cifar_resnet
 from edgecls.plan.measure import (
     AMP_MIN_SPEEDUP,
     describe_machine,
@@ -413,7 +413,7 @@ def _preference(candidate: Candidate, profile: DataProfile, order: int) -> tuple
 def _kind(candidate: Candidate) -> str:
     if candidate.weights != "scratch":
         return "imagenet"
-    return "cifar" if candidate.model in CIFAR_MODELS else "scratch"
+    return "cifar" if is_cifar_resnet(candidate.model) else "scratch"
 
 
 def _kinds_best_first(profile: DataProfile) -> tuple[str, ...]:
