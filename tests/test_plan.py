@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 
@@ -227,6 +228,7 @@ def test_plan_prints_and_exits_without_training(small_grey, tmp_path, monkeypatc
     assert result.exit_code == 0, result.output
     assert "edgecls plan" in result.stdout and "chosen" in result.stdout
     assert "time budget" in result.stdout  # the CPU default applies and says so
+    assert re.search(r"keep_epoch +│ last  the last epoch", result.stdout)  # with its reason
     assert not (tmp_path / "runs").exists()
 
 

@@ -9,12 +9,14 @@ from edgecls.plan import Plan
 SHOWN = (
     "model",
     "pretrained",
+    "linear_probe",
     "input_size",
     "grayscale",
     "batch_size",
     "lr",
     "schedule",
     "max_epochs",
+    "keep_epoch",
     "warmup_epochs",
     "time_budget",
     "augment",
@@ -25,6 +27,7 @@ SHOWN = (
     "progressive_resizing",
     "whiten_stem",
     "random_erasing",
+    "mixup",
     "sam",
     "mutual",
     "amp",
@@ -49,7 +52,8 @@ def plan_tables(plan: Plan) -> list[Table]:
     )
     if plan.budget_seconds is not None:
         summary.add_row("time budget", f"{plan.budget_seconds / 60:.1f} min for the whole run")
-    for key in SHOWN:
+    reasoned = [key for key in plan.reasons if key not in SHOWN]  # no rule's reason goes unsaid
+    for key in (*SHOWN, *reasoned):
         if key in plan.user_keys:
             summary.add_row(key, "yours")
         elif key in plan.values:
