@@ -436,16 +436,16 @@ def _train_here(
 
 def _launches(nproc: int | None) -> bool:
     """Whether this process starts `nproc` training processes (it is not one of them)."""
-    from edgecls.training import distributed
+    from edgecls.training.launcher import under_torchrun
 
-    return nproc is not None and nproc > 1 and not distributed.under_torchrun()
+    return nproc is not None and nproc > 1 and not under_torchrun()
 
 
 def _launch(nproc: int, argv: list[str]) -> None:
     """`edgecls ARGV` in `nproc` processes under torchrun; their failure is this one's."""
-    from edgecls.training import distributed
+    from edgecls.training.launcher import launch
 
-    status = distributed.launch(nproc, argv)
+    status = launch(nproc, argv)
     if status:
         raise SystemExit(status)
 

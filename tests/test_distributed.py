@@ -131,7 +131,7 @@ def test_a_user_error_met_only_by_another_process_is_said(tmp_path):
     import subprocess
     import sys
 
-    from edgecls.training.distributed import _errors_of_other_ranks
+    from edgecls.training.launcher import _errors_of_other_ranks
 
     fail = "from edgecls.cli import fail; fail('no such folder: /data')"
     env = {**os.environ, "RANK": "1"}

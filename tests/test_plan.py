@@ -212,6 +212,15 @@ def test_a_budget_too_small_for_any_model_is_one_line_exit_2(small_grey, tmp_pat
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_budget_spent_before_planning_is_refused_without_measuring(small_grey, monkeypatch):
+    measured = []
+    monkeypatch.setattr(plan_module, "measure", lambda *args: measured.append(args))
+    long_ago = time.monotonic() - 120  # start-up took two minutes of a one-minute budget
+    with pytest.raises(UserError, match="too small: start-up took 1[0-9]{2}"):
+        make_plan(str(small_grey), {**ONE_MODEL, "time_budget": "1m"}, started=long_ago)
+    assert not measured
+
+
 def test_a_users_max_epochs_below_a_models_minimum_still_fits(small_grey, monkeypatch):
     monkeypatch.setitem(plan_module.MIN_EPOCHS, "scratch", 10**6)  # no budget would reach it
     monkeypatch.setattr(plan_module, "MIN_SHORT_EPOCHS", 10**6)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
@@ -155,6 +156,7 @@ def test_worker_command_lines_never_hold_the_storage_password(digit_folder, tmp_
             seen += [" ".join(child.cmdline()) for child in children]
         except psutil.Error:  # a child that ended between the listing and the reading
             pass
+        time.sleep(0.05)  # the search needs the cores more than this loop does
     _, errors = search.communicate()
     assert search.returncode == 0, errors[-2000:]
     workers = [line for line in seen if "--worker-index" in line]

@@ -206,6 +206,7 @@ def make_plan(
         with on_meta_device():
             create_model(build_config(user, {"input_size": 32}), max(2, profile.classes))
     candidates = candidates_for(profile, user)
+    _refuse_a_spent_budget(situation)
     _measure_best_first(candidates, situation)
     _allow_a_short_budget(candidates, situation)
     chosen = _choose(candidates, situation)
@@ -349,14 +350,35 @@ def _misses_budget(candidate: Candidate, situation: Situation) -> str:
 def _epochs_in_budget(candidate: Candidate, situation: Situation) -> int:
     """Epochs in what is left for training once planning so far, start-up, decoding, the reserve
     and the final evaluation are paid."""
-    profile, budget_seconds = situation.profile, situation.budget_seconds
-    spent = time.monotonic() - situation.clock_started
-    decoding = profile.images * profile.decode_seconds_per_image * DECODE_RESERVE
-    train_seconds = budget_seconds * (1 - situation.budget_reserve) - spent - decoding
+    profile = situation.profile
+    train_seconds = _seconds_left_to_train(situation)
     speed = candidate.train_images_per_second  # evaluation runs about 3x faster
     epoch_seconds = (profile.training_images + profile.validation_images / 3) / speed
     final_seconds = _one_view_evaluation_seconds(candidate, profile)
     return max(0, int((train_seconds - final_seconds) / epoch_seconds))
+
+
+def _seconds_left_to_train(situation: Situation) -> float:
+    """The budget less its reserve, what start-up and planning took so far, and decoding."""
+    profile = situation.profile
+    spent = time.monotonic() - situation.clock_started
+    decoding = profile.images * profile.decode_seconds_per_image * DECODE_RESERVE
+    return situation.budget_seconds * (1 - situation.budget_reserve) - spent - decoding
+
+
+def _refuse_a_spent_budget(situation: Situation) -> None:
+    """A budget already used up before any model is measured: said at once, not after measuring
+    every candidate."""
+    if situation.budget_seconds is None or _seconds_left_to_train(situation) > 0:
+        return
+    profile = situation.profile
+    spent = time.monotonic() - situation.clock_started
+    decoding = profile.images * profile.decode_seconds_per_image * DECODE_RESERVE
+    raise UserError(
+        f"a time_budget of {situation.budget} is too small: start-up took {spent:.1f} s of it "
+        f"and decoding {profile.images} images needs about {decoding:.1f} s, before any "
+        "training: give a larger time_budget"
+    )
 
 
 def _one_view_evaluation_seconds(candidate: Candidate, profile: DataProfile) -> float:
