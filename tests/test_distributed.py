@@ -52,15 +52,17 @@ def _rank_one(launcher: psutil.Process) -> psutil.Process | None:
 
 
 def _one_update(data, run, *options):
-    """One epoch of one batch of 64 images: a single optimizer update."""
+    """One epoch of one batch of 64 images: a single optimizer update; in this process unless
+    the options start processes of their own."""
     settings = ["max_epochs=1", "warmup_epochs=1", "augment=none", "channels_last=false"]
-    command = [sys.executable, "-m", "edgecls", "train", str(data), "--recipe", "digits"]
-    result = subprocess.run(
-        [*command, "--quiet", "--run-dir", str(run), *settings, *options],
-        capture_output=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr.decode()
+    arguments = ["train", str(data), "--recipe", "digits", "--quiet", "--run-dir", str(run)]
+    if "--nproc" in options:
+        command = [sys.executable, "-m", "edgecls", *arguments, *settings, *options]
+        result = subprocess.run(command, capture_output=True, timeout=300)
+        assert result.returncode == 0, result.stderr.decode()
+    else:
+        result = CliRunner().invoke(main, [*arguments, *settings, *options])
+        assert result.exit_code == 0, result.output
     return load_checkpoint(run / "last.pt")["model"]
 
 

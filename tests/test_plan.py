@@ -531,6 +531,42 @@ def test_a_budgeted_run_keeps_its_last_epoch_where_validation_is_too_small_to_pi
     assert _keep_epoch(large).value == "best"
 
 
+def test_a_large_folder_keeps_validation_images_to_a_thousand_and_trains_on_the_rest(
+    tmp_path, monkeypatch
+):
+    from edgecls.data import load_dataset
+    from edgecls.plan.choose import VALIDATION_IMAGES, _smaller_validation, _val_fraction
+
+    cifar = profile_data("cifar10")  # 50,000 training images: 10,000 at the default 0.2
+    smaller = _smaller_validation(cifar, {})
+    assert smaller.validation_images == VALIDATION_IMAGES
+    assert smaller.training_images == 50_000 - VALIDATION_IMAGES
+    assert _smaller_validation(cifar, {"val_fraction": 0.2}) is cifar  # the user's share wins
+    assert _smaller_validation(profile_data("digits"), {}).validation_images == 359  # under it
+    own = dataclasses.replace(cifar, val_fraction=None)  # DATA has a val/ folder: left as it is
+    assert _smaller_validation(own, {}) is own
+    situation = plan_module.Situation(
+        user={}, profile=smaller, machine={}, budget=None, budget_seconds=None,
+        budget_reserve=0.1, clock_started=0.0, planning_started=0.0, data="cifar10",
+    )  # fmt: skip
+    choice = _val_fraction(situation, Candidate("resnet20_cifar", 32, "scratch", 64))
+    assert choice.value == smaller.val_fraction and "1000 validation images" in choice.reason
+
+    # On a folder, the planned share splits off exactly the images the plan counted.
+    monkeypatch.setattr(plan_module, "VALIDATION_IMAGES", 50)
+    folder = tmp_path / "data"
+    for index in range(600):  # 120 at the default share
+        (folder / f"c{index % 5}").mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8), index % 5 * 50).save(folder / f"c{index % 5}" / f"{index}.png")
+    planned = _smaller_validation(profile_data(str(folder)), {})
+    assert (planned.training_images, planned.validation_images) == (550, 50)
+    dataset = load_dataset(
+        str(folder), input_size=8, grayscale=True, val_fraction=planned.val_fraction,
+        progress=False,
+    )  # fmt: skip
+    assert (len(dataset.train), len(dataset.val)) == (550, 50)
+
+
 def test_random_erasing_is_planned_from_scratch_only_where_a_long_run_fits():
     from edgecls.plan.choose import RANDOM_ERASING_MIN_EPOCHS, _speed_run_tricks
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from edgecls.plan.measure import (
     measure_ingredients,
     measure_latency,
 )
-from edgecls.plan.profile import DataProfile, profile_data
+from edgecls.plan.profile import VAL_FRACTION, DataProfile, profile_data
 
 DEFAULT_CPU_BUDGET = "10m"  # a CPU run with no time_budget stays interactive
 DECODE_RESERVE = 1.25  # on the decoding time of every image, timed on a sample of them
@@ -62,6 +62,9 @@ PROBE_IMAGES = 1_200  # at most this many training images decoded for the flip p
 # and gained 1.2 in 21 before the speed runs' tricks; with them, they cost 1.2 in 20 epochs and
 # gained in 50 (benchmarks/accuracy_per_minute.py and plan_tricks.py, results/).
 FLIP_MIN_EPOCHS = 30
+# Validation split off a folder beyond this many images trains instead: on the Fashion-MNIST
+# subset at 15m, ... (to be measured).
+VALIDATION_IMAGES = 1_000
 # Planning measures candidates best first; on a budget, once one fits, it measures the rest only
 # within this share of the budget: measuring them all can take most of a short one.
 PLANNING_SHARE = 0.1
@@ -195,7 +198,7 @@ def make_plan(
 
     planning_started = time.perf_counter()
     planning_clock = time.monotonic()
-    profile = profile_data(spec)
+    profile = _smaller_validation(profile_data(spec, user.get("val_fraction", VAL_FRACTION)), user)
     machine = machine or describe_machine()
     if not profile.training_images:  # nothing to plan for: loading the data names the problem
         return Plan({}, {}, [], profile, machine, None)
@@ -226,6 +229,24 @@ def make_plan(
         notes=situation.notes,
         seconds=round(time.perf_counter() - planning_started, 2),
         chosen=candidates.index(chosen),
+    )
+
+
+def _smaller_validation(profile: DataProfile, user: dict[str, Any]) -> DataProfile:
+    """The profile with at most VALIDATION_IMAGES split off for validation, where the plan
+    splits DATA and the user left val_fraction alone: the rest train."""
+    if "val_fraction" in user or profile.val_fraction is None:
+        return profile
+    if profile.validation_images <= VALIDATION_IMAGES:
+        return profile
+    total = profile.training_images + profile.validation_images
+    share = round(VALIDATION_IMAGES / total, 4)
+    validation = round(share * total)
+    return replace(
+        profile,
+        training_images=total - validation,
+        validation_images=validation,
+        val_fraction=share,
     )
 
 
@@ -627,6 +648,17 @@ def _amp(situation: Situation, chosen: Candidate) -> Choice:
     )
 
 
+def _val_fraction(situation: Situation, chosen: Candidate) -> Choice:
+    profile = situation.profile
+    if profile.val_fraction in (None, VAL_FRACTION):
+        return Choice(VAL_FRACTION)
+    return Choice(
+        profile.val_fraction,
+        f"{profile.validation_images} validation images pick the epoch and the LR; the other "
+        f"{profile.training_images} train",
+    )
+
+
 def _linear_probe(situation: Situation, chosen: Candidate) -> Choice:
     """LP-FT for pretrained weights on fewer than LINEAR_PROBE_MAX_IMAGES, with a linear head."""
     images = situation.profile.training_images
@@ -658,6 +690,7 @@ SETTINGS = (
     ("warmup_epochs", _one_warmup_epoch),
     ("amp", _amp),
     ("linear_probe", _linear_probe),
+    ("val_fraction", _val_fraction),
 )
 
 

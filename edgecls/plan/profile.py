@@ -42,10 +42,12 @@ class DataProfile:
     validation_images: int = 0
     files: bool = False  # a folder or list file (which the disk cache can hold), not a built-in
     decode_seconds_per_image: float = BUILTIN_DECODE_SECONDS
+    val_fraction: float | None = None  # the share of train split off; None: DATA has a val/
 
 
-def profile_data(spec: str) -> DataProfile:
-    """Count, classes, typical size and colour of DATA, from file headers (nothing decoded)."""
+def profile_data(spec: str, val_fraction: float = VAL_FRACTION) -> DataProfile:
+    """Count, classes, typical size and colour of DATA, from file headers (nothing decoded);
+    without a val/ folder, `val_fraction` of the training images are counted as validation."""
     from edgecls.data import BUILTIN_DATASETS
     from edgecls.data.loader import no_such_data
     from edgecls.data.sources import discover
@@ -53,8 +55,17 @@ def profile_data(spec: str) -> DataProfile:
 
     if spec.lower() in BUILTIN_PROFILES and not Path(spec).exists():
         count, classes, side, grey = BUILTIN_PROFILES[spec.lower()]
-        validation = round(VAL_FRACTION * count)
-        return DataProfile(count, classes, side, grey, 1.0, count - validation, validation)
+        validation = round(val_fraction * count)
+        return DataProfile(
+            count,
+            classes,
+            side,
+            grey,
+            1.0,
+            count - validation,
+            validation,
+            val_fraction=val_fraction,
+        )
     path = Path(spec).expanduser()
     if not path.exists():
         if spec.lower() in BUILTIN_DATASETS:  # a torchvision dataset: its root says more
@@ -69,7 +80,7 @@ def profile_data(spec: str) -> DataProfile:
     sides, grey = _sides_and_grey([file for file, _ in items])
     median_side = sides[len(sides) // 2] if sides else 224
     train = len(files["train"].items)
-    validation = len(files["val"].items) if "val" in files else round(VAL_FRACTION * train)
+    validation = len(files["val"].items) if "val" in files else round(val_fraction * train)
     return DataProfile(
         training_images=train if "val" in files else train - validation,
         validation_images=validation,
@@ -79,6 +90,7 @@ def profile_data(spec: str) -> DataProfile:
         grayscale=bool(sides) and grey == len(sides),
         imbalance=max(per_class.values()) / max(1, min(per_class.values())) if per_class else 1.0,
         files=True,
+        val_fraction=None if "val" in files else val_fraction,
         decode_seconds_per_image=decode_seconds(
             [file for file, _ in items], min(224, math.ceil(median_side / 32) * 32)
         ),
