@@ -137,7 +137,7 @@ class Run:
         scores, rollbacks, resumes, the training time and the folder."""
         metrics = self.metrics
         rows = [
-            ("best epoch", f"{metrics['best_epoch']} of {metrics['epochs_trained']} trained"),
+            runs.kept_epoch_row(metrics),
             ("stopped early", "yes" if metrics["stopped_early"] else "no (max epochs)"),
         ]
         for split in ("val", "test"):

@@ -361,3 +361,12 @@ def read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read {path}: {error}") from None
+
+
+def kept_epoch_row(metrics: dict[str, Any]) -> tuple[str, str]:
+    """The summary's row for the epoch best.pt holds: the best on validation, or the last under
+    keep_epoch=last (a run from before the key was recorded kept its best)."""
+    trained = f"{metrics['best_epoch']} of {metrics['epochs_trained']} trained"
+    if metrics.get("keep_epoch") == "last":
+        return "kept epoch", f"{trained} (the last: keep_epoch=last)"
+    return "best epoch", trained

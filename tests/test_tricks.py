@@ -752,3 +752,13 @@ def test_keep_epoch_last_keeps_every_epoch_even_a_worse_one():
     worse = compute_metrics([[2.0, 0.0], [2.0, 0.0]], [0, 1], ["a", "b"])  # top-1 50%
     assert not kept_epoch("best", worse, state)
     assert kept_epoch("last", worse, state)
+
+
+def test_the_summary_says_which_epoch_was_kept():
+    from edgecls.runs import kept_epoch_row
+
+    last = {"best_epoch": 7, "epochs_trained": 7, "keep_epoch": "last"}
+    assert kept_epoch_row(last) == ("kept epoch", "7 of 7 trained (the last: keep_epoch=last)")
+    best = {"best_epoch": 5, "epochs_trained": 7, "keep_epoch": "best"}
+    assert kept_epoch_row(best) == ("best epoch", "5 of 7 trained")
+    assert kept_epoch_row({"best_epoch": 5, "epochs_trained": 7}) == kept_epoch_row(best)

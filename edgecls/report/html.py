@@ -90,9 +90,8 @@ def _percent(value: float | None) -> str:
 
 def _summary(page: Page, metrics: dict[str, Any], run_dir: Path) -> None:
     page.heading("Summary")
-    rows = [["run folder", str(run_dir)], ["best epoch", f"{metrics['best_epoch']} of "
-            f"{metrics['epochs_trained']} trained"], ["training time",
-            f"{metrics['train_seconds']:.0f} s"]]  # fmt: skip
+    rows = [["run folder", str(run_dir)], list(runs.kept_epoch_row(metrics)),
+            ["training time", f"{metrics['train_seconds']:.0f} s"]]  # fmt: skip
     for split in ("val", "test"):
         if split in metrics:
             scores = metrics[split]

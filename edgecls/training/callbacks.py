@@ -81,7 +81,11 @@ class ProgressBars(Callback):
             self.epochs,
             completed=state.epoch,
             status=f"loss {row['train_loss']:.4f}  lr {row['lr']:.2e}  top-1 {val.top1:.1%} "
-            f"(best {state.best_top1:.1%} @ {state.best_epoch})",
+            + (
+                "(keeping the last epoch)"
+                if trainer.config.keep_epoch == "last"
+                else f"(best {state.best_top1:.1%} @ {state.best_epoch})"
+            ),
         )
         budget = trainer.budget
         if budget is not None:

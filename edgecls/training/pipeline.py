@@ -361,6 +361,7 @@ def _run_facts(trainer: Trainer, extra: dict[str, Any]) -> dict[str, Any]:
     return {
         "balance": config.balance,
         "best_epoch": state.best_epoch,
+        "keep_epoch": config.keep_epoch,
         "epochs_trained": state.epoch,
         "stopped_early": state.epoch < config.max_epochs,
         "train_seconds": round(state.train_seconds, 2),
