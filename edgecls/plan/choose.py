@@ -380,11 +380,16 @@ def _epochs_in_budget(candidate: Candidate, situation: Situation) -> int:
     return max(0, int((train_seconds - final_seconds) / epoch_seconds))
 
 
+def _spent_and_decoding_seconds(situation: Situation) -> tuple[float, float]:
+    """What start-up and planning took so far, and what decoding every image will take."""
+    profile = situation.profile
+    decoding = profile.images * profile.decode_seconds_per_image * DECODE_RESERVE
+    return time.monotonic() - situation.clock_started, decoding
+
+
 def _seconds_left_to_train(situation: Situation) -> float:
     """The budget less its reserve, what start-up and planning took so far, and decoding."""
-    profile = situation.profile
-    spent = time.monotonic() - situation.clock_started
-    decoding = profile.images * profile.decode_seconds_per_image * DECODE_RESERVE
+    spent, decoding = _spent_and_decoding_seconds(situation)
     return situation.budget_seconds * (1 - situation.budget_reserve) - spent - decoding
 
 
@@ -393,9 +398,8 @@ def _refuse_a_spent_budget(situation: Situation) -> None:
     every candidate."""
     if situation.budget_seconds is None or _seconds_left_to_train(situation) > 0:
         return
+    spent, decoding = _spent_and_decoding_seconds(situation)
     profile = situation.profile
-    spent = time.monotonic() - situation.clock_started
-    decoding = profile.images * profile.decode_seconds_per_image * DECODE_RESERVE
     raise UserError(
         f"a time_budget of {situation.budget} is too small: start-up took {spent:.1f} s of it "
         f"and decoding {profile.images} images needs about {decoding:.1f} s, before any "
