@@ -7,11 +7,12 @@ On the folders of benchmarks/auto_plan.py (digits, mnist5k, the seeded 1,000-per
 Fashion-MNIST subset scored on its 10,000 test images; `--subsets` adds the 200-image ones), each
 budget runs `edgecls train DATA time_budget=B` twice in fresh processes, alternating which goes
 first: "before" with the settings the plan chose before issue 26 given as the user's (flips for
-colour images only, no test-time augmentation, none of the speed runs' tricks; the LR stays the
-plan's), and "now" with nothing but the budget. It prints
-each run's top-1, epochs and wall time, and the validation top-1 of both at the same epoch (the
-last epoch both reached: a comparison that does not depend on the machine's speed, though each
-run's LR schedule is paced by its own budget). Writes benchmarks/results/accuracy_per_minute.md.
+colour images only, no test-time augmentation, none of the speed runs' tricks, 20% of a folder
+without val/ split off for validation; the LR stays the plan's), and "now" with nothing but the
+budget. It prints each run's top-1, epochs and wall time, and the validation top-1 of both at the
+same epoch (the last epoch both reached: a comparison that does not depend on the machine's speed,
+though each run's LR schedule is paced by its own budget).
+Writes benchmarks/results/accuracy_per_minute.md.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def before_issue_26(data: Path) -> list[str]:
     before = [f"hflip={str(not profile_data(str(data)).grayscale).lower()}", "tta=false",
               "tta_shift=0"]  # fmt: skip
     return [*before, "label_smoothing=0", "progressive_resizing=0", "whiten_stem=false",
-            "random_erasing=0"]  # fmt: skip
+            "random_erasing=0", "val_fraction=0.2"]  # fmt: skip
 
 
 def train(data: Path, run_dir: Path, options: list[str]) -> dict:

@@ -126,7 +126,7 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
 
 def _print_summary(run: Run) -> None:
     """The end of `edgecls train`: the run's summary as a table."""
-    table = Table(title="edgecls train: best checkpoint", show_header=False)
+    table = Table(title="edgecls train: the kept checkpoint", show_header=False)
     for label, value in run.summary():
         table.add_row(label, value)
     out.print(table)
