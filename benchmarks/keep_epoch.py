@@ -53,7 +53,8 @@ def main() -> None:
     options = [o for o in args.options.split(",") if o]
     settings = " ".join([f"time_budget={args.budget}", "keep_epoch=best", *options])
     lines = [
-        f'`python benchmarks/keep_epoch.py --tasks "{args.tasks}" --seeds {args.seeds}'
+        f'`python benchmarks/keep_epoch.py --tasks "{args.tasks}" --budget {args.budget} '
+        f"--seeds {args.seeds}"
         + (f" --options {args.options}" if options else "")
         + f"` at {commit}: `edgecls train DATA {settings} seed=S`, then the test top-1 % of its "
         "best.pt (the epoch picked on validation top-1, ties to the lower loss) and of its "
