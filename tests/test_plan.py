@@ -514,21 +514,24 @@ def test_shifted_test_views_are_planned_only_where_their_evaluation_fits_the_bud
     assert _tta_shift(unbudgeted, slow).value > 0
 
 
-def test_a_budgeted_run_keeps_its_last_epoch_where_validation_is_too_small_to_pick_one():
-    from edgecls.plan.choose import KEEP_LAST_MAX_VAL_IMAGES, _keep_epoch
+def test_a_budgeted_run_keeps_its_last_epoch_where_validation_is_too_small_or_the_run_long():
+    from edgecls.plan.choose import KEEP_LAST_MAX_VAL_IMAGES, KEEP_LAST_MIN_EPOCHS, _keep_epoch
 
     situation = plan_module.Situation(
         user={}, profile=profile_data("digits"), machine={}, budget="1m", budget_seconds=60.0,
         budget_reserve=0.1, clock_started=0.0, planning_started=0.0, data="digits",
     )  # fmt: skip
     assert situation.profile.validation_images < KEEP_LAST_MAX_VAL_IMAGES
-    small = _keep_epoch(situation)
+    short = KEEP_LAST_MIN_EPOCHS - 1
+    small = _keep_epoch(situation, short)
     assert small.value == "last" and "too few to pick an epoch by" in small.reason
     large = dataclasses.replace(
         situation,
         profile=dataclasses.replace(situation.profile, validation_images=KEEP_LAST_MAX_VAL_IMAGES),
     )
-    assert _keep_epoch(large).value == "best"
+    assert _keep_epoch(large, short).value == "best"
+    long = _keep_epoch(large, KEEP_LAST_MIN_EPOCHS)
+    assert long.value == "last" and f"about {KEEP_LAST_MIN_EPOCHS} epochs" in long.reason
 
 
 def test_a_large_folder_keeps_validation_images_to_a_thousand_and_trains_on_the_rest(
