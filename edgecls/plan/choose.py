@@ -107,9 +107,9 @@ LR_SEARCH_MIN_VAL_IMAGES = 500
 KEEP_LAST_MAX_VAL_IMAGES = 500
 # So does a run of this many planned epochs or more: its LR has long been near zero when it ends,
 # and picking among the close last epochs on 1,000 validation images follows their noise. On the
-# Fashion-MNIST subset at 15m (64 planned, 64 to 90 trained), over 6 runs the last epoch scored
-# 0.33 test points more than the picked one on average, 0.04 less at worst
-# (benchmarks/keep_epoch.py --budget 15m and benchmarks/validation_share.py,
+# Fashion-MNIST subset at 15m (64 to 90 epochs trained; 64 planned on the slowest day), over 6
+# runs the last epoch scored 0.33 test points more than the picked one on average, 0.04 less at
+# worst (benchmarks/keep_epoch.py --budget 15m and benchmarks/validation_share.py,
 # results/keep_epoch_15m.md).
 KEEP_LAST_MIN_EPOCHS = 60
 # Warmup of a budgeted run: this share of its epochs, between 1 and the paper's 5. With one epoch
