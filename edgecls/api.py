@@ -138,7 +138,7 @@ class Run:
         metrics = self.metrics
         rows = [
             runs.kept_epoch_row(metrics),
-            ("stopped early", "yes" if metrics["stopped_early"] else "no (max epochs)"),
+            runs.stopped_by_row(metrics),
         ]
         for split in ("val", "test"):
             if f"{split}_top1" in metrics:

@@ -363,6 +363,23 @@ def read_json(path: Path) -> dict[str, Any]:
         raise UserError(f"cannot read {path}: {error}") from None
 
 
+# metrics.json's `stopped_by`, as the summary says it.
+STOP_REASONS = {
+    "max_epochs": "max_epochs: every planned epoch trained",
+    "time_budget": "the time budget: the next epoch would not fit",
+    "early_stopping": "early stopping: validation stopped improving",
+    "schedule": "the LR schedule: it reached its lowest LR",
+}
+
+
+def stopped_by_row(metrics: dict[str, Any]) -> tuple[str, str]:
+    """The summary's row for what ended the run, so a budget's end does not read as early
+    stopping (a run from before `stopped_by` was recorded says only whether it ended early)."""
+    if "stopped_by" in metrics:
+        return "stopped by", STOP_REASONS[metrics["stopped_by"]]
+    return "stopped early", "yes" if metrics["stopped_early"] else "no (max epochs)"
+
+
 def kept_epoch_row(metrics: dict[str, Any]) -> tuple[str, str]:
     """The summary's row for the epoch best.pt holds: the best on validation, or the last under
     keep_epoch=last (a run from before the key was recorded kept its best)."""

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import edgecls.plan.choose as plan_module
+from edgecls import runs
 from edgecls.cli import main
 from edgecls.config import build_config
 from edgecls.data import Dataset, ImageSplit
@@ -254,6 +255,10 @@ def test_a_planned_run_saves_its_plan_and_keeps_the_budget(small_grey, tmp_path)
     assert plan["budget_seconds"] == 25 and config["model"] == plan["values"]["model"]
     assert config["schedule"] == BUDGET_SCHEDULE
     assert (run / "best.pt").is_file() and (run / "metrics.json").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    ended = "time_budget" if metrics["epochs_trained"] < config["max_epochs"] else "max_epochs"
+    assert metrics["stopped_by"] == ended
+    assert ("stopped by", runs.STOP_REASONS[ended]) in trained.summary()  # not "early stopping"
 
 
 # --- the budget-aware schedule, driven by a fake clock (the epoch times it is told) -------------

@@ -34,6 +34,7 @@ def test_train_writes_a_complete_run_folder_and_beats_chance(trained_run):
     assert 0.0 <= metrics["val_top1"] <= metrics["val_top5"] <= 1.0
     assert 0.1 <= metrics["val_map"] <= 1.0
     assert metrics["epochs_trained"] == 10 and metrics["stopped_early"] is False
+    assert metrics["stopped_by"] == "max_epochs"
     assert 1 <= metrics["best_epoch"] <= 10 and metrics["train_seconds"] > 0
     with open(trained_run / "history.csv") as handle:
         rows = list(csv.DictReader(handle))

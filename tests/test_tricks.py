@@ -165,6 +165,7 @@ def test_a_run_with_early_stopping_stops_when_validation_stops_improving():
     trainer = Trainer(config, dataset)
     state = trainer.fit()
     assert state.stopped and state.epoch < 20  # the constant schedule alone runs all 20
+    assert state.stopped_by == "early_stopping"
     assert trainer.early_stopping.bad_epochs == 2
 
 

@@ -65,6 +65,7 @@ class RunState:
     best_epoch: int = 0
     train_seconds: float = 0.0
     stopped: bool = False
+    stopped_by: str = ""  # what ended the run before max_epochs: a key of runs.STOP_REASONS
     lr_scale: float = 1.0  # applied on top of the schedule: divergence rollbacks, resume overrides
     rollbacks: list[dict[str, Any]] = field(default_factory=list)
     resumes: list[dict[str, Any]] = field(default_factory=list)
@@ -438,7 +439,14 @@ class Trainer:
                     val.loss, val.top1
                 )
                 out_of_time = self.budget is not None and not self.budget.another_epoch_fits()
-                state.stopped = schedule_ends or stops_early or out_of_time
+                reasons = {
+                    "max_epochs": epoch + 1 >= config.max_epochs,
+                    "early_stopping": stops_early,
+                    "time_budget": out_of_time,
+                    "schedule": schedule_ends,
+                }
+                state.stopped_by = next((reason for reason, hit in reasons.items() if hit), "")
+                state.stopped = bool(state.stopped_by)
                 state.epoch = epoch + 1
                 improved = kept_epoch(self.config.keep_epoch, val, state)
                 if improved:

@@ -151,6 +151,7 @@ def _record_resume(trainer: Trainer, saved_lr: float, changed: dict[str, Any]) -
         if hasattr(trainer.schedule, "max_epochs"):
             trainer.schedule.max_epochs = changed["max_epochs"]
         state.stopped = state.stopped and state.epoch >= changed["max_epochs"]
+        state.stopped_by = state.stopped_by if state.stopped else ""
     state.resumes.append({"epoch": state.epoch, "overrides": changed})
 
 
@@ -364,6 +365,7 @@ def _run_facts(trainer: Trainer, extra: dict[str, Any]) -> dict[str, Any]:
         "keep_epoch": config.keep_epoch,
         "epochs_trained": state.epoch,
         "stopped_early": state.epoch < config.max_epochs,
+        "stopped_by": state.stopped_by or "max_epochs",
         "train_seconds": round(state.train_seconds, 2),
         "num_classes": len(dataset.classes),
         "num_train": len(dataset.train.labels),
