@@ -65,7 +65,7 @@ class RunState:
     best_epoch: int = 0
     train_seconds: float = 0.0
     stopped: bool = False
-    stopped_by: str = ""  # what ended the run before max_epochs: a key of runs.STOP_REASONS
+    stopped_by: str = ""  # what ended the run, a key of runs.STOP_REASONS; "" while it runs
     lr_scale: float = 1.0  # applied on top of the schedule: divergence rollbacks, resume overrides
     rollbacks: list[dict[str, Any]] = field(default_factory=list)
     resumes: list[dict[str, Any]] = field(default_factory=list)
