@@ -32,7 +32,12 @@ from edgecls.plan import (
     make_plan,
     profile_data,
 )
-from edgecls.plan.choose import SCRATCH_LR, SMALL_DATA_MIXUP
+from edgecls.plan.choose import (
+    LIGHT_AUGMENT_EPOCHS,
+    SCRATCH_LR,
+    SMALL_DATA_MIXUP,
+    resized_epochs_gain,
+)
 from edgecls.plan.measure import _step_seconds as REAL_STEP_SECONDS  # before the fixture's
 from edgecls.plan.measure import measure
 from edgecls.training.loop import Trainer
@@ -368,15 +373,16 @@ def test_a_generous_budget_keeps_the_full_recipe_and_a_tight_one_drops_it(
     assert trials >= 5 and trial_epochs >= 2
     assert any("kept from the paper's recipe" in note for note in generous.notes)
 
-    # 2,160 training images at 64 px: a few epochs in 40 s, far from the full recipe's 100, so
-    # not even the cheapest ingredient fits: none is timed
+    # 2,160 training images at 96 px: some 20 epochs in 40 s (30 with progressive resizing), far
+    # from the full recipe's 100, so not even the cheapest ingredient fits: none is timed
     def not_to_be_timed(*args):
         raise AssertionError("ingredients timed although none can fit")
 
     monkeypatch.setattr(plan_module, "measure_ingredients", not_to_be_timed)
-    user = {**ONE_MODEL, "input_size": 64, "time_budget": "40s"}
+    user = {**ONE_MODEL, "input_size": 96, "time_budget": "40s"}
     tight = make_plan(str(enough), user, started=time.monotonic())
-    assert 0 < tight.candidates[0].epochs < 60
+    assert 0 < tight.candidates[0].epochs
+    assert tight.candidates[0].epochs * resized_epochs_gain(96, 0.75) < LIGHT_AUGMENT_EPOCHS
     assert not tight.values["sam"] and not tight.values["mutual"]
     assert tight.values["augment"] == "light" and isinstance(tight.values["lr"], float)
     dropped = next(note for note in tight.notes if note.startswith("dropped for the budget"))
@@ -585,3 +591,23 @@ def test_random_erasing_is_planned_from_scratch_only_where_a_long_run_fits():
     assert choice.value == 0.5 and "epochs fit" in choice.reason
     assert "random_erasing" not in _speed_run_tricks(short)
     assert _speed_run_tricks(pretrained) == {}
+
+
+def test_epochs_from_scratch_count_progressive_resizings_cheaper_early_epochs():
+    from edgecls.plan.choose import _with_resized_epochs
+
+    # from 75% of the side to full by three quarters of the budget: a quarter more epochs
+    assert 1.2 < resized_epochs_gain(32, 0.75) < 1.3
+    assert resized_epochs_gain(32, 0.5) > resized_epochs_gain(32, 0.75)
+    assert resized_epochs_gain(32, 0) == 1
+    situation = plan_module.Situation(
+        user={}, profile=profile_data("digits"), machine={}, budget="15m", budget_seconds=900.0,
+        budget_reserve=0.1, clock_started=0.0, planning_started=0.0, data="digits",
+    )  # fmt: skip
+    scratch = Candidate("resnet20_cifar", 32, "scratch", 64, epochs=50)
+    resized = _with_resized_epochs(situation, scratch)
+    assert resized.epochs == int(50 * resized_epochs_gain(32, 0.75))
+    switched_off = dataclasses.replace(situation, user={"progressive_resizing": 0})
+    assert _with_resized_epochs(switched_off, scratch).epochs == 50
+    pretrained = Candidate("mobilenetv2_100", 64, "imagenet: package", 64, epochs=50)
+    assert _with_resized_epochs(situation, pretrained).epochs == 50  # trained at full size

@@ -35,6 +35,7 @@ from edgecls.plan.measure import (
     measure_latency,
 )
 from edgecls.plan.profile import VAL_FRACTION, DataProfile, profile_data
+from edgecls.training.augment import progressive_side
 
 DEFAULT_CPU_BUDGET = "10m"  # a CPU run with no time_budget stays interactive
 DECODE_RESERVE = 1.25  # on the decoding time of every image, timed on a sample of them
@@ -512,6 +513,7 @@ def _settings(situation: Situation, chosen: Candidate) -> tuple[dict[str, Any], 
             "max_epochs": Choice(200),
         }
     )
+    chosen = _with_resized_epochs(situation, chosen)
     costs, kept = _affordable_recipe(situation, chosen, values)
     take(_recipe_within_budget(situation, chosen, kept))
     take(_workers(situation, values["augment"]))
@@ -531,6 +533,25 @@ def _settings(situation: Situation, chosen: Candidate) -> tuple[dict[str, Any], 
     take(_speed_run_tricks(chosen))
     take(_small_data_mixup(situation, chosen))
     return values, reasons
+
+
+def _with_resized_epochs(situation: Situation, chosen: Candidate) -> Candidate:
+    """From scratch, progressive resizing trains its early epochs on fewer pixels: the epochs
+    that fit the budget are more than the full-size estimate, and the rules that follow (random
+    erasing, keep_epoch, warmup) are measured in epochs really trained."""
+    if chosen.weights != "scratch":
+        return chosen
+    start_share = situation.user.get("progressive_resizing", SCRATCH_PROGRESSIVE_RESIZING)
+    gain = resized_epochs_gain(chosen.input_size, start_share)
+    return replace(chosen, epochs=int(chosen.epochs * gain))
+
+
+def resized_epochs_gain(input_size: int, start_share: float) -> float:
+    """Epochs trained under progressive resizing per full-size epoch in the same time, an
+    epoch's cost taken as its pixels; the side follows the share of the budget spent."""
+    steps = 200
+    sides = (progressive_side(input_size, start_share, (i + 0.5) / steps) for i in range(steps))
+    return sum((input_size / side) ** 2 for side in sides) / steps
 
 
 def _take(values: dict[str, Any], reasons: dict[str, str], choices: dict[str, Choice]) -> None:
