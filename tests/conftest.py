@@ -1,5 +1,5 @@
-"""Shared by the test files: small folders of real digit images, one trained digits run and one
-tracked run (each trained once per session), and a digest of a folder's names and contents."""
+"""Shared by the test files: small folders of real digit images, one trained digits run (once per
+session) and one tracked run (once per worker), and a digest of a folder's names and contents."""
 
 import atexit
 import hashlib
@@ -19,6 +19,7 @@ if "EDGECLS_CACHE_DIR" not in os.environ:
 
 import numpy as np
 import pytest
+from filelock import FileLock
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -60,15 +61,30 @@ def digit_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def digits_run(tmp_path_factory):
+def digits_run(tmp_path_factory, worker_id):
     """The digits recipe trained for 10 epochs on the embedded digits (well above chance) and
     exported to ONNX and OpenVINO at the end: read by the end-to-end, deployment and robustness
-    tests. Tests write their outputs elsewhere or into new subfolders of it."""
+    tests. Tests write their outputs elsewhere or into new subfolders of it. Trained once per
+    session: the first pytest-xdist worker to need it trains it under a lock, and each worker
+    gets its own copy to write into."""
+    if worker_id == "master":  # no xdist: one process, one run
+        return _train_digits(tmp_path_factory.mktemp("digits") / "run")
+    shared = tmp_path_factory.getbasetemp().parent  # this session's, common to its workers
+    trained = shared / "digits_run"
+    with FileLock(shared / "digits_run.lock"):
+        if not (trained / "metrics.json").is_file():
+            shutil.rmtree(trained, ignore_errors=True)  # a worker that failed halfway
+            _train_digits(trained)
+    copy = tmp_path_factory.mktemp("digits") / "run"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+def _train_digits(run):
     from click.testing import CliRunner
 
     from edgecls.cli import main
 
-    run = tmp_path_factory.mktemp("digits") / "run"
     arguments = ["train", "--recipe", "digits", "--quiet", "--epochs", "10", "--run-dir", str(run)]
     result = CliRunner().invoke(main, [*arguments, "export=onnx,openvino"])
     assert result.exit_code == 0, result.output
