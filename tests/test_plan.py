@@ -373,16 +373,15 @@ def test_a_generous_budget_keeps_the_full_recipe_and_a_tight_one_drops_it(
     assert trials >= 5 and trial_epochs >= 2
     assert any("kept from the paper's recipe" in note for note in generous.notes)
 
-    # 2,160 training images at 96 px: some 20 epochs in 40 s (30 with progressive resizing), far
-    # from the full recipe's 100, so not even the cheapest ingredient fits: none is timed
+    # 2,160 training images at 96 px: some 20 epochs in 40 s, far from the full recipe's 100, so
+    # not even the cheapest ingredient fits: none is timed
     def not_to_be_timed(*args):
         raise AssertionError("ingredients timed although none can fit")
 
     monkeypatch.setattr(plan_module, "measure_ingredients", not_to_be_timed)
     user = {**ONE_MODEL, "input_size": 96, "time_budget": "40s"}
     tight = make_plan(str(enough), user, started=time.monotonic())
-    assert 0 < tight.candidates[0].epochs
-    assert tight.candidates[0].epochs * resized_epochs_gain(96, 0.75) < LIGHT_AUGMENT_EPOCHS
+    assert 0 < tight.candidates[0].epochs < LIGHT_AUGMENT_EPOCHS
     assert not tight.values["sam"] and not tight.values["mutual"]
     assert tight.values["augment"] == "light" and isinstance(tight.values["lr"], float)
     dropped = next(note for note in tight.notes if note.startswith("dropped for the budget"))
@@ -611,3 +610,25 @@ def test_epochs_from_scratch_count_progressive_resizings_cheaper_early_epochs():
     assert _with_resized_epochs(switched_off, scratch).epochs == 50
     pretrained = Candidate("mobilenetv2_100", 64, "imagenet: package", 64, epochs=50)
     assert _with_resized_epochs(situation, pretrained).epochs == 50  # trained at full size
+
+
+def test_a_long_run_of_a_cifar_resnet_from_scratch_takes_larger_batches_at_a_scaled_lr():
+    from edgecls.plan.choose import LONG_RUN_BATCH, RANDOM_ERASING_MIN_EPOCHS, _long_run_batch
+
+    situation = plan_module.Situation(
+        user={}, profile=profile_data("cifar10"), machine={}, budget="15m", budget_seconds=900.0,
+        budget_reserve=0.1, clock_started=0.0, planning_started=0.0, data="cifar10",
+    )  # fmt: skip
+    long = Candidate("resnet20_cifar", 32, "scratch", 64, epochs=RANDOM_ERASING_MIN_EPOCHS)
+    choices = _long_run_batch(situation, long, 0.1)
+    assert choices["batch_size"].value == LONG_RUN_BATCH
+    assert choices["lr"].value == pytest.approx(0.1 * LONG_RUN_BATCH / 64)
+    short = dataclasses.replace(long, epochs=RANDOM_ERASING_MIN_EPOCHS - 1)
+    mobilenet = dataclasses.replace(long, model="mobilenetv3_small_100")
+    assert _long_run_batch(situation, short, 0.1) == {}
+    assert _long_run_batch(situation, mobilenet, 0.1) == {}
+    assert _long_run_batch(situation, long, "tpe") == {}  # searched at the measured batch
+    for users in ({"batch_size": 64}, {"lr": 0.05}):  # the user's choice stands
+        assert _long_run_batch(dataclasses.replace(situation, user=users), long, 0.1) == {}
+    few = dataclasses.replace(situation, profile=profile_data("digits"))  # 1,437 training images
+    assert _long_run_batch(few, long, 0.1) == {}
