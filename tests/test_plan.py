@@ -610,25 +610,3 @@ def test_epochs_from_scratch_count_progressive_resizings_cheaper_early_epochs():
     assert _with_resized_epochs(switched_off, scratch).epochs == 50
     pretrained = Candidate("mobilenetv2_100", 64, "imagenet: package", 64, epochs=50)
     assert _with_resized_epochs(situation, pretrained).epochs == 50  # trained at full size
-
-
-def test_a_long_run_of_a_cifar_resnet_from_scratch_takes_larger_batches_at_a_scaled_lr():
-    from edgecls.plan.choose import LONG_RUN_BATCH, RANDOM_ERASING_MIN_EPOCHS, _long_run_batch
-
-    situation = plan_module.Situation(
-        user={}, profile=profile_data("cifar10"), machine={}, budget="15m", budget_seconds=900.0,
-        budget_reserve=0.1, clock_started=0.0, planning_started=0.0, data="cifar10",
-    )  # fmt: skip
-    long = Candidate("resnet20_cifar", 32, "scratch", 64, epochs=RANDOM_ERASING_MIN_EPOCHS)
-    choices = _long_run_batch(situation, long, 0.1)
-    assert choices["batch_size"].value == LONG_RUN_BATCH
-    assert choices["lr"].value == pytest.approx(0.1 * LONG_RUN_BATCH / 64)
-    short = dataclasses.replace(long, epochs=RANDOM_ERASING_MIN_EPOCHS - 1)
-    mobilenet = dataclasses.replace(long, model="mobilenetv3_small_100")
-    assert _long_run_batch(situation, short, 0.1) == {}
-    assert _long_run_batch(situation, mobilenet, 0.1) == {}
-    assert _long_run_batch(situation, long, "tpe") == {}  # searched at the measured batch
-    for users in ({"batch_size": 64}, {"lr": 0.05}):  # the user's choice stands
-        assert _long_run_batch(dataclasses.replace(situation, user=users), long, 0.1) == {}
-    few = dataclasses.replace(situation, profile=profile_data("digits"))  # 1,437 training images
-    assert _long_run_batch(few, long, 0.1) == {}

@@ -83,10 +83,6 @@ SCRATCH_PROGRESSIVE_RESIZING = 0.75
 # single runs +0.84 at 147 epochs and -0.11 at 87 (results/plan_tricks.md).
 SCRATCH_RANDOM_ERASING = 0.5
 RANDOM_ERASING_MIN_EPOCHS = 60
-# Batches of 128 at twice the LR on such a long run of a CIFAR ResNet: +0.26 and +0.27 test
-# points in two seeded pairs on the Fashion-MNIST subset at 15m (67 to 78 epochs;
-# `python benchmarks/option_pairs.py --options batch_size=128,lr=0.2`, results/option_pairs.md).
-LONG_RUN_BATCH = 128
 # Mixup of ImageNet features fine-tuned on fewer than LINEAR_PROBE_MAX_IMAGES: the last epoch's
 # test top-1 over two seeds of each 200-image subset at 2m went from 98.05 to 98.15% (digits),
 # 95.95 to 97.20% (mnist5k) and 77.50 to 78.42% (Fashion-MNIST) (benchmarks/keep_epoch.py,
@@ -535,7 +531,6 @@ def _settings(situation: Situation, chosen: Candidate) -> tuple[dict[str, Any], 
         }
     )
     take(_speed_run_tricks(trained))
-    take(_long_run_batch(situation, trained, values["lr"]))
     take(_small_data_mixup(situation, chosen))
     return values, reasons
 
@@ -543,7 +538,7 @@ def _settings(situation: Situation, chosen: Candidate) -> tuple[dict[str, Any], 
 def _with_resized_epochs(situation: Situation, chosen: Candidate) -> Candidate:
     """From scratch, progressive resizing trains its early epochs on fewer pixels: the epochs
     that fit the budget are more than the full-size estimate. The rules measured in epochs really
-    trained (warmup, keep_epoch, random erasing, the long run's batch) take these; the recipe,
+    trained (warmup, keep_epoch, random erasing) take these; the recipe,
     augmentation and LR search rules keep the full-size estimate they were set on."""
     if chosen.weights != "scratch":
         return chosen
@@ -935,28 +930,6 @@ def _speed_run_tricks(chosen: Candidate) -> dict[str, Choice]:
             f"{chosen.epochs} epochs fit: a long run takes erased boxes as regularization (001)",
         )
     return tricks
-
-
-def _long_run_batch(situation: Situation, chosen: Candidate, lr: Any) -> dict[str, Choice]:
-    """A CIFAR ResNet from scratch on a long run: batches of LONG_RUN_BATCH at a fixed LR scaled
-    with them (the speed runs' large batches), unless the user chose either or enough training
-    images for a dozen such batches are missing."""
-    scale = LONG_RUN_BATCH / chosen.batch_size
-    if (
-        chosen.weights != "scratch"
-        or not is_cifar_resnet(chosen.model)
-        or chosen.epochs < RANDOM_ERASING_MIN_EPOCHS
-        or scale <= 1
-        or not isinstance(lr, float)  # an LR searched at the measured batch
-        or {"batch_size", "lr"} & situation.user.keys()
-        or situation.profile.training_images < 12 * LONG_RUN_BATCH
-    ):
-        return {}
-    reason = f"{chosen.epochs} epochs fit: a long run takes larger batches"
-    return {
-        "batch_size": Choice(LONG_RUN_BATCH, reason),
-        "lr": Choice(lr * scale, f"{lr:g} scaled with the batch ({LONG_RUN_BATCH})"),
-    }
 
 
 def _small_data_mixup(situation: Situation, chosen: Candidate) -> dict[str, Choice]:
