@@ -538,8 +538,8 @@ def _settings(situation: Situation, chosen: Candidate) -> tuple[dict[str, Any], 
 def _with_resized_epochs(situation: Situation, chosen: Candidate) -> Candidate:
     """From scratch, progressive resizing trains its early epochs on fewer pixels: the epochs
     that fit the budget are more than the full-size estimate. The rules measured in epochs really
-    trained (warmup, keep_epoch, random erasing) take these; the recipe,
-    augmentation and LR search rules keep the full-size estimate they were set on."""
+    trained (warmup, keep_epoch, random erasing) take these; the recipe, augmentation and LR
+    search rules keep the full-size estimate they were set on."""
     if chosen.weights != "scratch":
         return chosen
     start_share = situation.user.get("progressive_resizing", SCRATCH_PROGRESSIVE_RESIZING)
