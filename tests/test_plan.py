@@ -38,6 +38,7 @@ from edgecls.plan.choose import (
     SMALL_DATA_MIXUP,
     resized_epochs_gain,
 )
+from edgecls.plan.measure import _mean_step_seconds as REAL_MEAN_STEP_SECONDS
 from edgecls.plan.measure import _step_seconds as REAL_STEP_SECONDS  # before the fixture's
 from edgecls.plan.measure import measure
 from edgecls.training.loop import Trainer
@@ -56,6 +57,7 @@ def steady_machine(monkeypatch):
     import edgecls.plan.measure as measured
 
     monkeypatch.setattr(measured, "_step_seconds", lambda train_step, mixed, least: 0.02)
+    monkeypatch.setattr(measured, "_mean_step_seconds", lambda train_step, mixed, seconds: 0.02)
 
 
 def make_folder(root, side, colour, per_class=6, classes=3):
@@ -111,6 +113,39 @@ def test_small_grey_images_get_a_small_grey_input(small_grey):
     assert all(c.train_images_per_second > 0 and c.memory_bytes > 0 for c in plan.candidates)
     assert plan.values["schedule"] == BUDGET_SCHEDULE and plan.budget_seconds == 600
     assert plan.values["keep_epoch"] == "last"  # a handful of validation images
+
+
+def test_the_chosen_candidate_is_timed_again_over_a_share_of_the_budget(small_grey, monkeypatch):
+    """Its first sample is a few steps, a moment of a machine whose speed drifts; the epochs that
+    fit, and the rules that count them, take a longer window's speed."""
+    user = {**ONE_MODEL, **FP32, "pretrained": False, "time_budget": "10m"}
+    steady = make_plan(str(small_grey), user)  # as fast over the window as in the first sample
+    windows = []
+
+    def timed_again(candidate, channels, classes, seconds):
+        windows.append((candidate.model, seconds))
+        candidate.train_images_per_second /= 2  # the machine was half as fast over the window
+
+    monkeypatch.setattr(plan_module, "retime", timed_again)
+    plan = make_plan(str(small_grey), user)
+    chosen = plan.candidates[plan.chosen]
+    assert windows == [(chosen.model, pytest.approx(plan_module.RETIME_SHARE * 600))]
+    steady_epochs = steady.candidates[steady.chosen].epochs
+    assert chosen.epochs < 0.6 * steady_epochs  # half the speed: about half the epochs
+    windows.clear()  # a 2m budget's window would be no longer than the first sample
+    make_plan(str(small_grey), {**user, "time_budget": "2m"})
+    assert windows == []
+
+
+def test_a_window_of_steps_is_timed_by_their_mean():
+    def step(mixed):
+        time.sleep(0.01)
+
+    started = time.perf_counter()
+    mean = REAL_MEAN_STEP_SECONDS(step, False, 0.2)
+    assert time.perf_counter() - started >= 0.2
+    assert 0.01 <= mean < 0.05
+    assert REAL_MEAN_STEP_SECONDS(lambda mixed: time.sleep(0.3), False, 0.1) >= 0.3  # one at least
 
 
 def test_a_short_budget_measures_candidates_best_first_within_its_planning_share(small_grey):

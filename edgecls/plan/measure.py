@@ -156,6 +156,29 @@ def _step_seconds(train_step: Callable[[bool], None], mixed: bool, least: int) -
     return float(np.median(steps))
 
 
+def retime(candidate: Candidate, channels: int, classes: int, seconds: float) -> None:
+    """The chosen candidate's training speed again, averaged over `seconds` of steps in place of
+    its first short sample: the epochs that fit the budget, and the rules that count them (flips,
+    augmentation, random erasing), follow this figure, and a few steps time only a moment of a
+    shared machine whose speed drifts (benchmarks/planning_speed.py)."""
+    from edgecls.device import select_device
+
+    _, train_step = _training_step(candidate, channels, classes, select_device())
+    train_step(candidate.amp)  # warm-up: a fresh model's first step allocates
+    step_seconds = _mean_step_seconds(train_step, candidate.amp, seconds)
+    candidate.train_images_per_second = candidate.batch_size / step_seconds
+
+
+def _mean_step_seconds(train_step: Callable[[bool], None], mixed: bool, seconds: float) -> float:
+    """The mean time of the steps of a warmed-up `train_step` that fill `seconds` (one at least):
+    over a window, not a median of a few, as a budget's epochs will average it."""
+    steps, started = 0, time.perf_counter()
+    while not steps or time.perf_counter() - started < seconds:
+        train_step(mixed)
+        steps += 1
+    return (time.perf_counter() - started) / steps
+
+
 def measure_ingredients(
     candidate: Candidate, channels: int, classes: int, config: Config
 ) -> dict[str, float]:
