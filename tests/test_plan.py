@@ -32,6 +32,7 @@ from edgecls.plan import (
     make_plan,
     profile_data,
 )
+from edgecls.plan.candidates import CIFAR_MODELS, candidates_for, cifar_input_size
 from edgecls.plan.choose import (
     LIGHT_AUGMENT_EPOCHS,
     SCRATCH_LR,
@@ -41,6 +42,7 @@ from edgecls.plan.choose import (
 from edgecls.plan.measure import _mean_step_seconds as REAL_MEAN_STEP_SECONDS
 from edgecls.plan.measure import _step_seconds as REAL_STEP_SECONDS  # before the fixture's
 from edgecls.plan.measure import measure
+from edgecls.plan.profile import DataProfile
 from edgecls.training.loop import Trainer
 from edgecls.training.schedules import BudgetLinearSchedule, ReduceLROnPlateauV2, TimeBudget
 
@@ -186,6 +188,16 @@ def test_enough_tiny_images_get_a_cifar_resnet_at_their_own_scale(tmp_path):
     assert all(plan.reasons[key] for key in tricks)
     assert plan.values["lr"] in (SCRATCH_LR, "tpe")
     assert "mixup" not in plan.values  # from scratch, on thousands of images
+
+
+@pytest.mark.parametrize(
+    ("side", "planned"), [(8, 32), (20, 32), (24, 24), (27, 28), (28, 28), (31, 32), (32, 32)]
+)
+def test_a_cifar_resnet_trains_at_the_images_own_side_from_24_px(side, planned):
+    profile = DataProfile(9000, 10, side, True, 1.0, training_images=8000, validation_images=1000)
+    cifar = [c for c in candidates_for(profile, {"pretrained": False}) if c.model in CIFAR_MODELS]
+    assert [c.input_size for c in cifar] == [planned]
+    assert cifar_input_size(side) == planned
 
 
 def test_a_users_cifar_resnet_is_planned_at_32_px(small_grey):

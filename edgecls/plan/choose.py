@@ -73,10 +73,11 @@ VALIDATION_IMAGES = 1_000
 # within this share of the budget: measuring them all can take most of a short one.
 PLANNING_SHARE = 0.1
 # The chosen candidate is timed again over this share of the budget (at most RETIME_SECONDS),
-# where that is longer than its first sample: on a 2-core machine whose speed drifted between 300
-# and 440 ResNet-20 training images/s from one 2 s window to the next, one plan measured 212/s and
-# fit 23 epochs at 15m, no flips and no test-time flips, where the run then trained 38
-# (results/option_pairs.md, seed 7; benchmarks/planning_speed.py shows the drift).
+# where that is longer than its first sample. On a 2-core machine whose speed drifted between 288
+# and 408 ResNet-20 training images/s from one 2 s window to the next, ten first samples spread
+# from 292 to 437/s, ten 2.7 s windows from 281 to 382 (benchmarks/planning_speed.py); one plan's
+# first sample said 212/s and 23 epochs at 15m, no flips and no test-time flips, where the run
+# then trained 38 (its plan.json; results/option_pairs.md, seed 7).
 RETIME_SHARE, RETIME_SECONDS = 0.003, 4.0
 # Pixels of one evaluation batch on a CPU, at most: a larger batch outgrows the cache and takes
 # longer per image (timed at batches of 32 to 256, MobileNets at 64 to 224 px).
