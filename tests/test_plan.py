@@ -34,6 +34,7 @@ from edgecls.plan import (
 )
 from edgecls.plan.candidates import CIFAR_MODELS, candidates_for, cifar_input_size
 from edgecls.plan.choose import (
+    ENLARGED_CIFAR_MIN_EPOCHS,
     LIGHT_AUGMENT_EPOCHS,
     SCRATCH_LR,
     SMALL_DATA_MIXUP,
@@ -191,13 +192,38 @@ def test_enough_tiny_images_get_a_cifar_resnet_at_their_own_scale(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("side", "planned"), [(8, 32), (20, 32), (24, 24), (27, 28), (28, 28), (31, 32), (32, 32)]
+    ("side", "own"), [(8, 32), (20, 32), (24, 24), (27, 28), (28, 28), (31, 32), (32, 32)]
 )
-def test_a_cifar_resnet_trains_at_the_images_own_side_from_24_px(side, planned):
+def test_a_cifar_resnet_is_measured_at_the_images_own_side_from_24_px_and_at_32(side, own):
     profile = DataProfile(9000, 10, side, True, 1.0, training_images=8000, validation_images=1000)
     cifar = [c for c in candidates_for(profile, {"pretrained": False}) if c.model in CIFAR_MODELS]
-    assert [c.input_size for c in cifar] == [planned]
-    assert cifar_input_size(side) == planned
+    assert [c.input_size for c in cifar] == sorted({32, own}, reverse=True)
+    assert cifar_input_size(side) == own
+
+
+@pytest.mark.parametrize(("speed", "planned"), [(2000.0, 32), (70.0, 28)])
+def test_a_cifar_resnet_is_enlarged_to_32_px_only_with_the_epochs_it_needs(
+    tmp_path, monkeypatch, speed, planned
+):
+    """28 px images at 32 px cost a third more a step; a short run spends it on epochs instead."""
+    folder = make_folder(tmp_path / "tiny", side=28, colour=False, per_class=300)
+    measured = plan_module.measure
+
+    def at_speed(candidate, *args, **kwargs):  # the 32 px candidate at `speed`
+        measured(candidate, *args, **kwargs)
+        if candidate.model in CIFAR_MODELS and candidate.input_size == 32:
+            candidate.train_images_per_second = speed
+
+    monkeypatch.setattr(plan_module, "measure", at_speed)
+    plan = make_plan(str(folder), {"model": "resnet20_cifar", "time_budget": "5m", **FP32})
+    by_size = {c.input_size: c for c in plan.candidates}
+    assert sorted(by_size) == [28, 32] and plan.values["input_size"] == planned
+    enlarged = by_size[32]
+    assert enlarged.fits == (enlarged.epochs >= ENLARGED_CIFAR_MIN_EPOCHS)
+    if planned == 28:
+        assert f"it needs {ENLARGED_CIFAR_MIN_EPOCHS}" in enlarged.why_not
+    else:
+        assert "enlarged" in plan.reasons["input_size"]
 
 
 def test_a_users_cifar_resnet_is_planned_at_32_px(small_grey):

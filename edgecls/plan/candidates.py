@@ -16,11 +16,10 @@ SCRATCH_MODELS = ("mobilenetv3_small_100", "mobilenetv3_large_100")
 CIFAR_MODELS = ("resnet20_cifar",)  # full resolution to the last stage: for tiny images only
 PRETRAINED_MODELS = ("mobilenetv2_100", "tf_efficientnet_lite0", "mobilenetv3_large_100")
 TINY_SIDE = 32  # images this small (px) are also measured with a CIFAR ResNet at their own scale
-# The CIFAR ResNet trains at the images' own side from OWN_SIDE_MIN px (rounded up to a multiple of
-# 4), not enlarged to TINY_SIDE: on the Fashion-MNIST subset at 15m, 28 px trained 24-29% more
-# epochs than 32 and scored +0.38 and +0.76 test points (seeds 7 and 8, results/option_pairs.md);
-# on mnist5k at 5m, +0.10 (seed 1).
-# Smaller images, 8 px digits, are still enlarged to TINY_SIDE, where the last stage is 8 x 8.
+# The CIFAR ResNet is measured at the images' own side from OWN_SIDE_MIN px (rounded up to a
+# multiple of 4) as well as enlarged to TINY_SIDE, which a long run pays for (plan.choose.
+# ENLARGED_CIFAR_MIN_EPOCHS): 28 px trained 24-29% more epochs than 32 on the Fashion-MNIST subset.
+# Smaller images, 8 px digits, are only enlarged to TINY_SIDE, where the last stage is 8 x 8.
 OWN_SIDE_MIN = 24
 # ImageNet features on images smaller than their 64 px minimum are also measured at UPSCALED px
 # (when it is chosen: plan.choose.UPSCALED_MIN_EPOCHS).
@@ -50,14 +49,15 @@ class Candidate:
 
 def is_cifar_resnet(model: str) -> bool:
     """Any of edgecls's CIFAR ResNets, the planned one or a user's deeper or wider choice: each
-    is measured and trained at one size, `cifar_input_size`. A user's ResNet-56 used to count as
-    any model from scratch: measured at 64 px too, and planned there for the larger input, at 4x
-    the work."""
+    is measured at `cifar_input_size` and at 32 px only. A user's ResNet-56 used to count as any
+    model from scratch: measured at 64 px too, and planned there for the larger input, at 4x the
+    work."""
     return model in cifar_resnets
 
 
 def cifar_input_size(median_side: int) -> int:
-    """The side a CIFAR ResNet trains at: the images' own from OWN_SIDE_MIN px, else TINY_SIDE."""
+    """The smallest side a CIFAR ResNet trains at: the images' own from OWN_SIDE_MIN px, else
+    TINY_SIDE."""
     if median_side < OWN_SIDE_MIN:
         return TINY_SIDE
     return min(TINY_SIDE, math.ceil(median_side / 4) * 4)
@@ -133,8 +133,8 @@ def _sizes(model: str, weights: str, profile: DataProfile, user: dict[str, Any])
     if weights != "scratch":
         upscaled = [UPSCALED] if profile.median_side < 64 else []
         return [*upscaled, *input_sizes(profile.median_side, 64)]
-    if is_cifar_resnet(model):
-        return [cifar_input_size(profile.median_side)]
+    if is_cifar_resnet(model):  # also enlarged, for budgets long enough to pay for it
+        return sorted({TINY_SIDE, cifar_input_size(profile.median_side)}, reverse=True)
     # Tiny images also at 64 px, upscaled: the model then keeps a 2x2 last feature map, and
     # trains better per second than at 32 px when the budget gives it enough epochs.
     return sorted({*input_sizes(profile.median_side, 32), 64}, reverse=True)[:3]

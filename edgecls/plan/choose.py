@@ -25,7 +25,13 @@ from edgecls.evaluate.flips import (
     probe_flips,
 )
 from edgecls.models import create_model, on_meta_device, shift_pixels
-from edgecls.plan.candidates import TINY_SIDE, Candidate, candidates_for, is_cifar_resnet
+from edgecls.plan.candidates import (
+    TINY_SIDE,
+    Candidate,
+    candidates_for,
+    cifar_input_size,
+    is_cifar_resnet,
+)
 from edgecls.plan.measure import (
     AMP_MIN_SPEEDUP,
     MEASURE_SECONDS,
@@ -148,6 +154,12 @@ TINY_SMALL_DATA = 2_000
 # epochs, but 135 s wall); SVC on pixels 69.3% (benchmarks/auto_plan.py --subsets-only --options
 # input_size=N, before this rule).
 UPSCALED_MIN_EPOCHS = 40
+# A CIFAR ResNet on 24-31 px images is also measured enlarged to 32 px (plan.candidates), and
+# chosen there only when it still gets this many epochs: on the Fashion-MNIST subset at 15m, 28 px
+# scored +0.38 and +0.76 test points over 32 where 32 px trained 35-38 epochs (about 30 at full
+# size, as estimated here), and 32 px +0.32 over 28 where it trained 69 (about 55); results/
+# option_pairs.md, `--options input_size=28` (seeds 7, 8) and `--options input_size=32` (seed 10).
+ENLARGED_CIFAR_MIN_EPOCHS = 40
 
 
 @dataclass
@@ -385,6 +397,11 @@ def _misses_budget(candidate: Candidate, situation: Situation) -> str:
             f"upscaled {profile.median_side} px images: {candidate.epochs} epochs fit, "
             f"it needs {UPSCALED_MIN_EPOCHS}"
         )
+    if _enlarged_cifar(candidate, profile) and candidate.epochs < ENLARGED_CIFAR_MIN_EPOCHS:
+        return (
+            f"enlarged {profile.median_side} px images: {candidate.epochs} epochs fit, "
+            f"it needs {ENLARGED_CIFAR_MIN_EPOCHS}"
+        )
     return ""
 
 
@@ -510,6 +527,13 @@ def _upscaled(candidate: Candidate, profile: DataProfile) -> bool:
     )
 
 
+def _enlarged_cifar(candidate: Candidate, profile: DataProfile) -> bool:
+    """A CIFAR ResNet above the images' own side: more work a step, which pays in long runs."""
+    return is_cifar_resnet(candidate.model) and candidate.input_size > cifar_input_size(
+        profile.median_side
+    )
+
+
 def _on_disk(profile: DataProfile, cache: str, channels: int, input_size: int) -> bool:
     """Whether loading will decode into the disk cache, as `cache` and the free memory say."""
     return profile.files and choose_cache(cache, profile.images, channels, input_size) == "disk"
@@ -594,10 +618,10 @@ def _pretrained(situation: Situation, chosen: Candidate) -> Choice:
 
 
 def _input_size(situation: Situation, chosen: Candidate) -> Choice:
-    return Choice(
-        chosen.input_size,
-        f"images are about {situation.profile.median_side} px on the shorter side",
-    )
+    side = f"images are about {situation.profile.median_side} px on the shorter side"
+    if _enlarged_cifar(chosen, situation.profile):
+        side += f"; enlarged: {chosen.epochs} epochs fit (from {ENLARGED_CIFAR_MIN_EPOCHS})"
+    return Choice(chosen.input_size, side)
 
 
 def _grayscale(situation: Situation, chosen: Candidate) -> Choice:
