@@ -392,15 +392,11 @@ def _misses_budget(candidate: Candidate, situation: Situation) -> str:
     wanted = min(MIN_EPOCHS[_kind(candidate)], situation.user.get("max_epochs", 10**9))
     if candidate.epochs < wanted:
         return f"only {candidate.epochs} epochs fit the budget"
-    if _upscaled(candidate, profile) and candidate.epochs < UPSCALED_MIN_EPOCHS:
+    enlarged = _enlargement(candidate, profile)
+    if enlarged and candidate.epochs < enlarged[1]:
         return (
-            f"upscaled {profile.median_side} px images: {candidate.epochs} epochs fit, "
-            f"it needs {UPSCALED_MIN_EPOCHS}"
-        )
-    if _enlarged_cifar(candidate, profile) and candidate.epochs < ENLARGED_CIFAR_MIN_EPOCHS:
-        return (
-            f"enlarged {profile.median_side} px images: {candidate.epochs} epochs fit, "
-            f"it needs {ENLARGED_CIFAR_MIN_EPOCHS}"
+            f"{enlarged[0]} {profile.median_side} px images: {candidate.epochs} epochs fit, "
+            f"it needs {enlarged[1]}"
         )
     return ""
 
@@ -520,18 +516,17 @@ def _kinds_best_first(profile: DataProfile) -> tuple[str, ...]:
     return ("cifar", "scratch", "imagenet")
 
 
-def _upscaled(candidate: Candidate, profile: DataProfile) -> bool:
-    """An ImageNet model at more than its 64 px minimum, on images smaller than that."""
-    return candidate.weights != "scratch" and candidate.input_size > max(
-        64, math.ceil(profile.median_side / 32) * 32
-    )
-
-
-def _enlarged_cifar(candidate: Candidate, profile: DataProfile) -> bool:
-    """A CIFAR ResNet above the images' own side: more work a step, which pays in long runs."""
-    return is_cifar_resnet(candidate.model) and candidate.input_size > cifar_input_size(
-        profile.median_side
-    )
+def _enlargement(candidate: Candidate, profile: DataProfile) -> tuple[str, int] | None:
+    """An input above the candidate's natural size, which pays only in long runs, and the epochs
+    it needs: ImageNet features above their 64 px minimum on smaller images, a CIFAR ResNet above
+    the images' own side."""
+    if is_cifar_resnet(candidate.model):
+        if candidate.input_size > cifar_input_size(profile.median_side):
+            return "enlarged", ENLARGED_CIFAR_MIN_EPOCHS
+    elif candidate.weights != "scratch":
+        if candidate.input_size > max(64, math.ceil(profile.median_side / 32) * 32):
+            return "upscaled", UPSCALED_MIN_EPOCHS
+    return None
 
 
 def _on_disk(profile: DataProfile, cache: str, channels: int, input_size: int) -> bool:
@@ -619,8 +614,9 @@ def _pretrained(situation: Situation, chosen: Candidate) -> Choice:
 
 def _input_size(situation: Situation, chosen: Candidate) -> Choice:
     side = f"images are about {situation.profile.median_side} px on the shorter side"
-    if _enlarged_cifar(chosen, situation.profile):
-        side += f"; enlarged: {chosen.epochs} epochs fit (from {ENLARGED_CIFAR_MIN_EPOCHS})"
+    enlarged = _enlargement(chosen, situation.profile)
+    if enlarged:
+        side += f"; {enlarged[0]}: {chosen.epochs} epochs fit (from {enlarged[1]})"
     return Choice(chosen.input_size, side)
 
 
